@@ -1,1 +1,202 @@
-//! placeholder
+//! LLM providers: the [`Provider`] trait the agents call, the request and
+//! response types, and the implementations: `scripted` (deterministic
+//! responses from a fixture, for tests, benchmarks and dry runs; always
+//! labelled "scripted"), with Anthropic and OpenAI-compatible clients to come.
+//!
+//! Parts: this file (types, trait, [`Error`] with its retry meaning),
+//! `scripted` (the scripted provider and its fixture format), `tokens` (a
+//! token estimate used before a call; the provider's usage is the truth).
+//!
+//! This crate depends on `orch-core` only; it knows nothing of stores,
+//! brokers or the engine.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_core::{ExpectedArtifact, GateKind, Role, RunId};
+use serde::{Deserialize, Serialize};
+
+pub mod scripted;
+pub mod tokens;
+
+pub use scripted::ScriptedProvider;
+
+/// Provider errors, each saying whether a retry can help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Worth retrying (429, 529/overloaded, 5xx, reset, timeout), after `retry_after` if given.
+    #[error("{provider} transient error: {message}")]
+    Transient { provider: String, message: String, retry_after: Option<Duration> },
+    /// Retrying will not help (400, 401, 403, 404, a refused request).
+    #[error("{provider} error: {message}")]
+    Fatal { provider: String, message: String },
+    /// A fixture or configuration problem, found before any call.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Transient { .. })
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    User,
+    Assistant,
+}
+
+/// One conversation turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: MessageRole,
+    pub content: String,
+}
+
+impl Message {
+    pub fn user(content: impl Into<String>) -> Self {
+        Message { role: MessageRole::User, content: content.into() }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message { role: MessageRole::Assistant, content: content.into() }
+    }
+}
+
+/// Where a call comes from. Providers may use it (the scripted provider picks
+/// its response by role, task, round and attempt); real providers ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallMeta {
+    pub run_id: RunId,
+    pub task_id: String,
+    pub role: Role,
+    pub attempt: u32,
+    /// Rework round of the task (0 for planned tasks).
+    pub round: u32,
+    /// Step within the attempt (0 for the first call; repair turns count up).
+    pub step: u32,
+    pub expected: Vec<ExpectedArtifact>,
+    pub gate: Option<GateKind>,
+}
+
+/// A tool the model may call (name, description, JSON schema of its input).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub input_schema: serde_json::Value,
+}
+
+/// One completion request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub model: String,
+    pub system: String,
+    pub messages: Vec<Message>,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub tools: Vec<ToolSpec>,
+    pub meta: CallMeta,
+}
+
+/// A tool call the model asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub input: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndTurn,
+    MaxTokens,
+    ToolUse,
+    StopSequence,
+    Other,
+}
+
+/// Token usage as the provider reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+/// One completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub usage: TokenUsage,
+    pub stop_reason: StopReason,
+    /// The model that answered.
+    pub model: String,
+}
+
+/// A source of completions.
+#[async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// `scripted`, `anthropic`, `openai`.
+    fn name(&self) -> &str;
+    /// True for the scripted provider: output and events must say so.
+    fn is_scripted(&self) -> bool;
+    /// The model used when a request names none.
+    fn default_model(&self) -> &str;
+    async fn complete(&self, request: &Request) -> Result<Response>;
+}
+
+/// Price of a model in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: f64,
+    pub cache_write: f64,
+}
+
+/// Known prices (USD per million tokens). Unknown models cost 0 and say so.
+pub fn price_of(model: &str) -> Option<Price> {
+    let m = model.to_ascii_lowercase();
+    let p = |input: f64, output: f64| Price { input, output, cache_read: input * 0.1, cache_write: input * 1.25 };
+    if m == "scripted" || m.starts_with("scripted") {
+        Some(Price { input: 0.0, output: 0.0, cache_read: 0.0, cache_write: 0.0 })
+    } else if m.contains("opus-4-5") || m.contains("opus-4.5") {
+        Some(p(5.0, 25.0))
+    } else if m.contains("opus") {
+        Some(p(15.0, 75.0))
+    } else if m.contains("sonnet") {
+        Some(p(3.0, 15.0))
+    } else if m.contains("haiku-4") || m.contains("haiku-4-5") {
+        Some(p(1.0, 5.0))
+    } else if m.contains("haiku") {
+        Some(p(0.8, 4.0))
+    } else if m.starts_with("gpt-4o-mini") {
+        Some(p(0.15, 0.6))
+    } else if m.starts_with("gpt-4o") {
+        Some(p(2.5, 10.0))
+    } else if m.starts_with("gpt-4.1-mini") {
+        Some(p(0.4, 1.6))
+    } else if m.starts_with("gpt-4.1") {
+        Some(p(2.0, 8.0))
+    } else {
+        None
+    }
+}
+
+/// Cost in USD of `usage` on `model` (0 for unknown models).
+pub fn cost_usd(model: &str, usage: &TokenUsage) -> f64 {
+    let Some(p) = price_of(model) else { return 0.0 };
+    (usage.input_tokens as f64 * p.input
+        + usage.output_tokens as f64 * p.output
+        + usage.cache_read_tokens as f64 * p.cache_read
+        + usage.cache_write_tokens as f64 * p.cache_write)
+        / 1_000_000.0
+}

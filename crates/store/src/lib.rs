@@ -1,1 +1,212 @@
-//! placeholder
+//! Durable state: the store traits the engine sees, and their SQLite
+//! (embedded default) and PostgreSQL implementations.
+//!
+//! The store is the source of truth. Every state change and the events that
+//! describe it are written in one transaction. Workers change task rows only
+//! through fenced operations ([`TaskStore::claim_task`],
+//! [`TaskStore::complete_task`]) that check the attempt and lease, so a worker
+//! that lost its lease cannot write. The engine saves run state with
+//! optimistic concurrency ([`RunStore::save_run`]).
+//!
+//! Column ownership on `runs`: the engine writes status, reason, iterations,
+//! settings, version and times; workers only add to cost and token totals;
+//! the event sequence counter is bumped by whoever appends events.
+//!
+//! Parts: the traits (split by capability) and [`Error`] here, `sqlite` (one
+//! module, SQL in `.sql` files under `queries/sqlite`, migrations under
+//! `migrations/sqlite`), `conformance` (one suite run against every backend).
+//! This crate depends on `orch-core` only; it knows nothing of brokers,
+//! providers or the engine.
+
+use async_trait::async_trait;
+use orch_core::{
+    Artifact, DeadLetter, Event, Millis, NewArtifact, NewEvent, Role, Run, RunId, RunState,
+    RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict,
+};
+
+/// Errors of every store backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no run {0}; list runs with `orchestrator list`")]
+    RunNotFound(String),
+    #[error("no task {task} in run {run}")]
+    TaskNotFound { run: String, task: String },
+    #[error("no artifact {name:?} in run {run}")]
+    ArtifactNotFound { run: String, name: String },
+    /// Someone else changed the run since it was loaded: reload and retry.
+    #[error("concurrent update of run {0}; reload and retry")]
+    Conflict(String),
+    /// The worker no longer holds this attempt's lease: its result is discarded.
+    #[error("lease lost on task {task} attempt {attempt} of run {run}: the task was reclaimed, cancelled or finished by someone else")]
+    LeaseLost { run: String, task: String, attempt: u32 },
+    #[error("database is locked by another process ({0}); stop the other orchestrator or wait, then retry")]
+    Locked(String),
+    #[error("database file is not usable ({0}); it may be corrupt or not an orchestrator database. Move it aside and run `orchestrator init-db`")]
+    Corrupt(String),
+    #[error("cannot open database {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("database schema error: {0}. Run `orchestrator init-db` to create or upgrade it")]
+    Migrate(String),
+    #[error("stored data is invalid: {0}")]
+    Decode(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("unsupported DATABASE_URL {0:?}: use sqlite://PATH (the default) or postgres://...")]
+    UnsupportedUrl(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Filter for listing runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// A dead letter to record with a state save.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDeadLetter {
+    pub task_id: String,
+    pub role: Role,
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// Proof that a worker holds a task attempt's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub run_id: RunId,
+    pub task_id: String,
+    pub attempt: u32,
+    pub owner: String,
+}
+
+/// The end of one task attempt, committed with [`TaskStore::complete_task`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutcome {
+    /// `Succeeded` or `Failed`.
+    pub status: TaskStatus,
+    pub summary: Option<String>,
+    pub verdict: Option<Verdict>,
+    pub error: Option<String>,
+    pub retryable: bool,
+    pub artifacts: Vec<NewArtifact>,
+    /// Events committed with the outcome (tool calls, artifacts written, result).
+    pub events: Vec<NewEvent>,
+    /// Added to the task's and the run's totals.
+    pub usage: Usage,
+}
+
+/// A queued or running task the sweeper looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRef {
+    pub run_id: RunId,
+    pub task_id: String,
+    pub role: Role,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+}
+
+/// Runs: creation, loading, saving engine state, listing.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Insert a new run with its tasks, gates and events (one transaction).
+    async fn create_run(&self, state: &RunState, events: &[NewEvent], now: Millis) -> Result<()>;
+    /// The run with all its tasks (plan order: creation order) and gates.
+    async fn load_run(&self, id: &RunId) -> Result<RunState>;
+    /// The run row alone.
+    async fn get_run(&self, id: &RunId) -> Result<Run>;
+    /// Save what the engine changed, the events it emitted and dead letters,
+    /// in one transaction. The run row must still have `expected_version`
+    /// and each changed task its expected status and attempt, else
+    /// [`Error::Conflict`] and nothing is written. Returns the new version
+    /// (`expected_version + 1`).
+    async fn save_run(
+        &self,
+        run_id: &RunId,
+        expected_version: i64,
+        diff: &StateDiff,
+        state: &RunState,
+        events: &[NewEvent],
+        dead: &[NewDeadLetter],
+        now: Millis,
+    ) -> Result<i64>;
+    /// Runs, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+    /// Ids of runs in PENDING, PLANNING or RUNNING.
+    async fn active_runs(&self) -> Result<Vec<RunId>>;
+}
+
+/// Task rows as workers and the sweeper touch them.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// `QUEUED -> RUNNING` for exactly this attempt, taking the lease, and
+    /// append `task_started`. `None` if the task is not QUEUED at that
+    /// attempt (a duplicate or stale message): acknowledge and drop.
+    async fn claim_task(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+    ) -> Result<Option<Task>>;
+    /// Extend the lease. `false` if the lease is no longer held.
+    async fn heartbeat(&self, fence: &Fence, lease_until: Millis) -> Result<bool>;
+    /// Commit an attempt's outcome if the fence still holds (status RUNNING,
+    /// same attempt, same owner, lease not expired at `now`): artifacts
+    /// (versioned), events, task status and totals, in one transaction. Else
+    /// [`Error::LeaseLost`] and nothing is written.
+    async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()>;
+    /// RUNNING tasks whose lease expired before `now`.
+    async fn expired_leases(&self, now: Millis, limit: u32) -> Result<Vec<TaskRef>>;
+    /// RUNNING tasks (for reclaiming the leases of dead local processes).
+    async fn running_tasks(&self, limit: u32) -> Result<Vec<TaskRef>>;
+    /// QUEUED tasks queued before `before` (their message may be lost).
+    async fn stale_queued(&self, before: Millis, limit: u32) -> Result<Vec<TaskRef>>;
+    /// Tasks of a run, in creation order.
+    async fn list_tasks(&self, run_id: &RunId) -> Result<Vec<Task>>;
+}
+
+/// The append-only event log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventQuery {
+    /// Only events with `seq > after_seq`.
+    pub after_seq: i64,
+    /// At most this many (0: no limit).
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Append events to a run's log; returns their sequence numbers.
+    async fn append_events(&self, run_id: &RunId, events: &[NewEvent], now: Millis) -> Result<Vec<i64>>;
+    /// Events of a run in sequence order.
+    async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>>;
+}
+
+#[async_trait]
+pub trait ArtifactStore: Send + Sync {
+    /// Artifacts of a run: every version, or only the latest of each name.
+    async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>>;
+    /// One artifact: the given version or the latest.
+    async fn get_artifact(&self, run_id: &RunId, name: &str, version: Option<i64>) -> Result<Artifact>;
+}
+
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync {
+    /// Dead letters, newest first; of one run, or all; replayed ones too if asked.
+    async fn list_dead_letters(&self, run_id: Option<&RunId>, include_replayed: bool) -> Result<Vec<DeadLetter>>;
+    /// Mark a dead letter replayed.
+    async fn mark_replayed(&self, id: i64, now: Millis) -> Result<DeadLetter>;
+}
+
+/// Every capability: what the engine is given.
+pub trait Store: RunStore + TaskStore + EventStore + ArtifactStore + DeadLetterStore {
+    /// Backend name for logs and `status` (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+}
