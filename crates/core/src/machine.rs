@@ -798,11 +798,7 @@ fn reconcile(state: &mut RunState, now: Millis, out: &mut Vec<Action>) {
         .iter()
         .map(|g| (g.kind, g.status.is_open()))
         .collect();
-    let done: Vec<(String, bool)> = state
-        .tasks
-        .iter()
-        .map(|t| (t.id.clone(), t.status.satisfies_dependency()))
-        .collect();
+    let done = dependencies_met(&state.tasks);
     let deps_ok = |t: &Task| {
         t.needs
             .iter()
@@ -883,6 +879,38 @@ fn reconcile(state: &mut RunState, now: Millis, out: &mut Vec<Action>) {
         };
         state.set_run_status(RunStatus::Completed, Some(reason), now, out);
     }
+}
+
+/// `(task id, whether dependents may start)` for every task. A SUCCEEDED task
+/// counts at once; a SKIPPED task (a review whose gate is waived or not
+/// required) only once everything it needs counts, transitively, so that
+/// skipping a review never lets the tasks after it overtake the work the
+/// review was waiting for.
+fn dependencies_met(tasks: &[Task]) -> Vec<(String, bool)> {
+    let mut met: Vec<bool> = tasks
+        .iter()
+        .map(|t| t.status.satisfies_dependency() && t.status != TaskStatus::Skipped)
+        .collect();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (i, t) in tasks.iter().enumerate() {
+            if met[i] || t.status != TaskStatus::Skipped {
+                continue;
+            }
+            let needs_met = t.needs.iter().all(|n| {
+                tasks
+                    .iter()
+                    .position(|u| &u.id == n)
+                    .is_some_and(|j| met[j])
+            });
+            if needs_met {
+                met[i] = true;
+                changed = true;
+            }
+        }
+    }
+    tasks.iter().map(|t| t.id.clone()).zip(met).collect()
 }
 
 /// How a changed task must be written: the row is updated only if it still
