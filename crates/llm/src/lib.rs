@@ -26,7 +26,11 @@ pub use scripted::ScriptedProvider;
 pub enum Error {
     /// Worth retrying (429, 529/overloaded, 5xx, reset, timeout), after `retry_after` if given.
     #[error("{provider} transient error: {message}")]
-    Transient { provider: String, message: String, retry_after: Option<Duration> },
+    Transient {
+        provider: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Retrying will not help (400, 401, 403, 404, a refused request).
     #[error("{provider} error: {message}")]
     Fatal { provider: String, message: String },
@@ -60,10 +64,16 @@ pub struct Message {
 
 impl Message {
     pub fn user(content: impl Into<String>) -> Self {
-        Message { role: MessageRole::User, content: content.into() }
+        Message {
+            role: MessageRole::User,
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message { role: MessageRole::Assistant, content: content.into() }
+        Message {
+            role: MessageRole::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -165,9 +175,19 @@ pub struct Price {
 /// Known prices (USD per million tokens). Unknown models cost 0 and say so.
 pub fn price_of(model: &str) -> Option<Price> {
     let m = model.to_ascii_lowercase();
-    let p = |input: f64, output: f64| Price { input, output, cache_read: input * 0.1, cache_write: input * 1.25 };
+    let p = |input: f64, output: f64| Price {
+        input,
+        output,
+        cache_read: input * 0.1,
+        cache_write: input * 1.25,
+    };
     if m == "scripted" || m.starts_with("scripted") {
-        Some(Price { input: 0.0, output: 0.0, cache_read: 0.0, cache_write: 0.0 })
+        Some(Price {
+            input: 0.0,
+            output: 0.0,
+            cache_read: 0.0,
+            cache_write: 0.0,
+        })
     } else if m.contains("opus-4-5") || m.contains("opus-4.5") {
         Some(p(5.0, 25.0))
     } else if m.contains("opus") {
