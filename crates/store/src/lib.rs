@@ -18,11 +18,18 @@
 //! This crate depends on `orch-core` only; it knows nothing of brokers,
 //! providers or the engine.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use orch_core::{
     Artifact, DeadLetter, Event, Millis, NewArtifact, NewEvent, Role, Run, RunId, RunState,
     RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict,
 };
+
+pub mod conformance;
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
 
 /// Errors of every store backend.
 #[derive(Debug, thiserror::Error)]
@@ -33,15 +40,27 @@ pub enum Error {
     TaskNotFound { run: String, task: String },
     #[error("no artifact {name:?} in run {run}")]
     ArtifactNotFound { run: String, name: String },
+    #[error("no dead letter {0}; list them with `orchestrator dlq list`")]
+    DeadLetterNotFound(i64),
     /// Someone else changed the run since it was loaded: reload and retry.
     #[error("concurrent update of run {0}; reload and retry")]
     Conflict(String),
     /// The worker no longer holds this attempt's lease: its result is discarded.
-    #[error("lease lost on task {task} attempt {attempt} of run {run}: the task was reclaimed, cancelled or finished by someone else")]
-    LeaseLost { run: String, task: String, attempt: u32 },
-    #[error("database is locked by another process ({0}); stop the other orchestrator or wait, then retry")]
+    #[error(
+        "lease lost on task {task} attempt {attempt} of run {run}: the task was reclaimed, cancelled or finished by someone else"
+    )]
+    LeaseLost {
+        run: String,
+        task: String,
+        attempt: u32,
+    },
+    #[error(
+        "database is locked by another process ({0}); stop the other orchestrator or wait, then retry"
+    )]
     Locked(String),
-    #[error("database file is not usable ({0}); it may be corrupt or not an orchestrator database. Move it aside and run `orchestrator init-db`")]
+    #[error(
+        "database file is not usable ({0}); it may be corrupt or not an orchestrator database. Move it aside and run `orchestrator init-db`"
+    )]
     Corrupt(String),
     #[error("cannot open database {url}: {message}")]
     Connect { url: String, message: String },
@@ -184,7 +203,12 @@ pub struct EventQuery {
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Append events to a run's log; returns their sequence numbers.
-    async fn append_events(&self, run_id: &RunId, events: &[NewEvent], now: Millis) -> Result<Vec<i64>>;
+    async fn append_events(
+        &self,
+        run_id: &RunId,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> Result<Vec<i64>>;
     /// Events of a run in sequence order.
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>>;
 }
@@ -194,13 +218,22 @@ pub trait ArtifactStore: Send + Sync {
     /// Artifacts of a run: every version, or only the latest of each name.
     async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>>;
     /// One artifact: the given version or the latest.
-    async fn get_artifact(&self, run_id: &RunId, name: &str, version: Option<i64>) -> Result<Artifact>;
+    async fn get_artifact(
+        &self,
+        run_id: &RunId,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Artifact>;
 }
 
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync {
     /// Dead letters, newest first; of one run, or all; replayed ones too if asked.
-    async fn list_dead_letters(&self, run_id: Option<&RunId>, include_replayed: bool) -> Result<Vec<DeadLetter>>;
+    async fn list_dead_letters(
+        &self,
+        run_id: Option<&RunId>,
+        include_replayed: bool,
+    ) -> Result<Vec<DeadLetter>>;
     /// Mark a dead letter replayed.
     async fn mark_replayed(&self, id: i64, now: Millis) -> Result<DeadLetter>;
 }
@@ -209,4 +242,38 @@ pub trait DeadLetterStore: Send + Sync {
 pub trait Store: RunStore + TaskStore + EventStore + ArtifactStore + DeadLetterStore {
     /// Backend name for logs and `status` (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
+}
+
+/// Open the store a `DATABASE_URL` names (creating and migrating a SQLite
+/// file if needed): `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a
+/// bare path.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    open(url, true).await
+}
+
+/// Like [`connect`], but a missing SQLite file is an [`Error::Connect`]
+/// instead of being created (for read-only commands).
+pub async fn connect_existing(url: &str) -> Result<Arc<dyn Store>> {
+    open(url, false).await
+}
+
+async fn open(url: &str, create: bool) -> Result<Arc<dyn Store>> {
+    let scheme = url
+        .trim()
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => Err(Error::UnsupportedUrl(format!(
+            "{url} (PostgreSQL support is coming in a later release; use sqlite://PATH for now)"
+        ))),
+        None | Some("sqlite") => {
+            let store = if create {
+                SqliteStore::open(url).await?
+            } else {
+                SqliteStore::open_existing(url).await?
+            };
+            Ok(Arc::new(store))
+        }
+        Some(_) => Err(Error::UnsupportedUrl(url.to_string())),
+    }
 }

@@ -1,0 +1,6 @@
+-- ?2 = -1 means no limit.
+SELECT run_id, id, role, attempt, lease_owner
+FROM tasks
+WHERE status = 'QUEUED' AND queued_at < ?1
+ORDER BY queued_at
+LIMIT ?2;

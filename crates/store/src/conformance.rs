@@ -1,0 +1,1372 @@
+//! The conformance suite every store backend must pass (as sqlx runs one test
+//! suite against every database).
+//!
+//! Each check is a public async function taking a [`Store`]; [`run_all`] runs
+//! them in turn. Checks create their own runs (fresh [`RunId`]s) and never
+//! assume the database is empty, so they may share one database. Run states
+//! and diffs come from the real state machine (`orch_core::machine::apply`
+//! on the built-in `sdlc` workflow), as the engine would produce them.
+//! Failures panic with a message naming what the backend got wrong.
+
+use std::sync::Arc;
+
+use orch_core::{
+    Action, EventKind, Input, Millis, NewArtifact, NewEvent, RunId, RunSettings, RunState,
+    RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict, VerdictKind, Workflow, machine,
+};
+use serde_json::json;
+
+use crate::{Error, EventQuery, Fence, NewDeadLetter, RunFilter, Store, TaskOutcome, TaskRef};
+
+/// Base time of the suite (the clock is the suite's, never the system's).
+pub const T0: Millis = 1_700_000_000_000;
+/// Lease length the suite's workers take.
+const LEASE_MS: Millis = 30_000;
+/// The first task of the `sdlc` workflow (no dependencies).
+const FIRST: &str = "requirements";
+
+/// Run every check against `store`, one after the other.
+pub async fn run_all(store: &dyn Store) {
+    create_and_load_round_trip(store).await;
+    event_seqs_have_no_gaps(store).await;
+    claim_is_exclusive(store).await;
+    heartbeat_needs_the_lease(store).await;
+    complete_is_fenced(store).await;
+    save_run_is_compare_and_set(store).await;
+    save_run_conflicts_with_workers(store).await;
+    new_tasks_keep_creation_order(store).await;
+    artifacts_are_versioned(store).await;
+    files_of_one_artifact_are_versioned_apart(store).await;
+    sweeper_queries(store).await;
+    dead_letters_round_trip(store).await;
+    list_runs_filters_and_pages(store).await;
+    unknown_ids_are_not_found(store).await;
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// A fresh run of the `sdlc` workflow (not yet stored) and its creation events.
+pub fn new_run(now: Millis) -> (RunState, Vec<NewEvent>) {
+    let workflow = Workflow::builtin("sdlc").expect("the built-in sdlc workflow exists");
+    RunState::new_run(
+        RunId::generate(),
+        "Build a small CRUD app for managing TODO items",
+        json!({"stack": "python", "notes": ["keep it small"], "budget": 1.5}),
+        &workflow,
+        RunSettings::default(),
+        "scripted",
+        now,
+    )
+}
+
+/// Store a fresh run and return its state as stored.
+async fn create(store: &dyn Store, now: Millis) -> RunState {
+    let (state, events) = new_run(now);
+    store
+        .create_run(&state, &events, now)
+        .await
+        .expect("create_run");
+    state
+}
+
+/// What the engine does on a step: apply `input`, save the diff, the events
+/// and dead letters. Returns the saved state (with its new version).
+async fn step(
+    store: &dyn Store,
+    state: &RunState,
+    input: Input,
+    now: Millis,
+) -> crate::Result<RunState> {
+    let mut after = state.clone();
+    let actions =
+        machine::apply(&mut after, input, now).expect("the state machine accepts the input");
+    let diff = StateDiff::between(state, &after);
+    let mut events = Vec::new();
+    let mut dead = Vec::new();
+    for action in actions {
+        match action {
+            Action::Emit(ev) => events.push(ev),
+            Action::DeadLetter {
+                task_id,
+                role,
+                attempts,
+                error,
+            } => dead.push(NewDeadLetter {
+                task_id,
+                role,
+                attempts,
+                error,
+            }),
+            Action::Dispatch { .. } => {}
+        }
+    }
+    let version = store
+        .save_run(
+            &state.run.id,
+            state.run.version,
+            &diff,
+            &after,
+            &events,
+            &dead,
+            now,
+        )
+        .await?;
+    assert_eq!(
+        version,
+        state.run.version + 1,
+        "save_run returns the next version"
+    );
+    after.run.version = version;
+    Ok(after)
+}
+
+/// Create a run and reconcile it once: RUNNING, with `requirements` QUEUED at attempt 1.
+async fn create_queued(store: &dyn Store, now: Millis) -> RunState {
+    let state = create(store, now).await;
+    let state = step(store, &state, Input::Reconcile, now + 10)
+        .await
+        .expect("first reconcile");
+    let first = state.task(FIRST).expect("the first task");
+    assert_eq!(first.status, TaskStatus::Queued);
+    assert_eq!(first.attempt, 1);
+    state
+}
+
+fn fence(run: &RunId, task: &str, attempt: u32, owner: &str) -> Fence {
+    Fence {
+        run_id: run.clone(),
+        task_id: task.to_string(),
+        attempt,
+        owner: owner.to_string(),
+    }
+}
+
+fn succeeded(task: &str, artifacts: Vec<NewArtifact>) -> TaskOutcome {
+    TaskOutcome {
+        status: TaskStatus::Succeeded,
+        summary: Some(format!("{task} done")),
+        verdict: None,
+        error: None,
+        retryable: true,
+        events: vec![
+            NewEvent::task(EventKind::ToolCall, task, "write_artifact")
+                .with_data(json!({"tool": "write_artifact"})),
+            NewEvent::task(EventKind::TaskSucceeded, task, format!("{task} succeeded")),
+        ],
+        artifacts,
+        usage: Usage {
+            input_tokens: 100,
+            output_tokens: 50,
+            cache_read_tokens: 10,
+            cache_write_tokens: 0,
+            cost_usd: 0.25,
+        },
+    }
+}
+
+fn failed(task: &str, retryable: bool, artifacts: Vec<NewArtifact>) -> TaskOutcome {
+    TaskOutcome {
+        status: TaskStatus::Failed,
+        summary: None,
+        verdict: None,
+        error: Some("the model returned no artifact".into()),
+        retryable,
+        events: vec![NewEvent::task(
+            EventKind::TaskFailed,
+            task,
+            format!("{task} failed"),
+        )],
+        artifacts,
+        usage: Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_usd: 0.125,
+            ..Usage::default()
+        },
+    }
+}
+
+fn artifact(name: &str, content: &str) -> NewArtifact {
+    NewArtifact {
+        name: name.to_string(),
+        kind: "requirements".into(),
+        path: None,
+        content: content.to_string(),
+        metadata: json!({"words": content.split_whitespace().count()}),
+    }
+}
+
+async fn task(store: &dyn Store, run: &RunId, id: &str) -> Task {
+    store
+        .list_tasks(run)
+        .await
+        .expect("list_tasks")
+        .into_iter()
+        .find(|t| t.id == id)
+        .unwrap_or_else(|| panic!("task {id} of run {run} is stored"))
+}
+
+async fn event_count(store: &dyn Store, run: &RunId) -> usize {
+    store
+        .list_events(run, EventQuery::default())
+        .await
+        .expect("list_events")
+        .len()
+}
+
+/// Sequence numbers of the run's events are exactly 1..=n.
+async fn assert_seqs_contiguous(store: &dyn Store, run: &RunId) -> usize {
+    let events = store
+        .list_events(run, EventQuery::default())
+        .await
+        .expect("list_events");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<i64> = (1..=events.len() as i64).collect();
+    assert_eq!(
+        seqs, expected,
+        "event seqs of run {run} are 1..=n with no gaps"
+    );
+    events.len()
+}
+
+fn assert_conflict<T>(result: crate::Result<T>, what: &str) {
+    match result {
+        Err(Error::Conflict(_)) => {}
+        other => panic!(
+            "{what}: expected Error::Conflict, got {:?}",
+            other.map(|_| "Ok")
+        ),
+    }
+}
+
+fn assert_lease_lost<T>(result: crate::Result<T>, what: &str) {
+    match result {
+        Err(Error::LeaseLost { .. }) => {}
+        other => panic!(
+            "{what}: expected Error::LeaseLost, got {:?}",
+            other.map(|_| "Ok")
+        ),
+    }
+}
+
+fn assert_run_not_found<T>(result: crate::Result<T>, what: &str) {
+    match result {
+        Err(Error::RunNotFound(_)) => {}
+        other => panic!(
+            "{what}: expected Error::RunNotFound, got {:?}",
+            other.map(|_| "Ok")
+        ),
+    }
+}
+
+fn refs_of<'a>(refs: &'a [TaskRef], run: &RunId) -> Vec<&'a TaskRef> {
+    refs.iter().filter(|r| &r.run_id == run).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Checks
+
+/// A created run loads back exactly: run row, tasks in plan order, gates.
+pub async fn create_and_load_round_trip(store: &dyn Store) {
+    let (state, events) = new_run(T0);
+    store
+        .create_run(&state, &events, T0)
+        .await
+        .expect("create_run");
+    let loaded = store.load_run(&state.run.id).await.expect("load_run");
+    assert_eq!(loaded.run, state.run, "the run row round-trips");
+    assert_eq!(loaded.tasks, state.tasks, "tasks round-trip in plan order");
+    assert_eq!(loaded.gates, state.gates, "gates round-trip");
+    assert_eq!(
+        store.get_run(&state.run.id).await.expect("get_run"),
+        state.run
+    );
+    assert_eq!(
+        store.list_tasks(&state.run.id).await.expect("list_tasks"),
+        state.tasks
+    );
+    let stored = store
+        .list_events(&state.run.id, EventQuery::default())
+        .await
+        .expect("list_events");
+    assert_eq!(stored.len(), events.len());
+    for (i, (got, want)) in stored.iter().zip(&events).enumerate() {
+        assert_eq!(got.seq, i as i64 + 1);
+        assert_eq!(got.run_id, state.run.id);
+        assert_eq!(got.kind, want.kind);
+        assert_eq!(got.task_id, want.task_id);
+        assert_eq!(got.message, want.message);
+        assert_eq!(got.data, want.data);
+        assert_eq!(got.created_at, T0);
+    }
+    assert!(
+        store
+            .active_runs()
+            .await
+            .expect("active_runs")
+            .contains(&state.run.id),
+        "a PENDING run is active"
+    );
+    // The same run twice is refused and changes nothing.
+    assert!(
+        store.create_run(&state, &events, T0).await.is_err(),
+        "creating a run twice fails"
+    );
+    assert_eq!(event_count(store, &state.run.id).await, events.len());
+}
+
+/// Events of one run are numbered 1, 2, 3, ... across every writer.
+pub async fn event_seqs_have_no_gaps(store: &dyn Store) {
+    let state = create(store, T0).await;
+    let id = state.run.id.clone();
+    let n0 = assert_seqs_contiguous(store, &id).await;
+
+    let seqs = store
+        .append_events(
+            &id,
+            &[
+                NewEvent::run(EventKind::Checkpoint, "one"),
+                NewEvent::run(EventKind::ChannelMessage, "two").with_data(json!({"to": "pm"})),
+            ],
+            T0 + 1,
+        )
+        .await
+        .expect("append_events");
+    assert_eq!(seqs, vec![n0 as i64 + 1, n0 as i64 + 2]);
+    assert_eq!(
+        store
+            .append_events(&id, &[], T0 + 1)
+            .await
+            .expect("append nothing"),
+        Vec::<i64>::new()
+    );
+
+    step(store, &state, Input::Reconcile, T0 + 10)
+        .await
+        .expect("reconcile");
+    let owner = "worker-a";
+    let claimed = store
+        .claim_task(&id, FIRST, 1, owner, T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("the queued task is claimed");
+    assert_eq!(claimed.status, TaskStatus::Running);
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, owner),
+            &succeeded(FIRST, vec![]),
+            T0 + 30,
+        )
+        .await
+        .expect("complete");
+    let state = store.load_run(&id).await.expect("load_run");
+    let _ = step(store, &state, Input::Reconcile, T0 + 40)
+        .await
+        .expect("reconcile after completion");
+
+    let n = assert_seqs_contiguous(store, &id).await;
+    assert!(n > n0 + 5, "every writer appended events ({n0} -> {n})");
+    let events = store
+        .list_events(&id, EventQuery::default())
+        .await
+        .expect("list_events");
+    let started = events
+        .iter()
+        .find(|e| e.kind == EventKind::TaskStarted)
+        .expect("claim_task appends task_started");
+    assert_eq!(started.task_id.as_deref(), Some(FIRST));
+    assert_eq!(started.data["owner"], json!(owner));
+    assert_eq!(started.data["attempt"], json!(1));
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::TaskSucceeded),
+        "complete_task appends the outcome's events"
+    );
+
+    // Paging through the log.
+    let page = store
+        .list_events(
+            &id,
+            EventQuery {
+                after_seq: 2,
+                limit: 3,
+            },
+        )
+        .await
+        .expect("list_events page");
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    let tail = store
+        .list_events(
+            &id,
+            EventQuery {
+                after_seq: n as i64,
+                limit: 0,
+            },
+        )
+        .await
+        .expect("list_events at the end");
+    assert!(tail.is_empty());
+}
+
+/// Only one claim of an attempt wins; stale attempts are not claimed.
+pub async fn claim_is_exclusive(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    let before = event_count(store, &id).await;
+
+    assert!(
+        store
+            .claim_task(&id, FIRST, 2, "w1", T0 + LEASE_MS, T0 + 20)
+            .await
+            .expect("claim of a future attempt")
+            .is_none(),
+        "an attempt that was not queued is not claimed"
+    );
+    assert!(
+        store
+            .claim_task(&id, "plan", 1, "w1", T0 + LEASE_MS, T0 + 20)
+            .await
+            .expect("claim of a pending task")
+            .is_none(),
+        "a task that is not QUEUED is not claimed"
+    );
+    assert_eq!(
+        event_count(store, &id).await,
+        before,
+        "failed claims write nothing"
+    );
+
+    let task = store
+        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("the first claim wins");
+    assert_eq!(task.run_id, id);
+    assert_eq!(task.id, FIRST);
+    assert_eq!(task.status, TaskStatus::Running);
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.lease_owner.as_deref(), Some("w1"));
+    assert_eq!(task.lease_expires_at, Some(T0 + 20 + LEASE_MS));
+    assert_eq!(task.started_at, Some(T0 + 20));
+    assert_eq!(
+        task,
+        self::task(store, &id, FIRST).await,
+        "claim returns the stored row"
+    );
+    assert_eq!(event_count(store, &id).await, before + 1);
+
+    assert!(
+        store
+            .claim_task(&id, FIRST, 1, "w2", T0 + 30 + LEASE_MS, T0 + 30)
+            .await
+            .expect("duplicate claim")
+            .is_none(),
+        "a duplicate claim of the same attempt returns None"
+    );
+    let stored = self::task(store, &id, FIRST).await;
+    assert_eq!(
+        stored.lease_owner.as_deref(),
+        Some("w1"),
+        "the duplicate changed nothing"
+    );
+    assert_eq!(event_count(store, &id).await, before + 1);
+}
+
+/// Heartbeats extend the lease only while it is held.
+pub async fn heartbeat_needs_the_lease(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    let owner = "w1";
+    store
+        .claim_task(&id, FIRST, 1, owner, T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let f = fence(&id, FIRST, 1, owner);
+    assert!(store.heartbeat(&f, T0 + 90_000).await.expect("heartbeat"));
+    assert_eq!(
+        task(store, &id, FIRST).await.lease_expires_at,
+        Some(T0 + 90_000)
+    );
+    assert!(
+        !store
+            .heartbeat(&fence(&id, FIRST, 1, "w2"), T0 + 99_000)
+            .await
+            .expect("heartbeat of another owner"),
+        "another owner cannot heartbeat"
+    );
+    assert!(
+        !store
+            .heartbeat(&fence(&id, FIRST, 2, owner), T0 + 99_000)
+            .await
+            .expect("heartbeat of another attempt"),
+        "another attempt cannot heartbeat"
+    );
+    assert_eq!(
+        task(store, &id, FIRST).await.lease_expires_at,
+        Some(T0 + 90_000)
+    );
+
+    // The sweeper reclaims the task: the lease is lost.
+    let state = store.load_run(&id).await.expect("load_run");
+    let state = step(
+        store,
+        &state,
+        Input::LeaseExpired {
+            task_id: FIRST.into(),
+            attempt: 1,
+            owner: Some(owner.into()),
+        },
+        T0 + 100_000,
+    )
+    .await
+    .expect("lease expiry saved");
+    assert_ne!(state.task(FIRST).unwrap().status, TaskStatus::Running);
+    assert!(
+        !store.heartbeat(&f, T0 + 200_000).await.expect("heartbeat"),
+        "heartbeat after losing the lease returns false"
+    );
+    assert_lease_lost(
+        store
+            .complete_task(&f, &succeeded(FIRST, vec![]), T0 + 100_001)
+            .await,
+        "completion after the lease was reclaimed",
+    );
+}
+
+/// Completion commits only for the holder of the attempt's unexpired lease,
+/// and writes nothing otherwise.
+pub async fn complete_is_fenced(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    let owner = "w1";
+    let lease_until = T0 + 20 + LEASE_MS;
+    store
+        .claim_task(&id, FIRST, 1, owner, lease_until, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let events_before = event_count(store, &id).await;
+    let run_before = store.get_run(&id).await.expect("get_run");
+    let task_before = task(store, &id, FIRST).await;
+    let outcome = succeeded(
+        FIRST,
+        vec![artifact("requirements", "The app manages TODO items.")],
+    );
+
+    let cases = [
+        (fence(&id, FIRST, 1, "w2"), T0 + 30, "wrong owner"),
+        (fence(&id, FIRST, 2, owner), T0 + 30, "wrong attempt"),
+        (
+            fence(&id, FIRST, 1, owner),
+            lease_until + 1,
+            "expired lease",
+        ),
+        (fence(&id, "plan", 1, owner), T0 + 30, "task not running"),
+    ];
+    for (f, now, what) in &cases {
+        assert_lease_lost(store.complete_task(f, &outcome, *now).await, what);
+        assert_eq!(
+            event_count(store, &id).await,
+            events_before,
+            "{what}: no event written"
+        );
+        assert!(
+            store
+                .list_artifacts(&id, false)
+                .await
+                .expect("list_artifacts")
+                .is_empty(),
+            "{what}: no artifact written"
+        );
+        assert_eq!(
+            task(store, &id, FIRST).await,
+            task_before,
+            "{what}: task unchanged"
+        );
+        assert_eq!(
+            store.get_run(&id).await.expect("get_run"),
+            run_before,
+            "{what}: run unchanged"
+        );
+    }
+
+    // An outcome must end the attempt.
+    let mut bad = outcome.clone();
+    bad.status = TaskStatus::Queued;
+    assert!(
+        store
+            .complete_task(&fence(&id, FIRST, 1, owner), &bad, T0 + 30)
+            .await
+            .is_err(),
+        "an outcome other than SUCCEEDED or FAILED is refused"
+    );
+    assert_eq!(task(store, &id, FIRST).await, task_before);
+
+    // The holder commits, at the last moment of its lease.
+    let mut outcome = outcome;
+    outcome.verdict = Some(Verdict {
+        verdict: VerdictKind::Pass,
+        findings: vec!["clear scope".into()],
+    });
+    store
+        .complete_task(&fence(&id, FIRST, 1, owner), &outcome, lease_until)
+        .await
+        .expect("the holder completes");
+    let done = task(store, &id, FIRST).await;
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.result_summary.as_deref(), Some("requirements done"));
+    assert_eq!(done.verdict, outcome.verdict);
+    assert_eq!(done.lease_owner, None);
+    assert_eq!(done.lease_expires_at, None);
+    assert_eq!(done.finished_at, Some(lease_until));
+    assert_eq!(done.cost_usd, 0.25);
+    let run = store.get_run(&id).await.expect("get_run");
+    assert_eq!(run.cost_usd, 0.25, "usage is added to the run");
+    assert_eq!(run.tokens_in, 100);
+    assert_eq!(run.tokens_out, 50);
+    assert_eq!(
+        run.version, run_before.version,
+        "workers do not bump the version"
+    );
+    assert_eq!(
+        event_count(store, &id).await,
+        events_before + outcome.events.len()
+    );
+    let artifacts = store
+        .list_artifacts(&id, false)
+        .await
+        .expect("list_artifacts");
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(artifacts[0].version, 1);
+    assert_eq!(artifacts[0].task_id, FIRST);
+    assert_eq!(artifacts[0].attempt, 1);
+    assert_eq!(artifacts[0].content, "The app manages TODO items.");
+    assert_eq!(artifacts[0].metadata, json!({"words": 5}));
+    assert_eq!(artifacts[0].created_at, lease_until);
+
+    // A second completion of the same attempt is refused.
+    assert_lease_lost(
+        store
+            .complete_task(&fence(&id, FIRST, 1, owner), &outcome, T0 + 40)
+            .await,
+        "second completion",
+    );
+    assert_eq!(store.list_artifacts(&id, false).await.unwrap().len(), 1);
+}
+
+/// `save_run` is compare-and-set on the run version: a stale save writes
+/// nothing; every save bumps the version; worker-owned totals are kept.
+pub async fn save_run_is_compare_and_set(store: &dyn Store) {
+    let state = create(store, T0).await;
+    let id = state.run.id.clone();
+    let v0 = state.run.version;
+    let saved = step(store, &state, Input::Reconcile, T0 + 10)
+        .await
+        .expect("first save");
+    assert_eq!(saved.run.version, v0 + 1);
+    let loaded = store.load_run(&id).await.expect("load_run");
+    assert_eq!(loaded.run.version, v0 + 1);
+    assert_eq!(loaded.run.status, RunStatus::Running);
+    assert_eq!(loaded.run.updated_at, T0 + 10);
+    assert_eq!(loaded.tasks, saved.tasks, "task changes are saved");
+    assert_eq!(loaded.gates, saved.gates);
+    let events_after_first = assert_seqs_contiguous(store, &id).await;
+
+    // A save from the stale state (version v0) conflicts and writes nothing.
+    let mut stale = state.clone();
+    let actions = machine::apply(
+        &mut stale,
+        Input::Cancel {
+            reason: "stale".into(),
+        },
+        T0 + 20,
+    )
+    .expect("cancel");
+    let events: Vec<NewEvent> = actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Emit(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let dead = vec![NewDeadLetter {
+        task_id: FIRST.into(),
+        role: state.task(FIRST).unwrap().role,
+        attempts: 1,
+        error: "never written".into(),
+    }];
+    assert_conflict(
+        store
+            .save_run(
+                &id,
+                v0,
+                &StateDiff::between(&state, &stale),
+                &stale,
+                &events,
+                &dead,
+                T0 + 20,
+            )
+            .await,
+        "save with a stale version",
+    );
+    let after = store.load_run(&id).await.expect("load_run");
+    assert_eq!(after, loaded, "a conflicting save writes nothing");
+    assert_eq!(event_count(store, &id).await, events_after_first);
+    assert!(
+        store
+            .list_dead_letters(Some(&id), true)
+            .await
+            .expect("list_dead_letters")
+            .is_empty()
+    );
+
+    // An empty save still bumps the version (it serializes engines), and
+    // never writes the worker-owned totals from the engine's copy.
+    let mut copy = after.clone();
+    copy.run.cost_usd = 999.0;
+    copy.run.tokens_in = 999;
+    let version = store
+        .save_run(
+            &id,
+            after.run.version,
+            &StateDiff::default(),
+            &copy,
+            &[],
+            &[],
+            T0 + 30,
+        )
+        .await
+        .expect("empty save");
+    assert_eq!(version, after.run.version + 1);
+    let run = store.get_run(&id).await.expect("get_run");
+    assert_eq!(run.version, version);
+    assert_eq!(run.cost_usd, 0.0, "the engine does not write cost");
+    assert_eq!(run.tokens_in, 0, "the engine does not write tokens");
+    assert_eq!(event_count(store, &id).await, events_after_first);
+}
+
+/// A save whose changed task was moved by a worker meanwhile (claimed or
+/// completed) conflicts and writes nothing.
+pub async fn save_run_conflicts_with_workers(store: &dyn Store) {
+    // Claimed meanwhile: the engine cancels from a state where the task was QUEUED.
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    store
+        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let before = store.load_run(&id).await.expect("load_run");
+    let events_before = event_count(store, &id).await;
+    assert_conflict(
+        step(
+            store,
+            &state,
+            Input::Cancel {
+                reason: "stop".into(),
+            },
+            T0 + 30,
+        )
+        .await,
+        "save over a claimed task",
+    );
+    assert_eq!(
+        store.load_run(&id).await.unwrap(),
+        before,
+        "nothing written"
+    );
+    assert_eq!(event_count(store, &id).await, events_before);
+
+    // Completed meanwhile: the engine expires the lease from a state where
+    // the task was RUNNING, but the worker completed it first.
+    let running = before;
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, "w1"),
+            &succeeded(FIRST, vec![]),
+            T0 + 40,
+        )
+        .await
+        .expect("complete");
+    let before = store.load_run(&id).await.expect("load_run");
+    let events_before = event_count(store, &id).await;
+    assert_conflict(
+        step(
+            store,
+            &running,
+            Input::LeaseExpired {
+                task_id: FIRST.into(),
+                attempt: 1,
+                owner: Some("w1".into()),
+            },
+            T0 + 50,
+        )
+        .await,
+        "save over a completed task",
+    );
+    let after = store.load_run(&id).await.expect("load_run");
+    assert_eq!(after, before, "nothing written");
+    assert_eq!(after.task(FIRST).unwrap().status, TaskStatus::Succeeded);
+    assert_eq!(event_count(store, &id).await, events_before);
+
+    // From the fresh state the same engine step goes through.
+    step(store, &after, Input::Reconcile, T0 + 60)
+        .await
+        .expect("save from the fresh state");
+}
+
+/// Tasks added by a save come after the plan's tasks when loaded.
+pub async fn new_tasks_keep_creation_order(store: &dyn Store) {
+    let state = create(store, T0).await;
+    let id = state.run.id.clone();
+    let mut after = state.clone();
+    let mut extra = state.task("backend").expect("a backend task").clone();
+    extra.id = "aaa_added_first".into();
+    extra.dedupe_key = format!("{id}/aaa_added_first/0");
+    after.tasks.push(extra.clone());
+    let mut second = extra.clone();
+    second.id = "000_added_second".into();
+    second.dedupe_key = format!("{id}/000_added_second/0");
+    after.tasks.push(second);
+    let diff = StateDiff::between(&state, &after);
+    assert_eq!(diff.new_tasks.len(), 2);
+    store
+        .save_run(&id, state.run.version, &diff, &after, &[], &[], T0 + 10)
+        .await
+        .expect("save new tasks");
+    let ids: Vec<String> = store
+        .load_run(&id)
+        .await
+        .expect("load_run")
+        .tasks
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let want: Vec<String> = after.tasks.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(ids, want, "tasks load in creation order");
+
+    // A save that fails halfway (a new task that already exists) writes
+    // nothing, not even the parts before the failure.
+    let saved = store.load_run(&id).await.expect("load_run");
+    let events_before = event_count(store, &id).await;
+    let mut again = saved.clone();
+    again.run.status_reason = Some("should not be saved".into());
+    let diff = StateDiff {
+        run_changed: true,
+        new_tasks: vec![extra],
+        ..StateDiff::default()
+    };
+    let result = store
+        .save_run(
+            &id,
+            saved.run.version,
+            &diff,
+            &again,
+            &[NewEvent::run(EventKind::Checkpoint, "never written")],
+            &[],
+            T0 + 20,
+        )
+        .await;
+    assert!(result.is_err(), "a duplicate task id is refused");
+    assert_eq!(
+        store.load_run(&id).await.expect("load_run"),
+        saved,
+        "nothing written"
+    );
+    assert_eq!(event_count(store, &id).await, events_before);
+}
+
+/// Artifact versions count up per name; latest-only listing and lookups.
+pub async fn artifacts_are_versioned(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+
+    // Attempt 1 fails (after writing a draft), is retried, attempt 2 succeeds.
+    store
+        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, "w1"),
+            &failed(FIRST, true, vec![artifact("requirements", "draft")]),
+            T0 + 30,
+        )
+        .await
+        .expect("fail attempt 1");
+    assert_eq!(task(store, &id, FIRST).await.status, TaskStatus::Failed);
+    let state = store.load_run(&id).await.expect("load_run");
+    let state = step(store, &state, Input::Reconcile, T0 + 40)
+        .await
+        .expect("retry scheduled");
+    let retry_at = state.task(FIRST).unwrap().not_before.expect("a retry time");
+    let state = step(store, &state, Input::Reconcile, retry_at)
+        .await
+        .expect("retry queued");
+    assert_eq!(state.task(FIRST).unwrap().status, TaskStatus::Queued);
+    assert_eq!(state.task(FIRST).unwrap().attempt, 2);
+    assert!(
+        store
+            .claim_task(&id, FIRST, 1, "w1", retry_at + LEASE_MS, retry_at)
+            .await
+            .expect("stale claim")
+            .is_none(),
+        "the old attempt can no longer be claimed"
+    );
+    store
+        .claim_task(&id, FIRST, 2, "w2", retry_at + 10 + LEASE_MS, retry_at + 10)
+        .await
+        .expect("claim attempt 2")
+        .expect("claimed");
+    store
+        .complete_task(
+            &fence(&id, FIRST, 2, "w2"),
+            &succeeded(
+                FIRST,
+                vec![
+                    artifact("requirements", "final requirements"),
+                    artifact("glossary", "todo: an item"),
+                ],
+            ),
+            retry_at + 20,
+        )
+        .await
+        .expect("complete attempt 2");
+    assert_seqs_contiguous(store, &id).await;
+
+    let all = store
+        .list_artifacts(&id, false)
+        .await
+        .expect("list_artifacts");
+    let listed: Vec<(&str, i64, u32)> = all
+        .iter()
+        .map(|a| (a.name.as_str(), a.version, a.attempt))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("requirements", 1, 1),
+            ("glossary", 1, 2),
+            ("requirements", 2, 2)
+        ],
+        "every version, by time then name then version"
+    );
+    let latest = store
+        .list_artifacts(&id, true)
+        .await
+        .expect("latest artifacts");
+    let listed: Vec<(&str, i64)> = latest
+        .iter()
+        .map(|a| (a.name.as_str(), a.version))
+        .collect();
+    assert_eq!(listed, vec![("glossary", 1), ("requirements", 2)]);
+
+    let a = store
+        .get_artifact(&id, "requirements", None)
+        .await
+        .expect("latest requirements");
+    assert_eq!((a.version, a.content.as_str()), (2, "final requirements"));
+    let a = store
+        .get_artifact(&id, "requirements", Some(1))
+        .await
+        .expect("requirements v1");
+    assert_eq!((a.version, a.content.as_str(), a.attempt), (1, "draft", 1));
+    for (name, version) in [("requirements", Some(3)), ("nothing", None)] {
+        match store.get_artifact(&id, name, version).await {
+            Err(Error::ArtifactNotFound { .. }) => {}
+            other => {
+                panic!("artifact {name} {version:?}: expected ArtifactNotFound, got {other:?}")
+            }
+        }
+    }
+    let run = store.get_run(&id).await.expect("get_run");
+    assert_eq!(run.cost_usd, 0.375, "usage of both attempts");
+    assert_eq!(task(store, &id, FIRST).await.cost_usd, 0.375);
+}
+
+/// A code artifact is several files sharing a name: each (name, path) has its
+/// own versions, and "latest" keeps every file.
+pub async fn files_of_one_artifact_are_versioned_apart(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    store
+        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let file = |path: &str, content: &str| NewArtifact {
+        name: "backend_code".into(),
+        kind: "code".into(),
+        path: Some(path.into()),
+        content: content.into(),
+        metadata: json!({"path": path}),
+    };
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, "w1"),
+            &succeeded(
+                FIRST,
+                vec![
+                    file("backend/app.py", "v1"),
+                    file("backend/models.py", "models"),
+                    file("backend/app.py", "v2"),
+                    artifact("requirements", "reqs"),
+                ],
+            ),
+            T0 + 30,
+        )
+        .await
+        .expect("complete");
+    let all = store.list_artifacts(&id, false).await.expect("all");
+    assert_eq!(all.len(), 4, "every write is kept");
+    let latest = store.list_artifacts(&id, true).await.expect("latest");
+    let mut files: Vec<(Option<&str>, i64, &str)> = latest
+        .iter()
+        .filter(|a| a.name == "backend_code")
+        .map(|a| (a.path.as_deref(), a.version, a.content.as_str()))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec![
+            (Some("backend/app.py"), 2, "v2"),
+            (Some("backend/models.py"), 1, "models"),
+        ]
+    );
+    assert_eq!(latest.len(), 3);
+}
+
+/// The sweeper's queries find exactly the rows they name.
+pub async fn sweeper_queries(store: &dyn Store) {
+    let queued_at = T0 + 10;
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+
+    let stale = store
+        .stale_queued(queued_at + 1, 0)
+        .await
+        .expect("stale_queued");
+    let mine = refs_of(&stale, &id);
+    assert_eq!(mine.len(), 1, "the queued task is stale");
+    assert_eq!(mine[0].task_id, FIRST);
+    assert_eq!(mine[0].attempt, 1);
+    assert_eq!(mine[0].role, state.task(FIRST).unwrap().role);
+    assert_eq!(mine[0].lease_owner, None);
+    let fresh = store
+        .stale_queued(queued_at, 0)
+        .await
+        .expect("stale_queued");
+    assert!(
+        refs_of(&fresh, &id).is_empty(),
+        "queued at `before` is not stale"
+    );
+    assert!(store.stale_queued(queued_at + 1, 1).await.unwrap().len() <= 1);
+
+    let lease_until = T0 + 20 + LEASE_MS;
+    store
+        .claim_task(&id, FIRST, 1, "w1", lease_until, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let stale = store.stale_queued(T0 + 1_000_000, 0).await.unwrap();
+    assert!(
+        refs_of(&stale, &id).is_empty(),
+        "a running task is not stale-queued"
+    );
+
+    let running = store.running_tasks(0).await.expect("running_tasks");
+    let mine = refs_of(&running, &id);
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].lease_owner.as_deref(), Some("w1"));
+    assert!(store.running_tasks(1).await.unwrap().len() <= 1);
+
+    let expired = store
+        .expired_leases(lease_until, 0)
+        .await
+        .expect("expired_leases");
+    assert!(
+        refs_of(&expired, &id).is_empty(),
+        "a lease is valid up to its expiry"
+    );
+    let expired = store
+        .expired_leases(lease_until + 1, 0)
+        .await
+        .expect("expired_leases");
+    let mine = refs_of(&expired, &id);
+    assert_eq!(mine.len(), 1, "the lease expired");
+    assert_eq!(mine[0].task_id, FIRST);
+    assert_eq!(mine[0].attempt, 1);
+    assert_eq!(mine[0].lease_owner.as_deref(), Some("w1"));
+
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, "w1"),
+            &succeeded(FIRST, vec![]),
+            T0 + 30,
+        )
+        .await
+        .expect("complete");
+    assert!(refs_of(&store.running_tasks(0).await.unwrap(), &id).is_empty());
+    assert!(refs_of(&store.expired_leases(T0 + 1_000_000, 0).await.unwrap(), &id).is_empty());
+}
+
+/// Dead letters are saved with the state, listed newest first and replayed.
+pub async fn dead_letters_round_trip(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    store
+        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, "w1"),
+            &failed(FIRST, false, vec![]),
+            T0 + 30,
+        )
+        .await
+        .expect("fail for good");
+    let state = store.load_run(&id).await.expect("load_run");
+    let state = step(store, &state, Input::Reconcile, T0 + 40)
+        .await
+        .expect("dead letter saved");
+    assert_eq!(state.task(FIRST).unwrap().status, TaskStatus::Dead);
+    assert_eq!(state.run.status, RunStatus::NeedsInput);
+    assert!(
+        !store.active_runs().await.unwrap().contains(&id),
+        "a run waiting for input is not active"
+    );
+
+    let letters = store
+        .list_dead_letters(Some(&id), false)
+        .await
+        .expect("list_dead_letters");
+    assert_eq!(letters.len(), 1);
+    let first = letters[0].clone();
+    assert_eq!(first.run_id, id);
+    assert_eq!(first.task_id, FIRST);
+    assert_eq!(first.role, state.task(FIRST).unwrap().role);
+    assert_eq!(first.attempts, 1);
+    assert_eq!(first.error, "the model returned no artifact");
+    assert_eq!(first.created_at, T0 + 40);
+    assert_eq!(first.replayed_at, None);
+
+    // A second letter, later: listed first.
+    let version = store
+        .save_run(
+            &id,
+            state.run.version,
+            &StateDiff::default(),
+            &state,
+            &[],
+            &[NewDeadLetter {
+                task_id: "plan".into(),
+                role: state.task("plan").unwrap().role,
+                attempts: 3,
+                error: "second".into(),
+            }],
+            T0 + 50,
+        )
+        .await
+        .expect("save a dead letter");
+    assert_eq!(version, state.run.version + 1);
+    let letters = store.list_dead_letters(Some(&id), false).await.unwrap();
+    let tasks: Vec<&str> = letters.iter().map(|d| d.task_id.as_str()).collect();
+    assert_eq!(tasks, vec!["plan", FIRST], "newest first");
+    let all = store.list_dead_letters(None, false).await.unwrap();
+    assert!(all.iter().any(|d| d.id == first.id), "listed across runs");
+
+    let replayed = store
+        .mark_replayed(first.id, T0 + 60)
+        .await
+        .expect("mark_replayed");
+    assert_eq!(replayed.replayed_at, Some(T0 + 60));
+    assert_eq!(replayed.id, first.id);
+    assert_eq!(replayed.task_id, first.task_id);
+    let open = store.list_dead_letters(Some(&id), false).await.unwrap();
+    assert_eq!(open.len(), 1, "replayed letters are hidden by default");
+    assert_eq!(open[0].task_id, "plan");
+    let every = store.list_dead_letters(Some(&id), true).await.unwrap();
+    assert_eq!(every.len(), 2);
+    assert_eq!(every[1], replayed);
+    match store.mark_replayed(i64::MAX, T0).await {
+        Err(Error::DeadLetterNotFound(n)) => assert_eq!(n, i64::MAX),
+        other => panic!("unknown dead letter: expected DeadLetterNotFound, got {other:?}"),
+    }
+}
+
+/// Runs are listed newest first, filtered by status and paged.
+pub async fn list_runs_filters_and_pages(store: &dyn Store) {
+    // After every run already stored, so these are the newest of the database.
+    let newest = store
+        .list_runs(&RunFilter {
+            status: None,
+            limit: 1,
+            offset: 0,
+        })
+        .await
+        .expect("list_runs");
+    let base = newest.first().map_or(T0, |r| r.created_at.max(T0)) + 1_000;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let state = create(store, base + i).await;
+        ids.push(state.run.id.clone());
+        if i == 1 {
+            step(
+                store,
+                &state,
+                Input::Cancel {
+                    reason: "listing".into(),
+                },
+                base + i + 1,
+            )
+            .await
+            .expect("cancel");
+        }
+    }
+    let newest_first: Vec<RunId> = ids.iter().rev().cloned().collect();
+    let page = |limit, offset| RunFilter {
+        status: None,
+        limit,
+        offset,
+    };
+    let got: Vec<RunId> = store
+        .list_runs(&page(2, 0))
+        .await
+        .expect("list_runs")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(got, newest_first[..2], "first page, newest first");
+    let got: Vec<RunId> = store
+        .list_runs(&page(2, 2))
+        .await
+        .expect("list_runs")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(got, newest_first[2..4], "second page");
+    let all = store.list_runs(&page(0, 0)).await.expect("list_runs");
+    let got: Vec<RunId> = all.iter().take(5).map(|r| r.id.clone()).collect();
+    assert_eq!(got, newest_first, "limit 0 lists everything");
+    assert!(
+        all.windows(2).all(|w| w[0].created_at >= w[1].created_at),
+        "newest first"
+    );
+
+    let cancelled = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Cancelled),
+            limit: 0,
+            offset: 0,
+        })
+        .await
+        .expect("list_runs by status");
+    assert!(cancelled.iter().all(|r| r.status == RunStatus::Cancelled));
+    assert!(cancelled.iter().any(|r| r.id == ids[1]));
+    assert!(!cancelled.iter().any(|r| r.id == ids[0]));
+    let pending = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Pending),
+            limit: 0,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert!(pending.iter().any(|r| r.id == ids[0]));
+    assert!(!pending.iter().any(|r| r.id == ids[1]));
+
+    let active = store.active_runs().await.expect("active_runs");
+    assert!(active.contains(&ids[0]));
+    assert!(!active.contains(&ids[1]), "a cancelled run is not active");
+}
+
+/// Unknown runs are `RunNotFound` everywhere a run is named.
+pub async fn unknown_ids_are_not_found(store: &dyn Store) {
+    let ghost = RunId::generate();
+    assert_run_not_found(store.load_run(&ghost).await, "load_run");
+    assert_run_not_found(store.get_run(&ghost).await, "get_run");
+    assert_run_not_found(store.list_tasks(&ghost).await, "list_tasks");
+    assert_run_not_found(
+        store.list_events(&ghost, EventQuery::default()).await,
+        "list_events",
+    );
+    assert_run_not_found(store.list_artifacts(&ghost, false).await, "list_artifacts");
+    assert_run_not_found(store.get_artifact(&ghost, "x", None).await, "get_artifact");
+    assert_run_not_found(
+        store
+            .append_events(&ghost, &[NewEvent::run(EventKind::Checkpoint, "x")], T0)
+            .await,
+        "append_events",
+    );
+    let (state, _) = new_run(T0);
+    assert_run_not_found(
+        store
+            .save_run(&ghost, 0, &StateDiff::default(), &state, &[], &[], T0)
+            .await,
+        "save_run",
+    );
+    assert!(
+        store
+            .claim_task(&ghost, FIRST, 1, "w", T0, T0)
+            .await
+            .expect("claim on an unknown run")
+            .is_none()
+    );
+    assert!(
+        !store
+            .heartbeat(&fence(&ghost, FIRST, 1, "w"), T0)
+            .await
+            .unwrap()
+    );
+    assert_lease_lost(
+        store
+            .complete_task(&fence(&ghost, FIRST, 1, "w"), &succeeded(FIRST, vec![]), T0)
+            .await,
+        "complete on an unknown run",
+    );
+    assert!(
+        store
+            .list_dead_letters(Some(&ghost), true)
+            .await
+            .expect("list_dead_letters")
+            .is_empty()
+    );
+}
+
+/// Many concurrent claims of one queued attempt: exactly one wins, and the
+/// log records exactly one `task_started`.
+pub async fn concurrent_claims(store: Arc<dyn Store>, claimers: usize) {
+    let state = create_queued(store.as_ref(), T0).await;
+    let id = state.run.id.clone();
+    let before = event_count(store.as_ref(), &id).await;
+    let mut handles = Vec::new();
+    for i in 0..claimers {
+        let store = store.clone();
+        let id = id.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .claim_task(&id, FIRST, 1, &format!("w{i}"), T0 + LEASE_MS + 20, T0 + 20)
+                .await
+                .expect("claim")
+                .map(|t| t.lease_owner)
+        }));
+    }
+    let mut winners = Vec::new();
+    for h in handles {
+        if let Some(owner) = h.await.expect("claimer task") {
+            winners.push(owner);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one claim wins: {winners:?}");
+    let stored = task(store.as_ref(), &id, FIRST).await;
+    assert_eq!(stored.lease_owner, winners[0]);
+    assert_eq!(event_count(store.as_ref(), &id).await, before + 1);
+    assert_seqs_contiguous(store.as_ref(), &id).await;
+}

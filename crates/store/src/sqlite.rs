@@ -1,0 +1,1455 @@
+//! The SQLite store: the embedded default backend (one file, WAL mode).
+//!
+//! Durability: the database runs in WAL mode with `synchronous=NORMAL`. A
+//! commit is durable against a crash of the process (the WAL is written
+//! before the commit returns); on power loss or an OS crash the last few
+//! commits may be lost, but the database stays consistent. That trade buys
+//! the write throughput the engine needs (no fsync per commit).
+//!
+//! One statement per write. sqlx runs each SQLite connection on a thread of
+//! its own, and every statement's result crosses back to the async side: a
+//! thread wake-up that costs more (tens of microseconds on a small VM) than
+//! SQLite takes to execute a statement. So each write operation is *one*
+//! statement: an `INSERT` into a procedure, a TEMP view whose `INSTEAD OF`
+//! trigger performs the whole change (`queries/sqlite/proc_*.sql`, installed
+//! on the write connection when it opens). A single statement is atomic and,
+//! outside an explicit transaction, its own transaction; as a write statement
+//! it takes the write lock before reading anything (the `BEGIN IMMEDIATE`
+//! behaviour, so no lock upgrade can fail with `SQLITE_BUSY` in WAL mode). Its
+//! parameters travel as one JSON document (artifact contents as a second
+//! one) read with `->>` and `json_each`, so batches of events, tasks, gates
+//! and artifacts cost nothing extra. A condition that must stop the write
+//! (version conflict, lease lost, task not claimable) is a
+//! `RAISE(ROLLBACK, 'orch-assert:...')`: nothing is written, and the store
+//! maps the message to its error or result. With no explicit transaction a
+//! dropped future cannot leave one open.
+//!
+//! Writers are queued on one dedicated connection (see [`SqliteStore`]);
+//! readers use connections of their own. Other processes sharing the file
+//! are waited for up to [`BUSY_TIMEOUT`].
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_core::{
+    Artifact, DeadLetter, Event, EventKind, Gate, Millis, NewEvent, Run, RunId, RunState,
+    RunStatus, StateDiff, Task, TaskStatus,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::{
+    ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, NewDeadLetter, Result,
+    RunFilter, RunStore, Store, TaskOutcome, TaskRef, TaskStore,
+};
+
+/// How long a connection waits for another process's lock before failing with
+/// [`Error::Locked`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read connections of a file database (besides the one write connection).
+const MAX_READERS: usize = 7;
+
+/// The embedded migrations of the SQLite schema.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The queries, one file each (`queries/sqlite`).
+mod sql {
+    /// The concatenation of these files of `queries/sqlite`.
+    macro_rules! files {
+        ($($file:literal),+ $(,)?) => {
+            concat!($(include_str!(concat!("../queries/sqlite/", $file))),+)
+        };
+    }
+
+    // Reads.
+    pub const GET_RUN: &str = files!("get_run.sql");
+    pub const LIST_RUNS: &str = files!("list_runs.sql");
+    pub const ACTIVE_RUNS: &str = files!("active_runs.sql");
+    pub const RUN_EXISTS: &str = files!("run_exists.sql");
+    pub const LIST_TASKS: &str = files!("list_tasks.sql");
+    pub const EXPIRED_LEASES: &str = files!("expired_leases.sql");
+    pub const RUNNING_TASKS: &str = files!("running_tasks.sql");
+    pub const STALE_QUEUED: &str = files!("stale_queued.sql");
+    pub const LIST_EVENTS: &str = files!("list_events.sql");
+    pub const LIST_ARTIFACTS: &str = files!("list_artifacts.sql");
+    pub const GET_ARTIFACT: &str = files!("get_artifact.sql");
+    pub const LIST_DEAD_LETTERS: &str = files!("list_dead_letters.sql");
+    /// The run, its tasks and its gates (?1: the run id) in one round trip.
+    pub const LOAD_RUN: &str = files!("get_run.sql", "list_tasks.sql", "list_gates.sql");
+
+    // Writes of single rows.
+    pub const HEARTBEAT: &str = files!("heartbeat.sql");
+    pub const MARK_REPLAYED: &str = files!("mark_replayed.sql");
+
+    /// The procedures, installed on the write connection.
+    pub const PROCEDURES: &str = files!(
+        "proc_add_events.sql",
+        "proc_add_tasks.sql",
+        "proc_put_gates.sql",
+        "proc_create_run.sql",
+        "proc_save_run.sql",
+        "proc_append_events.sql",
+        "proc_claim_task.sql",
+        "proc_complete_task.sql",
+    );
+
+    // Procedure calls (?1: the JSON parameter document).
+    pub const CREATE_RUN: &str = files!("call_create_run.sql");
+    pub const SAVE_RUN: &str = files!("call_save_run.sql");
+    pub const APPEND_EVENTS: &str = files!("call_append_events.sql");
+    pub const CLAIM_TASK: &str = files!("call_claim_task.sql");
+    pub const COMPLETE_TASK: &str = files!("call_complete_task.sql");
+}
+
+type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
+
+/// The SQLite implementation of every store capability.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conns: Conns,
+    /// What was opened, for messages (`sqlite::memory:` or the file path).
+    location: String,
+}
+
+/// A connection behind a fair lock; `None` once the store is closed (or,
+/// for a reader, before its first use).
+type Slot = Arc<Mutex<Option<SqliteConnection>>>;
+
+/// A connection taken for one operation.
+type Taken = OwnedMutexGuard<Option<SqliteConnection>>;
+
+/// The connection inside a taken slot.
+fn conn(taken: &mut Taken) -> Result<&mut SqliteConnection> {
+    taken
+        .as_mut()
+        .ok_or_else(|| Error::Database("the store is closed".into()))
+}
+
+/// The connections of a store. Neither is a sqlx pool: a pool pings every
+/// connection it takes back, one more round trip per operation.
+#[derive(Debug, Clone)]
+struct Conns {
+    /// The one write connection, with the procedures installed. SQLite admits
+    /// one writer at a time; queueing this process's writers on this lock
+    /// (fairly, without sleeping) is much faster than letting several
+    /// connections contend through SQLite's busy handler, which sleeps in
+    /// millisecond steps.
+    writer: Slot,
+    /// Read connections: WAL readers neither block nor wait for the writer.
+    /// `None` for an in-memory database, whose one connection (the writer)
+    /// holds the whole database.
+    readers: Option<Arc<Readers>>,
+}
+
+impl Conns {
+    async fn writer(&self) -> Taken {
+        self.writer.clone().lock_owned().await
+    }
+
+    async fn reader(&self) -> Result<Taken> {
+        match &self.readers {
+            Some(readers) => readers.take().await,
+            None => Ok(self.writer().await),
+        }
+    }
+}
+
+/// Read connections of a file database, each opened on first use.
+#[derive(Debug)]
+struct Readers {
+    options: SqliteConnectOptions,
+    slots: Vec<Slot>,
+    /// Where the next search for a free connection starts (round robin).
+    next: AtomicUsize,
+}
+
+impl Readers {
+    fn new(options: SqliteConnectOptions, count: usize) -> Readers {
+        Readers {
+            options,
+            slots: (0..count).map(|_| Arc::new(Mutex::new(None))).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A free connection, or (all busy) the next one in turn once free.
+    async fn take(&self) -> Result<Taken> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let free = (0..n).find_map(|i| self.slots[(start + i) % n].clone().try_lock_owned().ok());
+        let mut taken = match free {
+            Some(taken) => taken,
+            None => self.slots[start].clone().lock_owned().await,
+        };
+        if taken.is_none() {
+            let opened = SqliteConnection::connect_with(&self.options)
+                .await
+                .map_err(db_err)?;
+            *taken = Some(opened);
+        }
+        Ok(taken)
+    }
+
+    async fn close(&self) {
+        for slot in &self.slots {
+            if let Some(c) = slot.lock().await.take()
+                && let Err(e) = c.close().await
+            {
+                tracing::warn!(error = %e, "closing a read connection");
+            }
+        }
+    }
+}
+
+/// Where a URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Memory,
+    File(PathBuf),
+}
+
+/// Parse `sqlite://path`, `sqlite:path`, `sqlite::memory:` or a bare path.
+fn parse_target(url: &str) -> Result<Target> {
+    let s = url.trim();
+    if matches!(
+        s,
+        "sqlite::memory:" | "sqlite://:memory:" | ":memory:" | "sqlite:memory:"
+    ) {
+        return Ok(Target::Memory);
+    }
+    let path = if let Some(rest) = s.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = s.strip_prefix("sqlite:") {
+        rest
+    } else if s.contains("://") {
+        return Err(Error::UnsupportedUrl(url.to_string()));
+    } else {
+        s
+    };
+    // Connection parameters (`?mode=rwc`) are ours to set: drop them.
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path.is_empty() {
+        return Err(Error::Connect {
+            url: url.to_string(),
+            message: "no file path given; use sqlite://PATH or sqlite::memory:".into(),
+        });
+    }
+    Ok(Target::File(PathBuf::from(path)))
+}
+
+impl SqliteStore {
+    /// Open (creating the file if missing) and migrate the database at
+    /// `url_or_path`: `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a
+    /// bare path.
+    pub async fn open(url_or_path: &str) -> Result<SqliteStore> {
+        Self::open_with(url_or_path, true).await
+    }
+
+    /// Open and migrate an existing database; a missing file is an
+    /// [`Error::Connect`] that says to run `orchestrator init-db` (the file is
+    /// not created). For read commands.
+    pub async fn open_existing(url_or_path: &str) -> Result<SqliteStore> {
+        Self::open_with(url_or_path, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<SqliteStore> {
+        let store = match parse_target(url)? {
+            Target::Memory => {
+                let options = SqliteConnectOptions::from_str("sqlite::memory:")
+                    .map_err(|e| connect_err(url, e))?
+                    .foreign_keys(true)
+                    .busy_timeout(BUSY_TIMEOUT);
+                // One connection, the writer: it *is* the database.
+                let writer = SqliteConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| connect_err(url, e))?;
+                SqliteStore {
+                    conns: Conns {
+                        writer: Arc::new(Mutex::new(Some(writer))),
+                        readers: None,
+                    },
+                    location: "sqlite::memory:".into(),
+                }
+            }
+            Target::File(path) => {
+                if !create && !path.exists() {
+                    return Err(Error::Connect {
+                        url: url.to_string(),
+                        message: format!(
+                            "no database file at {}; run `orchestrator init-db` to create it (or check DATABASE_URL)",
+                            path.display()
+                        ),
+                    });
+                }
+                let options = file_options(&path)
+                    .create_if_missing(create)
+                    .journal_mode(SqliteJournalMode::Wal);
+                let writer = SqliteConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| connect_err(url, e))?;
+                // Readers find the file in WAL mode already.
+                let readers = Readers::new(file_options(&path), MAX_READERS);
+                SqliteStore {
+                    conns: Conns {
+                        writer: Arc::new(Mutex::new(Some(writer))),
+                        readers: Some(Arc::new(readers)),
+                    },
+                    location: path.display().to_string(),
+                }
+            }
+        };
+        store.migrate().await?;
+        let mut writer = store.conns.writer().await;
+        sqlx::raw_sql(sql::PROCEDURES)
+            .execute(conn(&mut writer)?)
+            .await
+            .map_err(|e| Error::Migrate(format!("installing the store procedures: {e}")))?;
+        drop(writer);
+        tracing::debug!(database = %store.location, "sqlite store open");
+        Ok(store)
+    }
+
+    /// Apply the embedded migrations (`migrations/sqlite`) that are missing.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut writer = self.conns.writer().await;
+        let conn = conn(&mut writer)?;
+        match MIGRATOR.run(&mut *conn).await {
+            Ok(()) => Ok(()),
+            // Another process may have migrated the same fresh file at the
+            // same moment; its migration is recorded now, so try once more.
+            Err(first) => match MIGRATOR.run(&mut *conn).await {
+                Ok(()) => Ok(()),
+                Err(_) => Err(migrate_err(first)),
+            },
+        }
+    }
+
+    /// The journal mode in effect (`wal` for files, `memory` in memory).
+    pub async fn journal_mode(&self) -> Result<String> {
+        let mut reader = self.conns.reader().await?;
+        sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(conn(&mut reader)?)
+            .await
+            .map_err(db_err)
+    }
+
+    /// The database file path, or `sqlite::memory:`.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Close every connection (the last one checkpoints the WAL); later
+    /// calls fail.
+    pub async fn close(&self) {
+        if let Some(readers) = &self.conns.readers {
+            readers.close().await;
+        }
+        let writer = self.conns.writer.lock().await.take();
+        if let Some(writer) = writer
+            && let Err(e) = writer.close().await
+        {
+            tracing::warn!(error = %e, database = %self.location, "closing the database");
+        }
+    }
+
+    /// Call a procedure with the parameter document `doc`.
+    async fn call<T: Serialize>(
+        &self,
+        sql: &'static str,
+        doc: &Doc<'_, T>,
+        map: impl FnOnce(sqlx::Error) -> Error,
+    ) -> Result<Call> {
+        self.call_with(sqlx::query(sql).bind(to_json(doc)?), map)
+            .await
+    }
+
+    /// Run a procedure call (and the `SELECT` of its result) on the write
+    /// connection, in one round trip. `map` turns database errors into ours.
+    async fn call_with(
+        &self,
+        query: Query,
+        map: impl FnOnce(sqlx::Error) -> Error,
+    ) -> Result<Call> {
+        let mut writer = self.conns.writer().await;
+        match query.fetch_all(conn(&mut writer)?).await {
+            Ok(rows) => Ok(Call::Done(rows)),
+            Err(e) => match Refusal::of(&e) {
+                Some(refusal) => Ok(Call::Refused(refusal)),
+                None => Err(map(e)),
+            },
+        }
+    }
+
+    /// Run a single-statement read query, returning all rows.
+    async fn read_all(&self, query: Query) -> Result<Vec<SqliteRow>> {
+        let mut reader = self.conns.reader().await?;
+        query.fetch_all(conn(&mut reader)?).await.map_err(db_err)
+    }
+
+    /// Run a single-statement read query, returning its first row if any.
+    async fn read_one(&self, query: Query) -> Result<Option<SqliteRow>> {
+        let mut reader = self.conns.reader().await?;
+        query
+            .fetch_optional(conn(&mut reader)?)
+            .await
+            .map_err(db_err)
+    }
+
+    /// Run a single-statement write on the write connection.
+    async fn write_one(&self, query: Query) -> Result<Vec<SqliteRow>> {
+        let mut writer = self.conns.writer().await;
+        query.fetch_all(conn(&mut writer)?).await.map_err(db_err)
+    }
+
+    /// `Ok(())` if the run exists, else [`Error::RunNotFound`].
+    async fn require_run(&self, id: &RunId) -> Result<()> {
+        let row = self
+            .read_one(sqlx::query(sql::RUN_EXISTS).bind(id.as_str()))
+            .await?;
+        match row {
+            Some(_) => Ok(()),
+            None => Err(Error::RunNotFound(id.to_string())),
+        }
+    }
+}
+
+/// Options of every connection to a database file.
+fn file_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        // Durable against process crashes; see the module documentation.
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT)
+}
+
+// ---------------------------------------------------------------------------
+// Procedure calls
+
+/// How a procedure call ended.
+#[derive(Debug)]
+enum Call {
+    /// Committed; the rows of the call's `SELECT`, if it has one.
+    Done(Vec<SqliteRow>),
+    /// The procedure refused: rolled back, nothing written.
+    Refused(Refusal),
+}
+
+/// Why a procedure refused (`RAISE(ROLLBACK, 'orch-assert:...')`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No such run.
+    RunExists,
+    /// The run is no longer at the expected version.
+    RunVersion,
+    /// A changed task is no longer at its expected status and attempt.
+    TasksUnchanged,
+    /// The task is not QUEUED at that attempt.
+    Claimed,
+    /// The fence does not hold.
+    LeaseHeld,
+}
+
+impl Refusal {
+    /// The refusal an error reports, if it is one.
+    fn of(e: &sqlx::Error) -> Option<Refusal> {
+        let sqlx::Error::Database(d) = e else {
+            return None;
+        };
+        match d.message().strip_prefix("orch-assert:")? {
+            "run_exists" => Some(Refusal::RunExists),
+            "run_version" => Some(Refusal::RunVersion),
+            "tasks_unchanged" => Some(Refusal::TasksUnchanged),
+            "claimed" => Some(Refusal::Claimed),
+            "lease_held" => Some(Refusal::LeaseHeld),
+            _ => None,
+        }
+    }
+
+    /// A refusal the operation does not expect: a bug in a procedure.
+    fn unexpected(self) -> Error {
+        Error::Database(format!(
+            "unexpected refusal {self:?} from a store procedure"
+        ))
+    }
+}
+
+impl Call {
+    /// The rows of a call that may only be refused because the run is unknown.
+    fn rows(self, run_id: &RunId) -> Result<Vec<SqliteRow>> {
+        match self {
+            Call::Done(rows) => Ok(rows),
+            Call::Refused(Refusal::RunExists) => Err(Error::RunNotFound(run_id.to_string())),
+            Call::Refused(other) => Err(other.unexpected()),
+        }
+    }
+}
+
+/// The parameter document (`?1`) of a procedure call: what any call may carry
+/// (read by the shared procedures `proc_add_events`, `proc_add_tasks` and
+/// `proc_put_gates`) and the operation's own fields.
+#[derive(Debug, Serialize)]
+struct Doc<'a, T> {
+    run_id: &'a str,
+    now: Millis,
+    events: Vec<EventDoc<'a>>,
+    tasks: Vec<TaskDoc<'a>>,
+    gates: Vec<GateDoc<'a>>,
+    #[serde(flatten)]
+    op: T,
+}
+
+impl<'a, T> Doc<'a, T> {
+    fn new(run_id: &'a RunId, now: Millis, events: &'a [NewEvent], op: T) -> Result<Self> {
+        Ok(Doc {
+            run_id: run_id.as_str(),
+            now,
+            events: events.iter().map(EventDoc::new).collect::<Result<_>>()?,
+            tasks: Vec::new(),
+            gates: Vec::new(),
+            op,
+        })
+    }
+}
+
+/// An event to append: `[kind, task_id, message, data as JSON text]`.
+#[derive(Debug, Serialize)]
+struct EventDoc<'a>(&'static str, Option<&'a str>, &'a str, String);
+
+impl<'a> EventDoc<'a> {
+    fn new(e: &'a NewEvent) -> Result<Self> {
+        Ok(EventDoc(
+            e.kind.as_str(),
+            e.task_id.as_deref(),
+            &e.message,
+            to_json(&e.data)?,
+        ))
+    }
+}
+
+/// A task row; JSON columns as JSON text. `expected_*` only for updates.
+#[derive(Debug, Serialize)]
+struct TaskDoc<'a> {
+    id: &'a str,
+    role: &'static str,
+    title: &'a str,
+    instructions: &'a str,
+    needs: String,
+    expected: String,
+    validation: String,
+    gate: Option<&'static str>,
+    round: u32,
+    findings: String,
+    status: &'static str,
+    attempt: u32,
+    max_attempts: u32,
+    timeout_ms: i64,
+    dedupe_key: &'a str,
+    not_before: Option<Millis>,
+    lease_owner: Option<&'a str>,
+    lease_expires_at: Option<Millis>,
+    last_error: Option<&'a str>,
+    retryable: bool,
+    result_summary: Option<&'a str>,
+    verdict: Option<String>,
+    queued_at: Option<Millis>,
+    started_at: Option<Millis>,
+    finished_at: Option<Millis>,
+    cost_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_attempt: Option<u32>,
+}
+
+impl<'a> TaskDoc<'a> {
+    fn new(t: &'a Task) -> Result<Self> {
+        Ok(TaskDoc {
+            id: &t.id,
+            role: t.role.as_str(),
+            title: &t.title,
+            instructions: &t.instructions,
+            needs: to_json(&t.needs)?,
+            expected: to_json(&t.expected)?,
+            validation: to_json(&t.validation)?,
+            gate: t.gate.map(|g| g.as_str()),
+            round: t.round,
+            findings: to_json(&t.findings)?,
+            status: t.status.as_str(),
+            attempt: t.attempt,
+            max_attempts: t.max_attempts,
+            timeout_ms: t.timeout_ms,
+            dedupe_key: &t.dedupe_key,
+            not_before: t.not_before,
+            lease_owner: t.lease_owner.as_deref(),
+            lease_expires_at: t.lease_expires_at,
+            last_error: t.last_error.as_deref(),
+            retryable: t.retryable,
+            result_summary: t.result_summary.as_deref(),
+            verdict: t.verdict.as_ref().map(to_json).transpose()?,
+            queued_at: t.queued_at,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            cost_usd: t.cost_usd,
+            expected_status: None,
+            expected_attempt: None,
+        })
+    }
+}
+
+/// A gate row; findings as JSON text.
+#[derive(Debug, Serialize)]
+struct GateDoc<'a> {
+    kind: &'static str,
+    status: &'static str,
+    required: bool,
+    review_task: Option<&'a str>,
+    rework_rounds: u32,
+    reason: Option<&'a str>,
+    findings: String,
+    updated_at: Millis,
+}
+
+impl<'a> GateDoc<'a> {
+    fn new(g: &'a Gate) -> Result<Self> {
+        Ok(GateDoc {
+            kind: g.kind.as_str(),
+            status: g.status.as_str(),
+            required: g.required,
+            review_task: g.review_task.as_deref(),
+            rework_rounds: g.rework_rounds,
+            reason: g.reason.as_deref(),
+            findings: to_json(&g.findings)?,
+            updated_at: g.updated_at,
+        })
+    }
+}
+
+/// `proc_create_run`: the run row; JSON columns as JSON text.
+#[derive(Debug, Serialize)]
+struct CreateRunDoc<'a> {
+    goal: &'a str,
+    context: String,
+    workflow: &'a str,
+    status: &'static str,
+    status_reason: Option<&'a str>,
+    success_criteria: String,
+    settings: String,
+    provider: &'a str,
+    iterations: u32,
+    cost_usd: f64,
+    tokens_in: i64,
+    tokens_out: i64,
+    version: i64,
+    created_at: Millis,
+    updated_at: Millis,
+    finished_at: Option<Millis>,
+}
+
+/// `proc_save_run`: the engine-owned run fields, the changed tasks, the dead
+/// letters (`[task_id, role, attempts, error]`).
+#[derive(Debug, Serialize)]
+struct SaveRunDoc<'a> {
+    expected_version: i64,
+    run_changed: bool,
+    status: &'static str,
+    status_reason: Option<&'a str>,
+    iterations: u32,
+    settings: String,
+    finished_at: Option<Millis>,
+    changed: Vec<TaskDoc<'a>>,
+    dead: Vec<(&'a str, &'static str, u32, &'a str)>,
+}
+
+/// `proc_claim_task`.
+#[derive(Debug, Serialize)]
+struct ClaimDoc<'a> {
+    task_id: &'a str,
+    attempt: u32,
+    owner: &'a str,
+    lease_until: Millis,
+}
+
+/// `proc_complete_task` (the artifacts go separately, as `?2`).
+#[derive(Debug, Serialize)]
+struct CompleteDoc<'a> {
+    task_id: &'a str,
+    attempt: u32,
+    owner: &'a str,
+    status: &'static str,
+    summary: Option<&'a str>,
+    verdict: Option<String>,
+    error: Option<&'a str>,
+    retryable: bool,
+    cost_usd: f64,
+    input_tokens: i64,
+    output_tokens: i64,
+}
+
+/// No fields of its own.
+#[derive(Debug, Serialize)]
+struct NoFields {}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Primary SQLite result codes we tell apart.
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_NOTADB: i32 = 26;
+
+/// The primary result code of a database error.
+fn sqlite_code(e: &sqlx::Error) -> Option<i32> {
+    let sqlx::Error::Database(d) = e else {
+        return None;
+    };
+    d.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff)
+}
+
+/// Map a sqlx error met while using an open database.
+fn db_err(e: sqlx::Error) -> Error {
+    match sqlite_code(&e) {
+        Some(SQLITE_BUSY | SQLITE_LOCKED) => return Error::Locked(message(&e)),
+        Some(SQLITE_CORRUPT | SQLITE_NOTADB) => return Error::Corrupt(message(&e)),
+        _ => {}
+    }
+    match e {
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => Error::Decode(e.to_string()),
+        sqlx::Error::PoolTimedOut => {
+            Error::Database("timed out waiting for a database connection".into())
+        }
+        e => Error::Database(message(&e)),
+    }
+}
+
+/// Map a sqlx error met while opening a database.
+fn connect_err(url: &str, e: sqlx::Error) -> Error {
+    match sqlite_code(&e) {
+        Some(SQLITE_CANTOPEN) => Error::Connect {
+            url: url.to_string(),
+            message: format!(
+                "{}; check that the directory exists and is writable",
+                message(&e)
+            ),
+        },
+        Some(_) => db_err(e),
+        None => Error::Connect {
+            url: url.to_string(),
+            message: e.to_string(),
+        },
+    }
+}
+
+fn migrate_err(e: sqlx::migrate::MigrateError) -> Error {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _)
+            if matches!(
+                sqlite_code(&inner),
+                Some(SQLITE_BUSY | SQLITE_LOCKED | SQLITE_CORRUPT | SQLITE_NOTADB)
+            ) =>
+        {
+            db_err(inner)
+        }
+        e => Error::Migrate(e.to_string()),
+    }
+}
+
+/// The database's own message (without sqlx's prefixes) where there is one.
+fn message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        e => e.to_string(),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+// ---------------------------------------------------------------------------
+// Encoding and decoding
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Database(format!("cannot encode JSON: {e}")))
+}
+
+fn col<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(name)
+        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
+}
+
+fn json_col<T: DeserializeOwned>(row: &SqliteRow, name: &str) -> Result<T> {
+    let text: String = col(row, name)?;
+    serde_json::from_str(&text).map_err(|e| Error::Decode(format!("column {name}: {e}")))
+}
+
+fn opt_json_col<T: DeserializeOwned>(row: &SqliteRow, name: &str) -> Result<Option<T>> {
+    let text: Option<String> = col(row, name)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| Error::Decode(format!("column {name}: {e}"))))
+        .transpose()
+}
+
+fn parse_col<T>(row: &SqliteRow, name: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let text: String = col(row, name)?;
+    text.parse()
+        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
+}
+
+fn opt_parse_col<T>(row: &SqliteRow, name: &str) -> Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let text: Option<String> = col(row, name)?;
+    text.map(|t| {
+        t.parse()
+            .map_err(|e| Error::Decode(format!("column {name}: {e}")))
+    })
+    .transpose()
+}
+
+fn u32_col(row: &SqliteRow, name: &str) -> Result<u32> {
+    let v: i64 = col(row, name)?;
+    u32::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
+}
+
+/// `0` means "no limit": SQLite's `LIMIT -1`.
+fn limit(n: u32) -> i64 {
+    if n == 0 { -1 } else { i64::from(n) }
+}
+
+fn run_from_row(row: &SqliteRow) -> Result<Run> {
+    Ok(Run {
+        id: RunId(col(row, "id")?),
+        goal: col(row, "goal")?,
+        context: json_col(row, "context")?,
+        workflow: col(row, "workflow")?,
+        status: parse_col(row, "status")?,
+        status_reason: col(row, "status_reason")?,
+        success_criteria: json_col(row, "success_criteria")?,
+        settings: json_col(row, "settings")?,
+        provider: col(row, "provider")?,
+        iterations: u32_col(row, "iterations")?,
+        cost_usd: col(row, "cost_usd")?,
+        tokens_in: col(row, "tokens_in")?,
+        tokens_out: col(row, "tokens_out")?,
+        version: col(row, "version")?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+        finished_at: col(row, "finished_at")?,
+    })
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<Task> {
+    Ok(Task {
+        run_id: RunId(col(row, "run_id")?),
+        id: col(row, "id")?,
+        role: parse_col(row, "role")?,
+        title: col(row, "title")?,
+        instructions: col(row, "instructions")?,
+        needs: json_col(row, "needs")?,
+        expected: json_col(row, "expected")?,
+        validation: json_col(row, "validation")?,
+        gate: opt_parse_col(row, "gate")?,
+        round: u32_col(row, "round")?,
+        findings: json_col(row, "findings")?,
+        status: parse_col(row, "status")?,
+        attempt: u32_col(row, "attempt")?,
+        max_attempts: u32_col(row, "max_attempts")?,
+        timeout_ms: col(row, "timeout_ms")?,
+        dedupe_key: col(row, "dedupe_key")?,
+        not_before: col(row, "not_before")?,
+        lease_owner: col(row, "lease_owner")?,
+        lease_expires_at: col(row, "lease_expires_at")?,
+        last_error: col(row, "last_error")?,
+        retryable: col(row, "retryable")?,
+        result_summary: col(row, "result_summary")?,
+        verdict: opt_json_col(row, "verdict")?,
+        queued_at: col(row, "queued_at")?,
+        started_at: col(row, "started_at")?,
+        finished_at: col(row, "finished_at")?,
+        cost_usd: col(row, "cost_usd")?,
+    })
+}
+
+fn task_ref_from_row(row: &SqliteRow) -> Result<TaskRef> {
+    Ok(TaskRef {
+        run_id: RunId(col(row, "run_id")?),
+        task_id: col(row, "id")?,
+        role: parse_col(row, "role")?,
+        attempt: u32_col(row, "attempt")?,
+        lease_owner: col(row, "lease_owner")?,
+    })
+}
+
+fn gate_from_row(row: &SqliteRow) -> Result<Gate> {
+    Ok(Gate {
+        run_id: RunId(col(row, "run_id")?),
+        kind: parse_col(row, "kind")?,
+        status: parse_col(row, "status")?,
+        required: col(row, "required")?,
+        review_task: col(row, "review_task")?,
+        rework_rounds: u32_col(row, "rework_rounds")?,
+        reason: col(row, "reason")?,
+        findings: json_col(row, "findings")?,
+        updated_at: col(row, "updated_at")?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<Event> {
+    Ok(Event {
+        run_id: RunId(col(row, "run_id")?),
+        seq: col(row, "seq")?,
+        kind: parse_col::<EventKind>(row, "kind")?,
+        task_id: col(row, "task_id")?,
+        message: col(row, "message")?,
+        data: json_col(row, "data")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
+fn artifact_from_row(row: &SqliteRow) -> Result<Artifact> {
+    Ok(Artifact {
+        run_id: RunId(col(row, "run_id")?),
+        name: col(row, "name")?,
+        version: col(row, "version")?,
+        kind: col(row, "kind")?,
+        path: col(row, "path")?,
+        task_id: col(row, "task_id")?,
+        attempt: u32_col(row, "attempt")?,
+        content: col(row, "content")?,
+        metadata: json_col(row, "metadata")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
+fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: col(row, "id")?,
+        run_id: RunId(col(row, "run_id")?),
+        task_id: col(row, "task_id")?,
+        role: parse_col(row, "role")?,
+        attempts: u32_col(row, "attempts")?,
+        error: col(row, "error")?,
+        created_at: col(row, "created_at")?,
+        replayed_at: col(row, "replayed_at")?,
+    })
+}
+
+/// Bind a task's columns as `?1..?27` of `insert_task.sql` / `update_task.sql`.
+
+// ---------------------------------------------------------------------------
+// The traits
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create_run(&self, state: &RunState, events: &[NewEvent], now: Millis) -> Result<()> {
+        let run = &state.run;
+        let op = CreateRunDoc {
+            goal: &run.goal,
+            context: to_json(&run.context)?,
+            workflow: &run.workflow,
+            status: run.status.as_str(),
+            status_reason: run.status_reason.as_deref(),
+            success_criteria: to_json(&run.success_criteria)?,
+            settings: to_json(&run.settings)?,
+            provider: &run.provider,
+            iterations: run.iterations,
+            cost_usd: run.cost_usd,
+            tokens_in: run.tokens_in,
+            tokens_out: run.tokens_out,
+            version: run.version,
+            created_at: run.created_at,
+            updated_at: run.updated_at,
+            finished_at: run.finished_at,
+        };
+        let mut doc = Doc::new(&run.id, now, events, op)?;
+        doc.tasks = state
+            .tasks
+            .iter()
+            .map(TaskDoc::new)
+            .collect::<Result<_>>()?;
+        doc.gates = state
+            .gates
+            .iter()
+            .map(GateDoc::new)
+            .collect::<Result<_>>()?;
+        let call = self
+            .call(sql::CREATE_RUN, &doc, |e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict(format!("{} (the run already exists)", run.id))
+                } else {
+                    db_err(e)
+                }
+            })
+            .await?;
+        call.rows(&run.id).map(drop)
+    }
+
+    async fn load_run(&self, id: &RunId) -> Result<RunState> {
+        // Three statements, one round trip, no transaction (a dropped future
+        // could leave one open). Each statement reads its own snapshot, all
+        // within microseconds; a save committed in between at worst pairs the
+        // run row with newer tasks, and the engine's save from such a state
+        // fails its version check (reload and retry). Workers change task
+        // rows only, and the engine's task compare-and-set covers those.
+        let rows = self
+            .read_all(sqlx::query(sql::LOAD_RUN).bind(id.as_str()))
+            .await?;
+        let mut run = None;
+        let mut tasks = Vec::new();
+        let mut gates = Vec::new();
+        for row in &rows {
+            let part: String = col(row, "part")?;
+            match part.as_str() {
+                "run" => run = Some(run_from_row(row)?),
+                "task" => tasks.push(task_from_row(row)?),
+                "gate" => gates.push(gate_from_row(row)?),
+                other => return Err(Error::Decode(format!("unexpected row part {other:?}"))),
+            }
+        }
+        let run = run.ok_or_else(|| Error::RunNotFound(id.to_string()))?;
+        gates.sort_by_key(|g: &Gate| g.kind.order());
+        Ok(RunState { run, tasks, gates })
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<Run> {
+        let row = self
+            .read_one(sqlx::query(sql::GET_RUN).bind(id.as_str()))
+            .await?
+            .ok_or_else(|| Error::RunNotFound(id.to_string()))?;
+        run_from_row(&row)
+    }
+
+    async fn save_run(
+        &self,
+        run_id: &RunId,
+        expected_version: i64,
+        diff: &StateDiff,
+        state: &RunState,
+        events: &[NewEvent],
+        dead: &[NewDeadLetter],
+        now: Millis,
+    ) -> Result<i64> {
+        let run = &state.run;
+        let changed = diff
+            .changed_tasks
+            .iter()
+            .map(|c| {
+                let mut doc = TaskDoc::new(&c.task)?;
+                doc.expected_status = Some(c.expected_status.as_str());
+                doc.expected_attempt = Some(c.expected_attempt);
+                Ok(doc)
+            })
+            .collect::<Result<_>>()?;
+        let op = SaveRunDoc {
+            expected_version,
+            run_changed: diff.run_changed,
+            status: run.status.as_str(),
+            status_reason: run.status_reason.as_deref(),
+            iterations: run.iterations,
+            settings: to_json(&run.settings)?,
+            finished_at: run.finished_at,
+            changed,
+            dead: dead
+                .iter()
+                .map(|d| {
+                    (
+                        d.task_id.as_str(),
+                        d.role.as_str(),
+                        d.attempts,
+                        d.error.as_str(),
+                    )
+                })
+                .collect(),
+        };
+        let mut doc = Doc::new(run_id, now, events, op)?;
+        doc.tasks = diff
+            .new_tasks
+            .iter()
+            .map(TaskDoc::new)
+            .collect::<Result<_>>()?;
+        doc.gates = diff
+            .changed_gates
+            .iter()
+            .map(GateDoc::new)
+            .collect::<Result<_>>()?;
+        let call = self
+            .call(sql::SAVE_RUN, &doc, |e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict(format!(
+                        "{run_id} (a new task already exists: {})",
+                        message(&e)
+                    ))
+                } else {
+                    db_err(e)
+                }
+            })
+            .await?;
+        match call {
+            // The version is compared and bumped by one in the same statement.
+            Call::Done(_) => Ok(expected_version + 1),
+            Call::Refused(Refusal::RunExists) => Err(Error::RunNotFound(run_id.to_string())),
+            Call::Refused(Refusal::RunVersion) => Err(Error::Conflict(format!(
+                "{run_id} (it is no longer at version {expected_version})"
+            ))),
+            Call::Refused(Refusal::TasksUnchanged) => {
+                // Name the task that moved (best effort: it may move again).
+                let stored = self.list_tasks(run_id).await.unwrap_or_default();
+                let moved = diff.changed_tasks.iter().find(|c| {
+                    !stored.iter().any(|t| {
+                        t.id == c.task.id
+                            && t.status == c.expected_status
+                            && t.attempt == c.expected_attempt
+                    })
+                });
+                Err(Error::Conflict(match moved {
+                    Some(c) => format!(
+                        "{run_id} (task {} is no longer {} at attempt {})",
+                        c.task.id, c.expected_status, c.expected_attempt
+                    ),
+                    None => format!("{run_id} (a task changed meanwhile)"),
+                }))
+            }
+            Call::Refused(other) => Err(other.unexpected()),
+        }
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        self.read_all(
+            sqlx::query(sql::LIST_RUNS)
+                .bind(filter.status.map(RunStatus::as_str))
+                .bind(limit(filter.limit))
+                .bind(i64::from(filter.offset)),
+        )
+        .await?
+        .iter()
+        .map(run_from_row)
+        .collect()
+    }
+
+    async fn active_runs(&self) -> Result<Vec<RunId>> {
+        self.read_all(sqlx::query(sql::ACTIVE_RUNS))
+            .await?
+            .iter()
+            .map(|row| col(row, "id").map(RunId))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl TaskStore for SqliteStore {
+    async fn claim_task(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+    ) -> Result<Option<Task>> {
+        let started = [NewEvent::task(
+            EventKind::TaskStarted,
+            task_id,
+            format!("started by {owner} (attempt {attempt})"),
+        )
+        .with_data(serde_json::json!({"owner": owner, "attempt": attempt}))];
+        let op = ClaimDoc {
+            task_id,
+            attempt,
+            owner,
+            lease_until,
+        };
+        let doc = Doc::new(run_id, now, &started, op)?;
+        match self.call(sql::CLAIM_TASK, &doc, db_err).await? {
+            Call::Done(rows) => {
+                let row = rows
+                    .first()
+                    .ok_or_else(|| Error::Decode("claim returned no task".into()))?;
+                task_from_row(row).map(Some)
+            }
+            Call::Refused(Refusal::Claimed) => Ok(None),
+            Call::Refused(other) => Err(other.unexpected()),
+        }
+    }
+
+    async fn heartbeat(&self, fence: &Fence, lease_until: Millis) -> Result<bool> {
+        let query = sqlx::query(sql::HEARTBEAT)
+            .bind(fence.run_id.as_str())
+            .bind(fence.task_id.as_str())
+            .bind(i64::from(fence.attempt))
+            .bind(fence.owner.as_str())
+            .bind(lease_until);
+        let mut writer = self.conns.writer().await;
+        let done = query.execute(conn(&mut writer)?).await.map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
+        if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
+            return Err(Error::Database(format!(
+                "a task attempt ends SUCCEEDED or FAILED, not {}",
+                outcome.status
+            )));
+        }
+        let usage = &outcome.usage;
+        let op = CompleteDoc {
+            task_id: &fence.task_id,
+            attempt: fence.attempt,
+            owner: &fence.owner,
+            status: outcome.status.as_str(),
+            summary: outcome.summary.as_deref(),
+            verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
+            error: outcome.error.as_deref(),
+            retryable: outcome.retryable,
+            cost_usd: usage.cost_usd,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+        };
+        let doc = Doc::new(&fence.run_id, now, &outcome.events, op)?;
+        // `[name, kind, path, content, metadata, earlier entries of the same name and path]`.
+        let mut artifacts = Vec::with_capacity(outcome.artifacts.len());
+        for (i, a) in outcome.artifacts.iter().enumerate() {
+            let earlier = outcome.artifacts[..i]
+                .iter()
+                .filter(|b| b.name == a.name && b.path == a.path)
+                .count();
+            artifacts.push((
+                a.name.as_str(),
+                a.kind.as_str(),
+                a.path.as_deref(),
+                a.content.as_str(),
+                to_json(&a.metadata)?,
+                earlier,
+            ));
+        }
+        let query = sqlx::query(sql::COMPLETE_TASK)
+            .bind(to_json(&doc)?)
+            .bind(to_json(&artifacts)?);
+        match self.call_with(query, db_err).await? {
+            Call::Done(_) => Ok(()),
+            Call::Refused(Refusal::LeaseHeld) => Err(Error::LeaseLost {
+                run: fence.run_id.to_string(),
+                task: fence.task_id.clone(),
+                attempt: fence.attempt,
+            }),
+            Call::Refused(other) => Err(other.unexpected()),
+        }
+    }
+
+    async fn expired_leases(&self, now: Millis, max: u32) -> Result<Vec<TaskRef>> {
+        self.read_all(sqlx::query(sql::EXPIRED_LEASES).bind(now).bind(limit(max)))
+            .await?
+            .iter()
+            .map(task_ref_from_row)
+            .collect()
+    }
+
+    async fn running_tasks(&self, max: u32) -> Result<Vec<TaskRef>> {
+        self.read_all(sqlx::query(sql::RUNNING_TASKS).bind(limit(max)))
+            .await?
+            .iter()
+            .map(task_ref_from_row)
+            .collect()
+    }
+
+    async fn stale_queued(&self, before: Millis, max: u32) -> Result<Vec<TaskRef>> {
+        self.read_all(sqlx::query(sql::STALE_QUEUED).bind(before).bind(limit(max)))
+            .await?
+            .iter()
+            .map(task_ref_from_row)
+            .collect()
+    }
+
+    async fn list_tasks(&self, run_id: &RunId) -> Result<Vec<Task>> {
+        let tasks = self
+            .read_all(sqlx::query(sql::LIST_TASKS).bind(run_id.as_str()))
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if tasks.is_empty() {
+            self.require_run(run_id).await?;
+        }
+        Ok(tasks)
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append_events(
+        &self,
+        run_id: &RunId,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> Result<Vec<i64>> {
+        let doc = Doc::new(run_id, now, events, NoFields {})?;
+        let rows = self
+            .call(sql::APPEND_EVENTS, &doc, db_err)
+            .await?
+            .rows(run_id)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Decode("append returned no sequence number".into()))?;
+        let last: i64 = col(row, "last_seq")?;
+        Ok((last - events.len() as i64 + 1..=last).collect())
+    }
+
+    async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>> {
+        let events = self
+            .read_all(
+                sqlx::query(sql::LIST_EVENTS)
+                    .bind(run_id.as_str())
+                    .bind(query.after_seq)
+                    .bind(limit(query.limit)),
+            )
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if events.is_empty() {
+            self.require_run(run_id).await?;
+        }
+        Ok(events)
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for SqliteStore {
+    async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>> {
+        let artifacts = self
+            .read_all(
+                sqlx::query(sql::LIST_ARTIFACTS)
+                    .bind(run_id.as_str())
+                    .bind(latest_only),
+            )
+            .await?
+            .iter()
+            .map(artifact_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if artifacts.is_empty() {
+            self.require_run(run_id).await?;
+        }
+        Ok(artifacts)
+    }
+
+    async fn get_artifact(
+        &self,
+        run_id: &RunId,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Artifact> {
+        let row = self
+            .read_one(
+                sqlx::query(sql::GET_ARTIFACT)
+                    .bind(run_id.as_str())
+                    .bind(name)
+                    .bind(version),
+            )
+            .await?;
+        match row {
+            Some(row) => artifact_from_row(&row),
+            None => {
+                self.require_run(run_id).await?;
+                Err(Error::ArtifactNotFound {
+                    run: run_id.to_string(),
+                    name: match version {
+                        Some(v) => format!("{name} v{v}"),
+                        None => name.to_string(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for SqliteStore {
+    async fn list_dead_letters(
+        &self,
+        run_id: Option<&RunId>,
+        include_replayed: bool,
+    ) -> Result<Vec<DeadLetter>> {
+        self.read_all(
+            sqlx::query(sql::LIST_DEAD_LETTERS)
+                .bind(run_id.map(RunId::as_str))
+                .bind(include_replayed),
+        )
+        .await?
+        .iter()
+        .map(dead_letter_from_row)
+        .collect()
+    }
+
+    async fn mark_replayed(&self, id: i64, now: Millis) -> Result<DeadLetter> {
+        let rows = self
+            .write_one(sqlx::query(sql::MARK_REPLAYED).bind(id).bind(now))
+            .await?;
+        let row = rows.first().ok_or(Error::DeadLetterNotFound(id))?;
+        dead_letter_from_row(row)
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_to_targets() {
+        assert_eq!(parse_target("sqlite::memory:").unwrap(), Target::Memory);
+        assert_eq!(
+            parse_target("sqlite://orch.db").unwrap(),
+            Target::File("orch.db".into())
+        );
+        assert_eq!(
+            parse_target("sqlite:///var/lib/orch.db?mode=rwc").unwrap(),
+            Target::File("/var/lib/orch.db".into())
+        );
+        assert_eq!(
+            parse_target("sqlite:data/orch.db").unwrap(),
+            Target::File("data/orch.db".into())
+        );
+        assert_eq!(
+            parse_target("./orch.db").unwrap(),
+            Target::File("./orch.db".into())
+        );
+        assert!(matches!(
+            parse_target("mysql://x"),
+            Err(Error::UnsupportedUrl(_))
+        ));
+        assert!(matches!(
+            parse_target("sqlite://"),
+            Err(Error::Connect { .. })
+        ));
+    }
+}
