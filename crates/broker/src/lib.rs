@@ -60,7 +60,12 @@ pub trait Broker: Send + Sync {
     /// Publish a dispatch on `dispatch.role`'s queue.
     async fn publish(&self, dispatch: &Dispatch) -> Result<()>;
     /// Wait up to `timeout` for the next message on `role`'s queue.
-    async fn receive(&self, role: Role, consumer: &str, timeout: Duration) -> Result<Option<Delivery>>;
+    async fn receive(
+        &self,
+        role: Role,
+        consumer: &str,
+        timeout: Duration,
+    ) -> Result<Option<Delivery>>;
     /// Acknowledge a handled message.
     async fn ack(&self, delivery: &Delivery) -> Result<()>;
     /// Messages waiting on `role`'s queue.

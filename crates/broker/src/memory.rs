@@ -13,7 +13,13 @@ use crate::{Broker, Delivery, Dispatch, Error, Result};
 #[derive(Debug)]
 pub struct MemoryBroker {
     /// One unbounded channel per role; workers of a role share the receiver.
-    queues: HashMap<Role, (async_channel::Sender<Dispatch>, async_channel::Receiver<Dispatch>)>,
+    queues: HashMap<
+        Role,
+        (
+            async_channel::Sender<Dispatch>,
+            async_channel::Receiver<Dispatch>,
+        ),
+    >,
     /// Wake-ups for the engine loop (run ids whose state changed).
     wakes: (async_channel::Sender<RunId>, async_channel::Receiver<RunId>),
 }
@@ -26,11 +32,23 @@ impl Default for MemoryBroker {
 
 impl MemoryBroker {
     pub fn new() -> Self {
-        let queues = Role::ALL.into_iter().map(|r| (r, async_channel::unbounded())).collect();
-        MemoryBroker { queues, wakes: async_channel::unbounded() }
+        let queues = Role::ALL
+            .into_iter()
+            .map(|r| (r, async_channel::unbounded()))
+            .collect();
+        MemoryBroker {
+            queues,
+            wakes: async_channel::unbounded(),
+        }
     }
 
-    fn queue(&self, role: Role) -> &(async_channel::Sender<Dispatch>, async_channel::Receiver<Dispatch>) {
+    fn queue(
+        &self,
+        role: Role,
+    ) -> &(
+        async_channel::Sender<Dispatch>,
+        async_channel::Receiver<Dispatch>,
+    ) {
         &self.queues[&role]
     }
 }
@@ -42,16 +60,31 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, dispatch: &Dispatch) -> Result<()> {
-        self.queue(dispatch.role).0.send(dispatch.clone()).await.map_err(|_| Error::Closed)
+        self.queue(dispatch.role)
+            .0
+            .send(dispatch.clone())
+            .await
+            .map_err(|_| Error::Closed)
     }
 
-    async fn receive(&self, role: Role, _consumer: &str, timeout: Duration) -> Result<Option<Delivery>> {
+    async fn receive(
+        &self,
+        role: Role,
+        _consumer: &str,
+        timeout: Duration,
+    ) -> Result<Option<Delivery>> {
         let rx = &self.queue(role).1;
         if let Ok(d) = rx.try_recv() {
-            return Ok(Some(Delivery { dispatch: d, receipt: String::new() }));
+            return Ok(Some(Delivery {
+                dispatch: d,
+                receipt: String::new(),
+            }));
         }
         match tokio::time::timeout(timeout, rx.recv()).await {
-            Ok(Ok(d)) => Ok(Some(Delivery { dispatch: d, receipt: String::new() })),
+            Ok(Ok(d)) => Ok(Some(Delivery {
+                dispatch: d,
+                receipt: String::new(),
+            })),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Ok(None),
         }
@@ -66,7 +99,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn wake(&self, run_id: &RunId) -> Result<()> {
-        self.wakes.0.send(run_id.clone()).await.map_err(|_| Error::Closed)
+        self.wakes
+            .0
+            .send(run_id.clone())
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     async fn wakes(&self, timeout: Duration) -> Result<Vec<RunId>> {

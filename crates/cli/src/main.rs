@@ -1,1 +1,287 @@
-fn main() {}
+//! `orchestrator`: the one binary. It parses the command line and the
+//! configuration, wires the store, broker, provider and engine together, and
+//! runs the command. The embedded default needs no setup: state in a SQLite
+//! file, an in-process broker, every role worker inside this process.
+//!
+//! Parts: `config` (environment variables and `.env`), `wiring` (resolving
+//! configuration into implementations), `commands` (one function per
+//! command), `render` (human and `--json` output), `progress` (the live
+//! display of a run), `bench` (the benchmark scenarios). `anyhow` is used here
+//! only; the library crates return their own error types.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod bench;
+mod commands;
+mod config;
+mod progress;
+mod render;
+mod wiring;
+
+/// Multi-agent workflow orchestrator: decomposes a goal into a role-based
+/// task DAG and drives specialist LLM agents through the software lifecycle,
+/// behind a code review gate and a security review gate.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or upgrade the database named by DATABASE_URL.
+    InitDb(JsonFlag),
+    /// Start a run for a goal and follow it to the end.
+    Run(RunArgs),
+    /// Show a run: status, gates, tasks, cost.
+    Status(RunRef),
+    /// List runs, newest first.
+    List(ListArgs),
+    /// Show a run's event log.
+    Events(EventsArgs),
+    /// Show a run's artifacts.
+    Artifacts(ArtifactsArgs),
+    /// Drive a run forward: reclaim work of dead processes and run its tasks until it finishes or needs input.
+    Tick(TickArgs),
+    /// Quality gates: waive one.
+    #[command(subcommand)]
+    Gate(GateCommand),
+    /// Answer a run that waits in NEEDS_INPUT, and continue it.
+    Answer(AnswerArgs),
+    /// Cancel a run.
+    Cancel(CancelArgs),
+    /// The dead letter queue: tasks that failed every attempt.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Workflows: list the built-in ones, show or validate one.
+    #[command(subcommand)]
+    Workflows(WorkflowCommand),
+    /// Write a run's code and documents to a folder.
+    Export(ExportArgs),
+    /// Run the benchmark scenarios (scripted provider, zero latency).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ProviderArgs {
+    /// LLM provider: scripted (a deterministic fixture; labelled as such everywhere). Overrides LLM_PROVIDER.
+    #[arg(long, value_name = "NAME")]
+    provider: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The goal, e.g. "Build a small CRUD app for managing TODO items".
+    #[arg(required_unless_present = "resume")]
+    goal: Option<String>,
+    /// A workflow file, or the name of a built-in workflow (default: sdlc).
+    #[arg(long, value_name = "FILE|NAME")]
+    workflow: Option<String>,
+    /// Extra context for the agents, as JSON (or plain text).
+    #[arg(long)]
+    context: Option<String>,
+    #[command(flatten)]
+    provider: ProviderArgs,
+    /// Only record the run; do not execute it (`orchestrator tick RUN` runs it later).
+    #[arg(long)]
+    detach: bool,
+    /// Continue an existing run instead of starting one.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["goal", "workflow", "context", "detach"])]
+    resume: Option<String>,
+    /// Print only the final result.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the final status as JSON (progress goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunRef {
+    run: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only runs in this status (RUNNING, NEEDS_INPUT, COMPLETED, ...).
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[arg(long, default_value_t = 0)]
+    offset: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    run: String,
+    /// Verbose: include each event's data (prompts, responses, findings).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    after: i64,
+    /// At most this many events (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ArtifactsArgs {
+    run: String,
+    /// Print each artifact's content.
+    #[arg(long)]
+    content: bool,
+    /// Every version, not only the latest.
+    #[arg(long)]
+    all_versions: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TickArgs {
+    run: String,
+    /// One reconcile step only; run no task.
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    provider: ProviderArgs,
+    #[arg(long, short)]
+    quiet: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum GateCommand {
+    /// Waive a gate (code_review or security_review) so the run can go on.
+    Waive {
+        run: String,
+        gate: String,
+        /// Why it is waived (recorded in the event log).
+        #[arg(long)]
+        reason: String,
+        /// Continue the run after waiving (needs a provider).
+        #[command(flatten)]
+        provider: ProviderArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AnswerArgs {
+    run: String,
+    /// The answer or guidance; the blocked work is retried with it.
+    text: String,
+    #[command(flatten)]
+    provider: ProviderArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CancelArgs {
+    run: String,
+    #[arg(long, default_value = "cancelled by user")]
+    reason: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    List {
+        /// Only this run's.
+        #[arg(long)]
+        run: Option<String>,
+        /// Include replayed ones.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a dead task another attempt and continue its run.
+    Replay {
+        id: i64,
+        #[command(flatten)]
+        provider: ProviderArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkflowCommand {
+    /// List the built-in workflows.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a built-in workflow (or a file) as YAML.
+    Show { name: String },
+    /// Validate a workflow file; errors name the file, line and field.
+    Validate {
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    run: String,
+    /// Folder to write into (created if missing).
+    #[arg(long, short, default_value = "orchestrator-export")]
+    out: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit codes: 0 success (or a run that completed), 1 error, 2 usage,
+/// 3 the run waits for input, 4 the run failed or was cancelled.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

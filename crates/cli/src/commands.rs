@@ -1,0 +1,536 @@
+//! One function per command.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use orch_core::machine::Input;
+use orch_core::{GateKind, Role, RunId, RunStatus, Workflow};
+use orch_engine::{Engine, Runtime};
+use orch_store::{EventQuery, RunFilter, Store};
+
+use crate::config::Config;
+use crate::wiring::{self, NoProvider};
+use crate::{
+    AnswerArgs, ArtifactsArgs, CancelArgs, Command, DlqCommand, EventsArgs, ExportArgs,
+    GateCommand, ListArgs, RunArgs, RunRef, TickArgs, WorkflowCommand, progress, render,
+};
+
+pub async fn dispatch(command: Command) -> Result<ExitCode> {
+    if let Command::Workflows(cmd) = command {
+        return workflows(cmd);
+    }
+    let cfg = Config::from_env()?;
+    match command {
+        Command::InitDb(a) => init_db(&cfg, a.json).await,
+        Command::Run(a) => run(&cfg, a).await,
+        Command::Status(a) => status(&cfg, a).await,
+        Command::List(a) => list(&cfg, a).await,
+        Command::Events(a) => events(&cfg, a).await,
+        Command::Artifacts(a) => artifacts(&cfg, a).await,
+        Command::Tick(a) => tick(&cfg, a).await,
+        Command::Gate(GateCommand::Waive {
+            run,
+            gate,
+            reason,
+            provider,
+            json,
+        }) => {
+            let gate: GateKind = gate.parse()?;
+            let input = Input::WaiveGate { gate, reason };
+            human_input(&cfg, &run, input, provider.provider.as_deref(), json).await
+        }
+        Command::Answer(AnswerArgs {
+            run,
+            text,
+            provider,
+            json,
+        }) => {
+            if text.trim().is_empty() {
+                bail!("the answer is empty; give the guidance as text");
+            }
+            human_input(
+                &cfg,
+                &run,
+                Input::Answer { text },
+                provider.provider.as_deref(),
+                json,
+            )
+            .await
+        }
+        Command::Cancel(a) => cancel(&cfg, a).await,
+        Command::Dlq(cmd) => dlq(&cfg, cmd).await,
+        Command::Export(a) => export(&cfg, a).await,
+        Command::Bench(a) => crate::bench::run(&cfg, a).await,
+        Command::Workflows(_) => unreachable!("handled above"),
+    }
+}
+
+fn parse_run_id(s: &str) -> Result<RunId> {
+    s.parse::<RunId>()
+        .with_context(|| format!("{s:?} is not a run id; list runs with `orchestrator list`"))
+}
+
+/// Resolve a possibly abbreviated run id (a unique prefix) against the store.
+async fn resolve_run(store: &Arc<dyn Store>, s: &str) -> Result<RunId> {
+    let id = parse_run_id(s)?;
+    match store.get_run(&id).await {
+        Ok(_) => Ok(id),
+        Err(orch_store::Error::RunNotFound(_)) if s.len() >= 4 => {
+            let runs = store
+                .list_runs(&RunFilter {
+                    status: None,
+                    limit: 0,
+                    offset: 0,
+                })
+                .await?;
+            let hits: Vec<_> = runs
+                .into_iter()
+                .filter(|r| r.id.as_str().starts_with(s))
+                .collect();
+            match hits.len() {
+                1 => Ok(hits[0].id.clone()),
+                0 => bail!("no run {s}; list runs with `orchestrator list`"),
+                n => bail!("{n} runs start with {s}; give more of the id"),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn init_db(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    if json {
+        render::print_json(
+            &serde_json::json!({"database": wiring::redact_url(&cfg.database_url), "backend": store.backend(), "ok": true}),
+        );
+    } else {
+        println!(
+            "database ready: {} ({})",
+            wiring::redact_url(&cfg.database_url),
+            store.backend()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Load a workflow: a built-in name, or a file.
+pub fn load_workflow(spec: Option<&str>) -> Result<Workflow> {
+    let spec = spec.unwrap_or("sdlc");
+    if let Some(wf) = Workflow::builtin(spec) {
+        return Ok(wf);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        bail!(
+            "workflow {spec:?} is neither a built-in workflow ({}) nor a file",
+            orch_core::dsl::BUILTIN_WORKFLOWS.join(", ")
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading workflow file {spec}"))?;
+    Ok(Workflow::parse(spec, &text)?)
+}
+
+fn parse_context(raw: Option<&str>) -> serde_json::Value {
+    match raw {
+        None => serde_json::Value::Null,
+        Some(t) => {
+            serde_json::from_str(t).unwrap_or_else(|_| serde_json::Value::String(t.to_string()))
+        }
+    }
+}
+
+async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
+    // Everything that can be refused is checked before anything is created.
+    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
+    let workflow = match &a.resume {
+        Some(_) => None,
+        None => Some(load_workflow(a.workflow.as_deref())?),
+    };
+    let store = wiring::open_store(cfg).await?;
+    let engine = wiring::engine(store.clone(), provider, wiring::engine_options(cfg))?;
+    let run_id = match (&a.resume, workflow) {
+        (Some(r), _) => resolve_run(&store, r).await?,
+        (None, Some(wf)) => {
+            let goal = a.goal.as_deref().unwrap_or_default().trim().to_string();
+            if goal.is_empty() {
+                bail!(
+                    "the goal is empty; say what to build, e.g. \"Build a small CRUD app for managing TODO items\""
+                );
+            }
+            engine
+                .create(
+                    &goal,
+                    parse_context(a.context.as_deref()),
+                    &wf,
+                    cfg.run_settings(),
+                )
+                .await?
+        }
+        (None, None) => unreachable!("a workflow is loaded when not resuming"),
+    };
+    if a.detach {
+        let run = store.get_run(&run_id).await?;
+        if a.json {
+            render::print_json(&run);
+        } else {
+            println!("run {run_id} recorded (PENDING); start it with: orchestrator tick {run_id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    drive(&engine, &run_id, a.quiet, a.json).await
+}
+
+/// Run the engine and every worker in this process until the run finishes
+/// or needs input, showing progress.
+async fn drive(engine: &Engine, run_id: &RunId, quiet: bool, json: bool) -> Result<ExitCode> {
+    let store = engine.deps().store.clone();
+    let run = store.get_run(run_id).await?;
+    let show = !quiet && !json;
+    if show {
+        progress::header(&run, engine.deps().provider.as_ref());
+    }
+    let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+    engine.tick(run_id).await?;
+    let follower = progress::Follower::new(store.clone(), run_id.clone(), show);
+    let started = std::time::Instant::now();
+    let result = follower.follow(engine).await;
+    runtime.shutdown().await;
+    let run = result?;
+    let state = store.load_run(run_id).await?;
+    if json {
+        render::print_json(&render::status_json(
+            &state,
+            &store.list_dead_letters(Some(run_id), false).await?,
+        ));
+    } else {
+        progress::footer(&state, started.elapsed());
+    }
+    Ok(exit_for(run.status))
+}
+
+fn exit_for(status: RunStatus) -> ExitCode {
+    match status {
+        RunStatus::Completed => ExitCode::SUCCESS,
+        RunStatus::NeedsInput => ExitCode::from(3),
+        RunStatus::Failed | RunStatus::Cancelled => ExitCode::from(4),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+async fn status(cfg: &Config, a: RunRef) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let id = resolve_run(&store, &a.run).await?;
+    let state = store.load_run(&id).await?;
+    let dead = store.list_dead_letters(Some(&id), false).await?;
+    if a.json {
+        render::print_json(&render::status_json(&state, &dead));
+    } else {
+        render::print_status(&state, &dead);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(cfg: &Config, a: ListArgs) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let status = a
+        .status
+        .as_deref()
+        .map(str::parse::<RunStatus>)
+        .transpose()?;
+    let runs = store
+        .list_runs(&RunFilter {
+            status,
+            limit: a.limit,
+            offset: a.offset,
+        })
+        .await?;
+    if a.json {
+        render::print_json(&runs);
+    } else {
+        render::print_runs(&runs);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(cfg: &Config, a: EventsArgs) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let id = resolve_run(&store, &a.run).await?;
+    let events = store
+        .list_events(
+            &id,
+            EventQuery {
+                after_seq: a.after,
+                limit: a.limit,
+            },
+        )
+        .await?;
+    if a.json {
+        render::print_json(&events);
+    } else {
+        for e in &events {
+            render::print_event(e, a.verbose);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn artifacts(cfg: &Config, a: ArtifactsArgs) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let id = resolve_run(&store, &a.run).await?;
+    let list = store.list_artifacts(&id, !a.all_versions).await?;
+    if a.json {
+        if a.content {
+            render::print_json(&list);
+        } else {
+            let slim: Vec<_> = list
+                .iter()
+                .map(|x| {
+                    serde_json::json!({"name": x.name, "version": x.version, "kind": x.kind, "path": x.path,
+                        "task_id": x.task_id, "attempt": x.attempt, "bytes": x.content.len(), "created_at": x.created_at})
+                })
+                .collect();
+            render::print_json(&slim);
+        }
+    } else {
+        render::print_artifacts(&list, a.content);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let id = resolve_run(&store, &a.run).await?;
+    if a.once {
+        let engine = wiring::engine(
+            store.clone(),
+            Arc::new(NoProvider),
+            wiring::engine_options(cfg),
+        )?;
+        let out = engine.tick(&id).await?;
+        if a.json {
+            render::print_json(
+                &serde_json::json!({"run_id": id, "status": out.status, "dispatched": out.dispatched, "events": out.events}),
+            );
+        } else {
+            println!(
+                "run {id}: {} ({} task(s) queued, {} event(s))",
+                out.status, out.dispatched, out.events
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
+    let engine = wiring::engine(store.clone(), provider, wiring::engine_options(cfg))?;
+    let run = store.get_run(&id).await?;
+    if run.status.is_terminal() {
+        if a.json {
+            render::print_json(&run);
+        } else {
+            println!("run {id} is already {}", run.status);
+        }
+        return Ok(exit_for(run.status));
+    }
+    if run.status == RunStatus::NeedsInput {
+        bail!(
+            "run {id} waits for input: {}. Answer it (orchestrator answer {id} TEXT), waive a gate, or cancel it",
+            run.status_reason.unwrap_or_default()
+        );
+    }
+    drive(&engine, &id, a.quiet, a.json).await
+}
+
+async fn human_input(
+    cfg: &Config,
+    run: &str,
+    input: Input,
+    provider: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let id = resolve_run(&store, run).await?;
+    // Continue the run afterwards only when a provider is chosen.
+    let chosen = wiring::choose_provider(cfg, provider).ok();
+    let engine = wiring::engine(
+        store.clone(),
+        chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
+        wiring::engine_options(cfg),
+    )?;
+    let out = engine.apply_input(&id, input).await?;
+    match chosen {
+        Some(_) if out.status == RunStatus::Running => {
+            if !json {
+                println!("recorded; run {id} is RUNNING again");
+            }
+            drive(&engine, &id, false, json).await
+        }
+        _ => {
+            if json {
+                render::print_json(&serde_json::json!({"run_id": id, "status": out.status}));
+            } else {
+                println!("recorded; run {id} is {}", out.status);
+                if out.status == RunStatus::Running {
+                    println!("continue it with: orchestrator tick {id} --provider NAME");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn cancel(cfg: &Config, a: CancelArgs) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let id = resolve_run(&store, &a.run).await?;
+    let engine = wiring::engine(store, Arc::new(NoProvider), wiring::engine_options(cfg))?;
+    let out = engine
+        .apply_input(&id, Input::Cancel { reason: a.reason })
+        .await?;
+    if a.json {
+        render::print_json(&serde_json::json!({"run_id": id, "status": out.status}));
+    } else {
+        println!("run {id} is {}", out.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    match cmd {
+        DlqCommand::List { run, all, json } => {
+            let run = match run {
+                Some(r) => Some(resolve_run(&store, &r).await?),
+                None => None,
+            };
+            let letters = store.list_dead_letters(run.as_ref(), all).await?;
+            if json {
+                render::print_json(&letters);
+            } else {
+                render::print_dead_letters(&letters);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay { id, provider, json } => {
+            let chosen = wiring::choose_provider(cfg, provider.provider.as_deref()).ok();
+            let engine = wiring::engine(
+                store.clone(),
+                chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
+                wiring::engine_options(cfg),
+            )?;
+            let letter = store
+                .list_dead_letters(None, false)
+                .await?
+                .into_iter()
+                .find(|l| l.id == id)
+                .with_context(|| {
+                    format!("no dead letter {id} waiting for replay; see `orchestrator dlq list`")
+                })?;
+            let out = engine.replay_dead_letter(id).await?;
+            if chosen.is_some() && out.status == RunStatus::Running {
+                return drive(&engine, &letter.run_id, false, json).await;
+            }
+            if json {
+                render::print_json(
+                    &serde_json::json!({"run_id": letter.run_id, "task_id": letter.task_id, "status": out.status}),
+                );
+            } else {
+                println!(
+                    "task {} of run {} replayed; run is {}",
+                    letter.task_id, letter.run_id, out.status
+                );
+                println!(
+                    "continue it with: orchestrator tick {} --provider NAME",
+                    letter.run_id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn export(cfg: &Config, a: ExportArgs) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    let id = resolve_run(&store, &a.run).await?;
+    let list = store.list_artifacts(&id, true).await?;
+    let out = Path::new(&a.out);
+    let mut written = Vec::new();
+    for art in &list {
+        let rel = match &art.path {
+            Some(p) => orch_tools::sanitize_path(p).with_context(|| {
+                format!(
+                    "artifact {} has an unsafe path {p:?}; not exported",
+                    art.name
+                )
+            })?,
+            None => format!("docs/{}.md", art.name),
+        };
+        let dest = out.join(&rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&dest, &art.content)
+            .with_context(|| format!("writing {}", dest.display()))?;
+        written.push(rel);
+    }
+    if a.json {
+        render::print_json(&serde_json::json!({"run_id": id, "out": a.out, "files": written}));
+    } else {
+        for f in &written {
+            println!("{}", out.join(f).display());
+        }
+        println!("{} file(s) written to {}", written.len(), out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workflows(cmd: WorkflowCommand) -> Result<ExitCode> {
+    match cmd {
+        WorkflowCommand::List { json } => {
+            let all: Vec<Workflow> = orch_core::dsl::BUILTIN_WORKFLOWS
+                .iter()
+                .filter_map(|n| Workflow::builtin(n))
+                .collect();
+            if json {
+                render::print_json(&all);
+            } else {
+                for wf in &all {
+                    println!(
+                        "{:<12} {} task(s)  {}",
+                        wf.name,
+                        wf.tasks.len(),
+                        wf.description
+                    );
+                }
+            }
+        }
+        WorkflowCommand::Show { name } => match orch_core::dsl::builtin_source(&name) {
+            Some((_, text)) => print!("{text}"),
+            None => {
+                let wf = load_workflow(Some(&name))?;
+                print!(
+                    "{}",
+                    std::fs::read_to_string(&name).unwrap_or_else(|_| format!("{wf:#?}"))
+                );
+            }
+        },
+        WorkflowCommand::Validate { file, json } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading workflow file {file}"))?;
+            let wf = Workflow::parse(&file, &text)?;
+            if json {
+                render::print_json(
+                    &serde_json::json!({"file": file, "valid": true, "name": wf.name, "tasks": wf.tasks.len()}),
+                );
+            } else {
+                println!(
+                    "{file}: valid workflow {:?} with {} task(s)",
+                    wf.name,
+                    wf.tasks.len()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,118 @@
+//! Configuration: the seed's environment variables (and a `.env` file),
+//! parsed into one typed struct with documented defaults. Parsing (strings
+//! from the environment) is separate from resolving (opening the store,
+//! choosing the provider), which happens in `wiring`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use orch_core::RunSettings;
+
+/// Everything configurable, with the environment variable that sets it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: `sqlite://PATH` (default `sqlite://orchestrator.db`) or `postgres://...`.
+    pub database_url: String,
+    /// `LLM_PROVIDER`: `scripted` (or, later, `anthropic`, `openai`). No default.
+    pub provider: Option<String>,
+    /// `LLM_MODEL` (default `claude-sonnet-4-20250514`).
+    pub model: String,
+    /// `MAX_ITERATIONS`: task attempts a run may dispatch (default 50).
+    pub max_iterations: u32,
+    /// `TASK_TIMEOUT_SECONDS` (default 300).
+    pub task_timeout: Duration,
+    /// `REQUIRE_CODE_REVIEW` (default true).
+    pub require_code_review: bool,
+    /// `REQUIRE_SECURITY_REVIEW` (default true).
+    pub require_security_review: bool,
+    /// `MAX_REWORK`: rework rounds per gate before asking a person (default 2).
+    pub max_rework: u32,
+    /// `LEASE_TTL_SECONDS` (default 30).
+    pub lease_ttl: Duration,
+    /// `WORKER_CONCURRENCY`: attempts per role at once in this process (default 2).
+    pub concurrency: usize,
+    /// `SCRIPTED_FIXTURE`: fixture file for the scripted provider (default: built-in TODO app).
+    pub scripted_fixture: Option<String>,
+    /// `SCRIPTED_LATENCY_MS`: extra delay per scripted response (default 0).
+    pub scripted_latency: Duration,
+    /// `ANTHROPIC_API_KEY` is set (its value is never kept here).
+    pub anthropic_key_set: bool,
+    /// `OPENAI_BASE_URL` or `OPENAI_API_KEY` is set.
+    pub openai_set: bool,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_bool(name: &str, default: bool) -> Result<bool> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => bail!("{name}={v:?} is not a boolean; use true or false"),
+        },
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            anyhow::anyhow!("{name}={v:?} is not a valid number; unset it or give a whole number")
+        }),
+    }
+}
+
+impl Config {
+    /// Read `.env` (if present; existing variables win) and the environment.
+    pub fn from_env() -> Result<Config> {
+        match dotenvy::dotenv() {
+            Ok(_) | Err(dotenvy::Error::Io(_)) => {}
+            Err(e) => {
+                return Err(e)
+                    .context("could not read .env; fix the line it names or remove the file");
+            }
+        }
+        let timeout_secs: u64 = parse_num("TASK_TIMEOUT_SECONDS", 300)?;
+        if timeout_secs == 0 {
+            bail!("TASK_TIMEOUT_SECONDS must be at least 1");
+        }
+        let lease_secs: f64 = parse_num("LEASE_TTL_SECONDS", 30.0)?;
+        if !(0.2..=3600.0).contains(&lease_secs) {
+            bail!("LEASE_TTL_SECONDS must be between 0.2 and 3600");
+        }
+        Ok(Config {
+            database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://orchestrator.db".into()),
+            provider: var("LLM_PROVIDER"),
+            model: var("LLM_MODEL").unwrap_or_else(|| "claude-sonnet-4-20250514".into()),
+            max_iterations: parse_num("MAX_ITERATIONS", 50)?,
+            task_timeout: Duration::from_secs(timeout_secs),
+            require_code_review: parse_bool("REQUIRE_CODE_REVIEW", true)?,
+            require_security_review: parse_bool("REQUIRE_SECURITY_REVIEW", true)?,
+            max_rework: parse_num("MAX_REWORK", 2)?,
+            lease_ttl: Duration::from_secs_f64(lease_secs),
+            concurrency: parse_num::<usize>("WORKER_CONCURRENCY", 2)?.max(1),
+            scripted_fixture: var("SCRIPTED_FIXTURE"),
+            scripted_latency: Duration::from_millis(parse_num("SCRIPTED_LATENCY_MS", 0)?),
+            anthropic_key_set: var("ANTHROPIC_API_KEY").is_some(),
+            openai_set: var("OPENAI_BASE_URL").is_some() || var("OPENAI_API_KEY").is_some(),
+        })
+    }
+
+    /// Settings recorded on each new run.
+    pub fn run_settings(&self) -> RunSettings {
+        RunSettings {
+            max_rework: self.max_rework,
+            max_iterations: self.max_iterations,
+            task_timeout_ms: self.task_timeout.as_millis() as i64,
+            require_code_review: self.require_code_review,
+            require_security_review: self.require_security_review,
+            ..RunSettings::default()
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The live display of a run: one line per meaningful event, by role.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use orch_core::{Event, EventKind, Run, RunId, RunState, TaskStatus};
+use orch_engine::Engine;
+use orch_llm::Provider;
+use orch_store::{EventQuery, Store};
+
+pub fn header(run: &Run, provider: &dyn Provider) {
+    println!("run {}  ({})", run.id, run.workflow);
+    println!("goal: {}", run.goal);
+    if provider.is_scripted() {
+        println!("provider: SCRIPTED — responses come from a fixture file, no LLM is called");
+    } else {
+        println!(
+            "provider: {} ({})",
+            provider.name(),
+            provider.default_model()
+        );
+    }
+}
+
+/// Follows a run's events until it finishes or needs input.
+pub struct Follower {
+    store: Arc<dyn Store>,
+    run_id: RunId,
+    show: bool,
+    after: i64,
+}
+
+impl Follower {
+    pub fn new(store: Arc<dyn Store>, run_id: RunId, show: bool) -> Self {
+        Follower {
+            store,
+            run_id,
+            show,
+            after: 0,
+        }
+    }
+
+    pub async fn follow(mut self, engine: &Engine) -> Result<Run> {
+        let mut changes = engine.changes();
+        loop {
+            self.drain_events().await?;
+            let run = self.store.get_run(&self.run_id).await?;
+            if run.status.is_terminal() || run.status == orch_core::RunStatus::NeedsInput {
+                self.drain_events().await?;
+                return Ok(run);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+        }
+    }
+
+    async fn drain_events(&mut self) -> Result<()> {
+        let events = self
+            .store
+            .list_events(
+                &self.run_id,
+                EventQuery {
+                    after_seq: self.after,
+                    limit: 0,
+                },
+            )
+            .await?;
+        for e in &events {
+            self.after = self.after.max(e.seq);
+            if self.show
+                && let Some(line) = line_for(e)
+            {
+                println!("{line}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn role_tag(e: &Event) -> String {
+    e.data
+        .get("role")
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.parse::<orch_core::Role>().ok())
+        .map(|r| format!("[{:<3}]", r.short()))
+        .unwrap_or_else(|| "     ".to_string())
+}
+
+fn line_for(e: &Event) -> Option<String> {
+    let task = e.task_id.as_deref().unwrap_or("");
+    let text = match e.kind {
+        EventKind::TaskQueued => format!(
+            "{} {task:<32} queued on {}",
+            role_tag(e),
+            e.data["queue"].as_str().unwrap_or("")
+        ),
+        EventKind::TaskSucceeded => format!(
+            "      {task:<32} ✓ {}",
+            e.message
+                .split_once(": ")
+                .map(|x| x.1)
+                .unwrap_or(&e.message)
+        ),
+        EventKind::TaskFailed => format!("      {task:<32} ✗ {}", e.message),
+        EventKind::TaskRetryScheduled
+        | EventKind::TaskDead
+        | EventKind::LeaseExpired
+        | EventKind::DlqReplayed => {
+            format!("      {task:<32} {}", e.message)
+        }
+        EventKind::GatePassed
+        | EventKind::GateFailed
+        | EventKind::GateWaived
+        | EventKind::ReworkOpened => {
+            format!("gate  {}", e.message)
+        }
+        EventKind::Escalated | EventKind::HumanInput => format!("!!    {}", e.message),
+        EventKind::RunStatusChanged => format!("run   {}", e.message),
+        EventKind::ToolDenied => format!("      {task:<32} tool denied: {}", e.message),
+        _ => return None,
+    };
+    Some(text)
+}
+
+pub fn footer(state: &RunState, elapsed: Duration) {
+    let r = &state.run;
+    let done = state
+        .tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Succeeded)
+        .count();
+    let gates = state
+        .gates
+        .iter()
+        .map(|g| format!("{} {}", g.kind, g.status))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!();
+    println!(
+        "run {} {} in {:.1} s — {done}/{} tasks succeeded; {gates}; cost ${:.4}",
+        r.id,
+        r.status,
+        elapsed.as_secs_f64(),
+        state.tasks.len(),
+        r.cost_usd
+    );
+    if let Some(reason) = &r.status_reason {
+        println!("{reason}");
+    }
+    println!(
+        "artifacts: orchestrator artifacts {} --content   events: orchestrator events {}",
+        r.id, r.id
+    );
+}

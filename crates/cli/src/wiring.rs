@@ -1,0 +1,127 @@
+//! Resolving configuration into implementations: the store from
+//! `DATABASE_URL`, the broker, the LLM provider, and the engine around them.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use orch_broker::MemoryBroker;
+use orch_engine::{Deps, Engine, EngineOptions, SystemClock};
+use orch_llm::{Provider, ScriptedProvider};
+use orch_store::Store;
+
+use crate::config::Config;
+
+/// Open the store named by `DATABASE_URL`, creating and migrating it if needed.
+pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>> {
+    orch_store::connect(&cfg.database_url)
+        .await
+        .with_context(|| format!("opening DATABASE_URL={}", redact_url(&cfg.database_url)))
+}
+
+/// Hide a password in a database URL before it is printed.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}://{}:***{}", &url[..s], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+const HOW_TO_CHOOSE: &str = "choose an LLM provider: `--provider scripted` (deterministic fixture responses for demos and tests; no model is called) or set LLM_PROVIDER=scripted. Real providers (LLM_PROVIDER=anthropic with ANTHROPIC_API_KEY, or openai with OPENAI_BASE_URL) are the next milestone of this build";
+
+/// The provider chosen with `--provider` or `LLM_PROVIDER`. Never chosen
+/// silently: with nothing chosen this is an error that says how to choose.
+pub fn choose_provider(cfg: &Config, flag: Option<&str>) -> Result<Arc<dyn Provider>> {
+    let name = flag.map(str::to_string).or_else(|| cfg.provider.clone());
+    let name = match name {
+        Some(n) => n.to_ascii_lowercase(),
+        None if cfg.anthropic_key_set || cfg.openai_set => bail!(
+            "ANTHROPIC_API_KEY / OPENAI_* is set, but this build has no real LLM provider yet; {HOW_TO_CHOOSE}"
+        ),
+        None => bail!("no LLM provider configured; {HOW_TO_CHOOSE}"),
+    };
+    match name.as_str() {
+        "scripted" => {
+            let p = match &cfg.scripted_fixture {
+                Some(path) => ScriptedProvider::from_file(path)
+                    .with_context(|| format!("loading SCRIPTED_FIXTURE={path}"))?,
+                None => ScriptedProvider::builtin(),
+            };
+            Ok(Arc::new(p.with_latency(cfg.scripted_latency)))
+        }
+        "anthropic" | "openai" => {
+            bail!("LLM provider {name:?} is not available in this build yet; {HOW_TO_CHOOSE}")
+        }
+        other => bail!("unknown LLM provider {other:?}; {HOW_TO_CHOOSE}"),
+    }
+}
+
+/// Engine options from the configuration.
+pub fn engine_options(cfg: &Config) -> EngineOptions {
+    EngineOptions {
+        lease_ttl: cfg.lease_ttl,
+        heartbeat_every: cfg.lease_ttl / 3,
+        concurrency: cfg.concurrency,
+        model: cfg.model.clone(),
+        ..EngineOptions::default()
+    }
+}
+
+/// An engine over `store` with an in-process broker.
+pub fn engine(
+    store: Arc<dyn Store>,
+    provider: Arc<dyn Provider>,
+    opts: EngineOptions,
+) -> Result<Engine> {
+    let agents = orch_agents::Agents::new().context("loading the agent prompt templates")?;
+    let deps = Deps {
+        store,
+        broker: Arc::new(MemoryBroker::new()),
+        provider,
+        agents: Arc::new(agents),
+        clock: Arc::new(SystemClock),
+    };
+    Ok(Engine::new(deps, opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}
+
+/// Stands in for a provider in commands that never call a model (`gate
+/// waive`, `cancel`, `tick --once`): any call fails and says how to choose one.
+#[derive(Debug)]
+pub struct NoProvider;
+
+#[async_trait::async_trait]
+impl Provider for NoProvider {
+    fn name(&self) -> &str {
+        "none"
+    }
+    fn is_scripted(&self) -> bool {
+        false
+    }
+    fn default_model(&self) -> &str {
+        "none"
+    }
+    async fn complete(&self, _request: &orch_llm::Request) -> orch_llm::Result<orch_llm::Response> {
+        Err(orch_llm::Error::Config(format!(
+            "no LLM provider configured; {HOW_TO_CHOOSE}"
+        )))
+    }
+}

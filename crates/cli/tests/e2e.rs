@@ -1,0 +1,291 @@
+//! End-to-end tests: they run the real `orchestrator` binary against a
+//! SQLite file in a temporary folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GOAL: &str = "Build a small CRUD app for managing TODO items";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("orch.db")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", format!("sqlite://{}", self.db().display()))
+            .env("ORCH_LOG", "error");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "orchestrator {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_every_read_command_answers() {
+    let env = Env::new();
+    env.ok(&["init-db"]);
+    let out = env.ok(&["run", GOAL, "--provider", "scripted"]);
+    assert!(
+        out.contains("SCRIPTED"),
+        "the output must say the provider is scripted: {out}"
+    );
+    assert!(out.contains("COMPLETED"), "{out}");
+    assert!(
+        out.contains("code_review gate FAILED"),
+        "the demo shows one rework round: {out}"
+    );
+
+    let runs = env.json(&["list", "--json"]);
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(runs[0]["status"], "COMPLETED");
+    assert!(runs[0]["provider"].as_str().unwrap().contains("scripted"));
+
+    let status = env.json(&["status", &id, "--json"]);
+    assert_eq!(status["run"]["status"], "COMPLETED");
+    let gates = status["gates"].as_array().unwrap();
+    assert!(gates.iter().all(|g| g["status"] == "PASSED"), "{gates:?}");
+    let human = env.ok(&["status", &id]);
+    assert!(
+        human.contains("security_review") && human.contains("PASSED"),
+        "{human}"
+    );
+
+    let events = env.json(&["events", &id, "--json"]);
+    let events = events.as_array().unwrap();
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "gap-free per-run order"
+    );
+    assert!(events.iter().any(|e| e["kind"] == "llm_request"));
+    assert!(
+        env.ok(&["events", &id, "-v"])
+            .contains("\"scripted\": true")
+    );
+
+    let arts = env.ok(&["artifacts", &id, "--content"]);
+    assert!(
+        arts.contains("requirements v1") && arts.contains("backend/app.py"),
+        "{arts}"
+    );
+
+    let export_dir = env.dir.path().join("out");
+    env.ok(&["export", &id, "--out", export_dir.to_str().unwrap()]);
+    assert!(export_dir.join("backend/app.py").exists());
+    assert!(export_dir.join("docs/requirements.md").exists());
+
+    // Idempotent tick of a finished run.
+    assert!(
+        env.ok(&["tick", &id, "--provider", "scripted"])
+            .contains("already COMPLETED")
+    );
+}
+
+#[test]
+fn run_refuses_without_a_provider_and_creates_nothing() {
+    let env = Env::new();
+    let out = env.run(&["run", GOAL]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--provider scripted") && err.contains("LLM_PROVIDER"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        !env.db().exists(),
+        "nothing is created before the provider is known"
+    );
+}
+
+#[test]
+fn a_malformed_workflow_is_refused_with_file_and_line() {
+    let env = Env::new();
+    let bad = env.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: bad\ntasks:\n  - id: a\n    role: business_analyst\n    produces: [{name: x, kind: doc}]\n  - id: b\n    role: tech_lead\n    needs: [nope]\n    produces: [{name: y, kind: doc}]\n",
+    )
+    .unwrap();
+    let out = env.run(&["workflows", "validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("bad.yaml:8") && err.contains("nope"), "{err}");
+    let out = env.run(&[
+        "run",
+        GOAL,
+        "--provider",
+        "scripted",
+        "--workflow",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(!env.db().exists(), "a bad workflow creates nothing");
+}
+
+#[test]
+fn unknown_runs_and_corrupt_databases_get_one_line_errors() {
+    let env = Env::new();
+    env.ok(&["init-db"]);
+    let out = env.run(&["status", "0193aaaa-0000-7000-8000-000000000000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("orchestrator list"),
+        "{}",
+        stderr(&out)
+    );
+
+    let corrupt = env.dir.path().join("corrupt.db");
+    let garbage =
+        b"this is not a database, it is a text file with enough bytes to look like a header....."
+            .repeat(20);
+    std::fs::write(&corrupt, &garbage).unwrap();
+    let out = env
+        .cmd(&["list"])
+        .env("DATABASE_URL", format!("sqlite://{}", corrupt.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("corrupt") || err.contains("not a database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&corrupt).unwrap(),
+        garbage,
+        "the file is left as it was"
+    );
+}
+
+#[test]
+fn a_detached_run_is_recorded_and_tick_finishes_it() {
+    let env = Env::new();
+    let run = env.json(&["run", GOAL, "--provider", "scripted", "--detach", "--json"]);
+    assert_eq!(run["status"], "PENDING");
+    let id = run["id"].as_str().unwrap().to_string();
+    let out = env.json(&["tick", &id, "--provider", "scripted", "--json"]);
+    assert_eq!(out["run"]["status"], "COMPLETED");
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn succeeded_tasks(env: &Env, id: &str) -> usize {
+    let out = env.run(&["status", id, "--json"]);
+    if !out.status.success() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["tasks"]
+        .as_array()
+        .map(|t| t.iter().filter(|t| t["status"] == "SUCCEEDED").count())
+        .unwrap_or(0)
+}
+
+/// Regression guard for the resumability promise: SIGKILL in the middle of a
+/// run, then `tick` finishes it with nothing lost and nothing done twice.
+#[test]
+fn a_run_killed_mid_flight_is_finished_by_tick_with_nothing_done_twice() {
+    let env = Env::new();
+    let run = env.json(&["run", GOAL, "--provider", "scripted", "--detach", "--json"]);
+    let id = run["id"].as_str().unwrap().to_string();
+    let mut child = env
+        .cmd(&["tick", &id, "--provider", "scripted", "--quiet"])
+        .env("SCRIPTED_LATENCY_MS", "200")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("four tasks to succeed", Duration::from_secs(60), || {
+        succeeded_tasks(&env, &id) >= 4
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let status = env.json(&["status", &id, "--json"]);
+    assert_eq!(status["run"]["status"], "RUNNING", "killed mid-run");
+
+    let out = env.json(&["tick", &id, "--provider", "scripted", "--json"]);
+    assert_eq!(out["run"]["status"], "COMPLETED", "{out}");
+
+    let events = env.json(&["events", &id, "--json"]);
+    let events = events.as_array().unwrap();
+    let tasks = out["tasks"].as_array().unwrap();
+    for t in tasks {
+        let tid = t["id"].as_str().unwrap();
+        let n = events
+            .iter()
+            .filter(|e| e["kind"] == "task_succeeded" && e["task_id"] == tid)
+            .count();
+        assert_eq!(n, 1, "task {tid} succeeded {n} times");
+    }
+    // Exactly the artifacts of a run that was never interrupted.
+    let clean = Env::new();
+    let clean_run = clean.json(&["run", GOAL, "--provider", "scripted", "--json"]);
+    let clean_id = clean_run["run"]["id"].as_str().unwrap().to_string();
+    let count = |e: &Env, id: &str| {
+        e.json(&["artifacts", id, "--all-versions", "--json"])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&env, &id), count(&clean, &clean_id));
+}
+
+#[test]
+fn workflows_are_listed_shown_and_validated() {
+    let env = Env::new();
+    assert!(env.ok(&["workflows", "list"]).contains("sdlc"));
+    let shown = env.ok(&["workflows", "show", "sdlc"]);
+    let file = env.dir.path().join("sdlc.yaml");
+    std::fs::write(&file, &shown).unwrap();
+    assert!(
+        env.ok(&["workflows", "validate", file.to_str().unwrap()])
+            .contains("valid")
+    );
+    let _ = Path::new(&file);
+}

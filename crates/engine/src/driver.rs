@@ -1,0 +1,251 @@
+//! The engine proper: submit runs, tick them, apply human inputs.
+
+use orch_broker::Dispatch;
+use orch_core::machine::{self, Action, Input, RunState, StateDiff};
+use orch_core::{EventKind, NewEvent, Run, RunId, RunSettings, RunStatus, Workflow};
+use orch_store::NewDeadLetter;
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use crate::{Deps, EngineOptions, Error, Result};
+
+/// How many times a tick reloads and retries after a concurrent update.
+const MAX_CONFLICT_RETRIES: usize = 32;
+
+/// Drives runs through the pure state machine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) deps: Deps,
+    pub(crate) opts: EngineOptions,
+    /// Bumped after every saved step, so in-process waiters ([`Engine::wait`])
+    /// wake at once instead of polling.
+    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// What a tick did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickOutcome {
+    pub status: RunStatus,
+    pub dispatched: usize,
+    pub events: usize,
+}
+
+impl Engine {
+    pub fn new(deps: Deps, opts: EngineOptions) -> Self {
+        Engine {
+            deps,
+            opts,
+            changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// A receiver that changes whenever this engine saved a step.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Wait until the run is terminal or needs input (or `timeout` passes);
+    /// returns the run as it is then. Wakes on this process's own steps and
+    /// polls the store every `poll` for steps taken elsewhere.
+    pub async fn wait(
+        &self,
+        run_id: &RunId,
+        poll: std::time::Duration,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Run> {
+        let mut rx = self.changes();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let run = self.deps.store.get_run(run_id).await?;
+            if run.status.is_terminal() || run.status == RunStatus::NeedsInput {
+                return Ok(run);
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(run);
+            }
+            let _ = tokio::time::timeout(poll, rx.changed()).await;
+        }
+    }
+
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Create a run of `workflow` for `goal` and take its first step.
+    pub async fn submit(
+        &self,
+        goal: &str,
+        context: Value,
+        workflow: &Workflow,
+        settings: RunSettings,
+    ) -> Result<RunId> {
+        let id = self.create(goal, context, workflow, settings).await?;
+        self.tick(&id).await?;
+        Ok(id)
+    }
+
+    /// Create a run without taking any step (`run --detach`).
+    pub async fn create(
+        &self,
+        goal: &str,
+        context: Value,
+        workflow: &Workflow,
+        settings: RunSettings,
+    ) -> Result<RunId> {
+        let now = self.deps.clock.now_ms();
+        let id = RunId::generate();
+        let provider = if self.deps.provider.is_scripted() {
+            format!("{} (scripted)", self.deps.provider.name())
+        } else {
+            self.deps.provider.name().to_string()
+        };
+        let (state, mut events) = RunState::new_run(
+            id.clone(),
+            goal,
+            context,
+            workflow,
+            settings,
+            &provider,
+            now,
+        );
+        if self.deps.provider.is_scripted() {
+            events.insert(
+                1,
+                NewEvent::run(
+                    EventKind::RunCreated,
+                    "LLM provider is SCRIPTED: responses come from a fixture, not a model",
+                )
+                .with_data(
+                    serde_json::json!({"provider": self.deps.provider.name(), "scripted": true}),
+                ),
+            );
+        }
+        self.deps.store.create_run(&state, &events, now).await?;
+        Ok(id)
+    }
+
+    /// Reconcile a run: move everything that can move and publish what became ready.
+    pub async fn tick(&self, run_id: &RunId) -> Result<TickOutcome> {
+        self.step(run_id, || Input::Reconcile).await
+    }
+
+    /// Apply a human or system input to a run, then reconcile.
+    pub async fn apply_input(&self, run_id: &RunId, input: Input) -> Result<TickOutcome> {
+        self.step(run_id, || input.clone()).await
+    }
+
+    /// Load, apply, save (retrying on concurrent updates), then publish.
+    async fn step(&self, run_id: &RunId, input: impl Fn() -> Input) -> Result<TickOutcome> {
+        for retry in 0..MAX_CONFLICT_RETRIES {
+            let before = self.deps.store.load_run(run_id).await?;
+            let mut after = before.clone();
+            let now = self.deps.clock.now_ms();
+            let actions = machine::apply(&mut after, input(), now)?;
+            let diff = StateDiff::between(&before, &after);
+            let mut events = Vec::new();
+            let mut dead = Vec::new();
+            let mut dispatches = Vec::new();
+            for action in actions {
+                match action {
+                    Action::Emit(e) => events.push(e),
+                    Action::Dispatch {
+                        run_id,
+                        task_id,
+                        role,
+                        attempt,
+                    } => dispatches.push(Dispatch {
+                        run_id,
+                        task_id,
+                        role,
+                        attempt,
+                    }),
+                    Action::DeadLetter {
+                        task_id,
+                        role,
+                        attempts,
+                        error,
+                    } => dead.push(NewDeadLetter {
+                        task_id,
+                        role,
+                        attempts,
+                        error,
+                    }),
+                }
+            }
+            if diff.is_empty() && events.is_empty() {
+                return Ok(TickOutcome {
+                    status: after.run.status,
+                    dispatched: 0,
+                    events: 0,
+                });
+            }
+            match self
+                .deps
+                .store
+                .save_run(
+                    run_id,
+                    before.run.version,
+                    &diff,
+                    &after,
+                    &events,
+                    &dead,
+                    now,
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(orch_store::Error::Conflict(_)) => {
+                    debug!(run = %run_id, retry, "concurrent update; reloading");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.changed.send_modify(|n| *n += 1);
+            // Published only after the commit: a crash here leaves QUEUED
+            // tasks that the sweeper publishes again.
+            for d in &dispatches {
+                if let Err(e) = self.deps.broker.publish(d).await {
+                    warn!(run = %run_id, task = %d.task_id, error = %e, "publish failed; the sweeper will publish it again");
+                }
+            }
+            return Ok(TickOutcome {
+                status: after.run.status,
+                dispatched: dispatches.len(),
+                events: events.len(),
+            });
+        }
+        Err(Error::Contended(run_id.to_string()))
+    }
+
+    /// Replay a dead letter: its task gets another attempt.
+    pub async fn replay_dead_letter(&self, id: i64) -> Result<TickOutcome> {
+        let letters = self.deps.store.list_dead_letters(None, false).await?;
+        let letter = letters
+            .into_iter()
+            .find(|l| l.id == id)
+            .ok_or(Error::DeadLetterNotFound(id))?;
+        let outcome = self
+            .apply_input(
+                &letter.run_id,
+                Input::ReplayDead {
+                    task_id: letter.task_id.clone(),
+                },
+            )
+            .await?;
+        self.deps
+            .store
+            .mark_replayed(id, self.deps.clock.now_ms())
+            .await?;
+        Ok(outcome)
+    }
+
+    /// The run row.
+    pub async fn run(&self, id: &RunId) -> Result<Run> {
+        Ok(self.deps.store.get_run(id).await?)
+    }
+}

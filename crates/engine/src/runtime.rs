@@ -1,0 +1,128 @@
+//! The runtime owns the spawned loops: the engine loop (wake-ups and the
+//! sweeper) and the role workers. Each loop selects on one cancellation
+//! token; shutdown cancels it and waits for the loops to drain, up to the
+//! drain timeout.
+
+use std::time::Instant;
+
+use orch_core::Role;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Engine;
+use crate::worker::spawn_workers;
+
+/// Running loops of one process.
+#[derive(Debug)]
+pub struct Runtime {
+    engine: Engine,
+    /// Cancels every loop of this runtime.
+    cancel: CancellationToken,
+    /// The loops, awaited on shutdown.
+    tasks: JoinSet<()>,
+}
+
+impl Runtime {
+    /// Start the engine loop (if `with_engine`) and workers for `roles`.
+    pub fn start(engine: Engine, roles: &[Role], with_engine: bool) -> Runtime {
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        if with_engine {
+            tasks.spawn(engine_loop(engine.clone(), cancel.clone()));
+        }
+        spawn_workers(&mut tasks, engine.deps(), engine.options(), roles, &cancel);
+        Runtime {
+            engine,
+            cancel,
+            tasks,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A token that is cancelled when the runtime shuts down.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stop every loop: in-flight attempts may finish within the drain
+    /// timeout; after it they are abandoned (their leases expire and the
+    /// tasks are re-run by whoever sweeps next). Nothing is lost either way.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let drain = self.engine.options().drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain;
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Err(e))) if e.is_panic() => warn!(error = %e, "a loop panicked"),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(
+                        left = self.tasks.len(),
+                        "drain timeout: abandoning in-flight attempts (they will be retried)"
+                    );
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// React to wake-ups at once; sweep every `sweep_every`.
+async fn engine_loop(engine: Engine, cancel: CancellationToken) {
+    let every = engine.options().sweep_every;
+    let mut last_sweep = Instant::now();
+    match engine.republish_queued().await {
+        Ok(n) if n > 0 => debug!(n, "re-published queued tasks at start-up"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not re-publish queued tasks at start-up"),
+    }
+    if let Err(e) = engine.sweep().await {
+        warn!(error = %e, "sweep failed");
+    }
+    let mut ticks = JoinSet::new();
+    loop {
+        let wait = every.saturating_sub(last_sweep.elapsed());
+        let woken = tokio::select! {
+            _ = cancel.cancelled() => break,
+            w = engine.deps().broker.wakes(wait) => w,
+        };
+        match woken {
+            Ok(runs) => {
+                for run in runs {
+                    let engine = engine.clone();
+                    ticks.spawn(async move {
+                        if let Err(e) = engine.tick(&run).await {
+                            warn!(run = %run, error = %e, "tick failed; the sweeper will try again");
+                        }
+                    });
+                    // Bound the ticks in flight.
+                    while ticks.len() >= 16 {
+                        ticks.join_next().await;
+                    }
+                }
+            }
+            Err(orch_broker::Error::Closed) => break,
+            Err(e) => {
+                warn!(error = %e, "wake-up channel failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }
+        while ticks.try_join_next().is_some() {}
+        if last_sweep.elapsed() >= every {
+            last_sweep = Instant::now();
+            if let Err(e) = engine.sweep().await {
+                warn!(error = %e, "sweep failed; will try again");
+            }
+        }
+    }
+    while ticks.join_next().await.is_some() {}
+}

@@ -1,0 +1,350 @@
+//! Role workers: claim a dispatched attempt, keep its lease alive, run the
+//! agent, and commit the outcome behind the lease fence.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_agents::{AgentOutput, EventSink, TaskInput};
+use orch_broker::Delivery;
+use orch_core::{NewEvent, Role, RunId, TaskStatus, Usage};
+use orch_store::{Fence, TaskOutcome};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{Deps, EngineOptions, Result};
+
+static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
+
+/// A worker's identity: `host:pid:n`. The sweeper uses the host and pid to
+/// reclaim at once the leases of a local process that died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerId(pub String);
+
+impl WorkerId {
+    pub fn new(role: Role) -> Self {
+        let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+        WorkerId(format!(
+            "{}:{}:{}-{n}",
+            hostname(),
+            std::process::id(),
+            role.short()
+        ))
+    }
+
+    /// `(host, pid)` if the id has the `host:pid:...` form.
+    pub fn parse_host_pid(owner: &str) -> Option<(&str, u32)> {
+        let mut parts = owner.splitn(3, ':');
+        let host = parts.next()?;
+        let pid = parts.next()?.parse().ok()?;
+        Some((host, pid))
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Writes LLM events as they happen (they are facts even if the attempt dies).
+struct StoreSink {
+    deps: Deps,
+    run_id: RunId,
+}
+
+#[async_trait]
+impl EventSink for StoreSink {
+    async fn emit(&self, events: Vec<NewEvent>) {
+        let now = self.deps.clock.now_ms();
+        if let Err(e) = self
+            .deps
+            .store
+            .append_events(&self.run_id, &events, now)
+            .await
+        {
+            warn!(run = %self.run_id, error = %e, "could not record LLM events");
+        }
+    }
+}
+
+/// One worker loop: receive from `role`'s queue until cancelled.
+pub(crate) async fn worker_loop(
+    deps: Deps,
+    opts: EngineOptions,
+    role: Role,
+    cancel: CancellationToken,
+) {
+    let id = WorkerId::new(role);
+    debug!(worker = %id.0, queue = role.queue(), "worker started");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = deps.broker.receive(role, &id.0, opts.poll_timeout) => r,
+        };
+        match received {
+            Ok(Some(delivery)) => {
+                backoff = Duration::from_millis(100);
+                // The attempt is not cancelled by shutdown directly: the
+                // runtime waits for it up to the drain timeout.
+                if let Err(e) = execute_delivery(&deps, &opts, &id, &delivery).await {
+                    warn!(worker = %id.0, task = %delivery.dispatch.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried");
+                    continue; // not acked: a broker that redelivers will redeliver
+                }
+                if let Err(e) = deps.broker.ack(&delivery).await {
+                    warn!(worker = %id.0, error = %e, "ack failed");
+                }
+            }
+            Ok(None) => {}
+            Err(orch_broker::Error::Closed) => break,
+            Err(e) => {
+                warn!(worker = %id.0, error = %e, retry_in = ?backoff, "broker receive failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    debug!(worker = %id.0, "worker stopped");
+}
+
+/// Handle one delivery: claim, run, commit. Returns `Ok` when the message can
+/// be acknowledged (including a duplicate that was dropped).
+pub async fn execute_delivery(
+    deps: &Deps,
+    opts: &EngineOptions,
+    worker: &WorkerId,
+    delivery: &Delivery,
+) -> Result<()> {
+    let d = &delivery.dispatch;
+    let now = deps.clock.now_ms();
+    let lease_until = now + opts.lease_ttl.as_millis() as i64;
+    let Some(task) = deps
+        .store
+        .claim_task(
+            &d.run_id,
+            &d.task_id,
+            d.attempt,
+            &worker.0,
+            lease_until,
+            now,
+        )
+        .await?
+    else {
+        debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
+        return Ok(());
+    };
+    let fence = Fence {
+        run_id: d.run_id.clone(),
+        task_id: d.task_id.clone(),
+        attempt: d.attempt,
+        owner: worker.0.clone(),
+    };
+    info!(run = %d.run_id, task = %task.id, role = %task.role, attempt = d.attempt, "attempt started");
+
+    // Heartbeat the lease while the agent runs; if the lease is lost the
+    // attempt is abandoned (its result could not be committed anyway).
+    let lost = CancellationToken::new();
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = {
+        let deps = deps.clone();
+        let fence = fence.clone();
+        let lost = lost.clone();
+        let stop = stop_heartbeat.clone();
+        let every = opts.heartbeat_every;
+        let ttl = opts.lease_ttl.as_millis() as i64;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match deps
+                    .store
+                    .heartbeat(&fence, deps.clock.now_ms() + ttl)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.cancel();
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(task = %fence.task_id, error = %e, "heartbeat failed; will try again")
+                    }
+                }
+            }
+        })
+    };
+
+    let result = run_agent(deps, opts, &d.run_id, &task, &lost).await;
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
+
+    let outcome = match result {
+        AttemptResult::Done(out) => TaskOutcome {
+            status: TaskStatus::Succeeded,
+            summary: Some(out.summary.clone()),
+            verdict: out.verdict.clone(),
+            error: None,
+            retryable: true,
+            events: {
+                let mut ev = out.events;
+                ev.push(
+                    NewEvent::task(orch_core::EventKind::TaskSucceeded, &task.id, format!("{} succeeded: {}", task.id, out.summary))
+                        .with_data(serde_json::json!({"attempt": d.attempt, "verdict": out.verdict, "cost_usd": out.usage.cost_usd})),
+                );
+                ev
+            },
+            artifacts: out.artifacts,
+            usage: out.usage,
+        },
+        AttemptResult::Failed {
+            error,
+            retryable,
+            events,
+            usage,
+        } => TaskOutcome {
+            status: TaskStatus::Failed,
+            summary: None,
+            verdict: None,
+            error: Some(error.clone()),
+            retryable,
+            artifacts: Vec::new(),
+            events: {
+                let mut ev = events;
+                ev.push(
+                    NewEvent::task(orch_core::EventKind::TaskFailed, &task.id, format!("attempt {} failed: {error}", d.attempt))
+                        .with_data(serde_json::json!({"attempt": d.attempt, "retryable": retryable, "error": error})),
+                );
+                ev
+            },
+            usage,
+        },
+        AttemptResult::LeaseLost => {
+            warn!(task = %task.id, attempt = d.attempt, "lease lost while running; result discarded");
+            return Ok(());
+        }
+    };
+    match deps
+        .store
+        .complete_task(&fence, &outcome, deps.clock.now_ms())
+        .await
+    {
+        Ok(()) => {}
+        Err(orch_store::Error::LeaseLost { .. }) => {
+            warn!(task = %task.id, attempt = d.attempt, "lease lost before commit; result discarded");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = deps.broker.wake(&d.run_id).await {
+        warn!(run = %d.run_id, error = %e, "wake-up not delivered; the sweeper will tick the run");
+    }
+    Ok(())
+}
+
+enum AttemptResult {
+    Done(AgentOutput),
+    Failed {
+        error: String,
+        retryable: bool,
+        events: Vec<NewEvent>,
+        usage: Usage,
+    },
+    LeaseLost,
+}
+
+async fn run_agent(
+    deps: &Deps,
+    opts: &EngineOptions,
+    run_id: &RunId,
+    task: &orch_core::Task,
+    lost: &CancellationToken,
+) -> AttemptResult {
+    let state = match deps.store.load_run(run_id).await {
+        Ok(s) => s,
+        Err(e) => return failed(format!("could not load the run: {e}"), true),
+    };
+    let upstream_ids = state.upstream_of(&task.id);
+    let artifacts = match deps.store.list_artifacts(run_id, true).await {
+        Ok(a) => a,
+        Err(e) => return failed(format!("could not load upstream artifacts: {e}"), true),
+    };
+    let upstream_names: Vec<&str> = state
+        .tasks
+        .iter()
+        .filter(|t| upstream_ids.contains(&t.id))
+        .flat_map(|t| t.expected.iter().map(|e| e.name.as_str()))
+        .collect();
+    let upstream: Vec<orch_core::Artifact> = artifacts
+        .into_iter()
+        .filter(|a| upstream_names.contains(&a.name.as_str()))
+        .collect();
+    let model = opts.model_for(task.role).to_string();
+    let model = if deps.provider.is_scripted() {
+        deps.provider.default_model().to_string()
+    } else {
+        model
+    };
+    let sink = StoreSink {
+        deps: deps.clone(),
+        run_id: run_id.clone(),
+    };
+    let input = TaskInput {
+        run: &state.run,
+        task,
+        upstream: &upstream,
+        model: &model,
+    };
+    let timeout = Duration::from_millis(task.timeout_ms.max(1) as u64);
+    let agent = deps.agents.run_task(input, deps.provider.as_ref(), &sink);
+    tokio::select! {
+        _ = lost.cancelled() => AttemptResult::LeaseLost,
+        r = tokio::time::timeout(timeout, agent) => match r {
+            Ok(Ok(out)) => AttemptResult::Done(out),
+            Ok(Err(f)) => AttemptResult::Failed {
+                retryable: f.error.retryable(),
+                error: f.error.to_string(),
+                events: f.events,
+                usage: f.usage,
+            },
+            Err(_) => failed(format!("timed out after {} s (TASK_TIMEOUT_SECONDS or the task's timeout_secs)", timeout.as_secs_f64()), true),
+        }
+    }
+}
+
+fn failed(error: String, retryable: bool) -> AttemptResult {
+    AttemptResult::Failed {
+        error,
+        retryable,
+        events: Vec::new(),
+        usage: Usage::default(),
+    }
+}
+
+/// Spawn `opts.concurrency` worker loops for each role into `set`.
+pub(crate) fn spawn_workers(
+    set: &mut tokio::task::JoinSet<()>,
+    deps: &Deps,
+    opts: &EngineOptions,
+    roles: &[Role],
+    cancel: &CancellationToken,
+) {
+    for &role in roles {
+        for _ in 0..opts.concurrency.max(1) {
+            set.spawn(worker_loop(
+                deps.clone(),
+                opts.clone(),
+                role,
+                cancel.clone(),
+            ));
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! The execution guarantees of DESIGN.md, tested on the real SQLite store
+//! and the in-process broker, with injected time where leases matter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_broker::{Broker, Delivery, MemoryBroker};
+use orch_core::machine::Input;
+use orch_core::{
+    EventKind, GateKind, GateStatus, Role, RunId, RunSettings, RunStatus, TaskStatus, Workflow,
+};
+use orch_engine::{
+    Clock, Deps, Engine, EngineOptions, ManualClock, Runtime, SystemClock, WorkerId,
+    execute_delivery,
+};
+use orch_llm::{Provider, ScriptedProvider};
+use orch_store::{EventQuery, Fence, Store, TaskOutcome};
+
+const GOAL: &str = "Build a small CRUD app for managing TODO items";
+
+struct Harness {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(
+    provider: Arc<dyn Provider>,
+    clock: Arc<dyn Clock>,
+    opts: EngineOptions,
+) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let store = orch_store::connect(&url).await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let deps = Deps {
+        store: store.clone(),
+        broker: broker.clone(),
+        provider,
+        agents: Arc::new(orch_agents::Agents::new().unwrap()),
+        clock,
+    };
+    Harness {
+        engine: Engine::new(deps, opts),
+        store,
+        broker,
+        _dir: dir,
+    }
+}
+
+fn generic() -> Arc<dyn Provider> {
+    Arc::new(ScriptedProvider::from_yaml("generic", "roles: {}").unwrap())
+}
+
+fn fast_settings() -> RunSettings {
+    RunSettings {
+        retry_backoff_ms: 5,
+        retry_backoff_max_ms: 20,
+        ..RunSettings::default()
+    }
+}
+
+async fn next_delivery(broker: &Arc<dyn Broker>, role: Role) -> Delivery {
+    broker
+        .receive(role, "test", Duration::from_millis(500))
+        .await
+        .unwrap()
+        .expect("a dispatch on the queue")
+}
+
+async fn events_of(store: &Arc<dyn Store>, run: &RunId, kind: EventKind, task: &str) -> usize {
+    store
+        .list_events(run, EventQuery::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == kind && e.task_id.as_deref() == Some(task))
+        .count()
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_runs_the_task_once() {
+    let h = harness(generic(), Arc::new(SystemClock), EngineOptions::default()).await;
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+    let deps = h.engine.deps().clone();
+    let opts = h.engine.options().clone();
+    execute_delivery(&deps, &opts, &WorkerId::new(Role::BusinessAnalyst), &d)
+        .await
+        .unwrap();
+    // The same message again, to another worker: dropped by the claim.
+    execute_delivery(&deps, &opts, &WorkerId::new(Role::BusinessAnalyst), &d)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::TaskStarted, "requirements").await,
+        1
+    );
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::TaskSucceeded, "requirements").await,
+        1
+    );
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::LlmRequest, "requirements").await,
+        1
+    );
+    let arts = h.store.list_artifacts(&run, false).await.unwrap();
+    assert_eq!(arts.iter().filter(|a| a.name == "requirements").count(), 1);
+    let task = h
+        .store
+        .list_tasks(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == "requirements")
+        .unwrap();
+    assert_eq!((task.status, task.attempt), (TaskStatus::Succeeded, 1));
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_cannot_commit() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let opts = EngineOptions {
+        lease_ttl: Duration::from_secs(30),
+        ..EngineOptions::default()
+    };
+    let h = harness(generic(), clock.clone(), opts).await;
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+
+    // Worker A claims attempt 1, then goes silent past its lease.
+    let now = clock.now_ms();
+    let claimed = h
+        .store
+        .claim_task(&run, "requirements", 1, "elsewhere:1:a", now + 30_000, now)
+        .await
+        .unwrap();
+    assert!(claimed.is_some());
+    clock.advance(Duration::from_secs(31));
+    let report = h.engine.sweep().await.unwrap();
+    assert_eq!(report.expired, 1);
+
+    // A's late result is refused and writes nothing.
+    let fence = Fence {
+        run_id: run.clone(),
+        task_id: "requirements".into(),
+        attempt: d.dispatch.attempt,
+        owner: "elsewhere:1:a".into(),
+    };
+    assert!(
+        !h.store
+            .heartbeat(&fence, clock.now_ms() + 30_000)
+            .await
+            .unwrap()
+    );
+    let outcome = TaskOutcome {
+        status: TaskStatus::Succeeded,
+        summary: Some("late".into()),
+        verdict: None,
+        error: None,
+        retryable: true,
+        artifacts: vec![orch_core::NewArtifact {
+            name: "requirements".into(),
+            kind: "requirements".into(),
+            path: None,
+            content: "late".into(),
+            metadata: serde_json::Value::Null,
+        }],
+        events: vec![],
+        usage: Default::default(),
+    };
+    let err = h
+        .store
+        .complete_task(&fence, &outcome, clock.now_ms())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, orch_store::Error::LeaseLost { .. }), "{err}");
+    assert!(
+        h.store
+            .list_artifacts(&run, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::LeaseExpired, "requirements").await,
+        1
+    );
+    let task = h
+        .store
+        .list_tasks(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == "requirements")
+        .unwrap();
+    assert_eq!(
+        task.status,
+        TaskStatus::Ready,
+        "a retry is scheduled after backoff"
+    );
+}
+
+#[tokio::test]
+async fn a_task_whose_worker_vanished_is_rerun_after_its_lease_expires() {
+    let clock = Arc::new(ManualClock::new(5_000_000));
+    let opts = EngineOptions {
+        lease_ttl: Duration::from_secs(10),
+        ..EngineOptions::default()
+    };
+    let h = harness(generic(), clock.clone(), opts).await;
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let first = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+    let now = clock.now_ms();
+    h.store
+        .claim_task(
+            &run,
+            "requirements",
+            1,
+            "gone-host:4242:ba-1",
+            now + 10_000,
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Before the lease runs out nothing happens.
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(h.engine.sweep().await.unwrap().expired, 0);
+    // After it, the attempt is failed and, once the backoff passed, re-dispatched.
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(h.engine.sweep().await.unwrap().expired, 1);
+    clock.advance(Duration::from_secs(1));
+    h.engine.tick(&run).await.unwrap();
+    let second = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+    assert_eq!((first.dispatch.attempt, second.dispatch.attempt), (1, 2));
+    let deps = h.engine.deps().clone();
+    execute_delivery(
+        &deps,
+        h.engine.options(),
+        &WorkerId::new(Role::BusinessAnalyst),
+        &second,
+    )
+    .await
+    .unwrap();
+    let task = h
+        .store
+        .list_tasks(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == "requirements")
+        .unwrap();
+    assert_eq!((task.status, task.attempt), (TaskStatus::Succeeded, 2));
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::TaskSucceeded, "requirements").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_demo_run_completes_through_both_gates_with_one_rework_round() {
+    let h = harness(
+        Arc::new(ScriptedProvider::builtin()),
+        Arc::new(SystemClock),
+        EngineOptions::default(),
+    )
+    .await;
+    let rt = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let done = h
+        .engine
+        .wait(
+            &run,
+            Duration::from_millis(50),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    rt.shutdown().await;
+    assert_eq!(
+        done.status,
+        RunStatus::Completed,
+        "{:?}",
+        done.status_reason
+    );
+    let state = h.store.load_run(&run).await.unwrap();
+    assert_eq!(
+        state.gate(GateKind::CodeReview).unwrap().status,
+        GateStatus::Passed
+    );
+    assert_eq!(
+        state.gate(GateKind::SecurityReview).unwrap().status,
+        GateStatus::Passed
+    );
+    assert_eq!(state.gate(GateKind::CodeReview).unwrap().rework_rounds, 1);
+    assert!(state.task("code_review_r1").is_some());
+    assert!(
+        state
+            .tasks
+            .iter()
+            .all(|t| t.status == TaskStatus::Succeeded)
+    );
+    // Security review started only after the code review gate passed.
+    let events = h
+        .store
+        .list_events(&run, EventQuery::default())
+        .await
+        .unwrap();
+    let passed = events
+        .iter()
+        .position(|e| e.kind == EventKind::GatePassed)
+        .unwrap();
+    let sec = events
+        .iter()
+        .position(|e| {
+            e.kind == EventKind::TaskQueued && e.task_id.as_deref() == Some("security_review")
+        })
+        .unwrap();
+    assert!(passed < sec);
+    // Every LLM event says the provider is scripted.
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::LlmRequest)
+            .all(|e| e.data["scripted"] == true)
+    );
+}
+
+#[tokio::test]
+async fn a_task_that_always_fails_ends_in_the_dead_letter_queue_and_can_be_replayed() {
+    let fixture = r#"
+tasks:
+  requirements:
+    - error: { status: 500, message: "upstream overloaded" }
+      on_attempts: [1, 2, 3]
+"#;
+    let provider = Arc::new(ScriptedProvider::from_yaml("failing", fixture).unwrap());
+    let h = harness(provider, Arc::new(SystemClock), EngineOptions::default()).await;
+    let rt = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let waiting = h
+        .engine
+        .wait(
+            &run,
+            Duration::from_millis(20),
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting.status, RunStatus::NeedsInput);
+    assert!(waiting.status_reason.unwrap().contains("dead letter queue"));
+    let letters = h.store.list_dead_letters(Some(&run), false).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].task_id.as_str(), letters[0].attempts),
+        ("requirements", 3)
+    );
+    assert!(letters[0].error.contains("upstream overloaded"));
+
+    // Attempt 4 is not scripted to fail: the replay completes the run.
+    h.engine.replay_dead_letter(letters[0].id).await.unwrap();
+    let done = h
+        .engine
+        .wait(
+            &run,
+            Duration::from_millis(20),
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    rt.shutdown().await;
+    assert_eq!(
+        done.status,
+        RunStatus::Completed,
+        "{:?}",
+        done.status_reason
+    );
+    assert!(
+        h.store
+            .list_dead_letters(Some(&run), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_review_escalates_and_a_waiver_resumes_the_run() {
+    let fixture = r#"
+roles:
+  code_reviewer:
+    - text: |
+        <artifact name="code_review" type="review">
+        Still broken.
+        {"verdict": "FAIL", "findings": ["handlers return 500 on bad input"]}
+        </artifact>
+"#;
+    let provider = Arc::new(ScriptedProvider::from_yaml("strict", fixture).unwrap());
+    let h = harness(provider, Arc::new(SystemClock), EngineOptions::default()).await;
+    let rt = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let settings = RunSettings {
+        max_rework: 1,
+        ..fast_settings()
+    };
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, settings)
+        .await
+        .unwrap();
+    let waiting = h
+        .engine
+        .wait(
+            &run,
+            Duration::from_millis(20),
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting.status, RunStatus::NeedsInput);
+    assert!(
+        waiting
+            .status_reason
+            .as_deref()
+            .unwrap()
+            .contains("gate waive")
+    );
+    let state = h.store.load_run(&run).await.unwrap();
+    assert_eq!(
+        state.task("security_review").unwrap().status,
+        TaskStatus::Pending
+    );
+
+    // Answering a run that is not waiting is refused; waiving resumes it.
+    h.engine
+        .apply_input(
+            &run,
+            Input::WaiveGate {
+                gate: GateKind::CodeReview,
+                reason: "accepted risk".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let done = h
+        .engine
+        .wait(
+            &run,
+            Duration::from_millis(20),
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done.status,
+        RunStatus::Completed,
+        "{:?}",
+        done.status_reason
+    );
+    let err = h
+        .engine
+        .apply_input(&run, Input::Answer { text: "hi".into() })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not waiting"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_a_run_and_fences_out_its_workers() {
+    let h = harness(generic(), Arc::new(SystemClock), EngineOptions::default()).await;
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+    h.engine
+        .apply_input(
+            &run,
+            Input::Cancel {
+                reason: "changed my mind".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // The queued message arrives after the cancel: nothing runs.
+    execute_delivery(
+        h.engine.deps(),
+        h.engine.options(),
+        &WorkerId::new(Role::BusinessAnalyst),
+        &d,
+    )
+    .await
+    .unwrap();
+    let state = h.store.load_run(&run).await.unwrap();
+    assert_eq!(state.run.status, RunStatus::Cancelled);
+    assert!(
+        state
+            .tasks
+            .iter()
+            .all(|t| t.status == TaskStatus::Cancelled)
+    );
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::TaskStarted, "requirements").await,
+        0
+    );
+    let err = h
+        .engine
+        .apply_input(
+            &run,
+            Input::Cancel {
+                reason: "again".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already CANCELLED"), "{err}");
+}
