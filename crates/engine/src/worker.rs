@@ -268,7 +268,7 @@ async fn run_agent(
     task: &orch_core::Task,
     lost: &CancellationToken,
 ) -> AttemptResult {
-    let state = match deps.store.load_run(run_id).await {
+    let state = match plan_of(deps, run_id, &task.id).await {
         Ok(s) => s,
         Err(e) => return failed(format!("could not load the run: {e}"), true),
     };
@@ -318,6 +318,43 @@ async fn run_agent(
             Err(_) => failed(format!("timed out after {} s (TASK_TIMEOUT_SECONDS or the task's timeout_secs)", timeout.as_secs_f64()), true),
         }
     }
+}
+
+/// Runs' plans as workers last loaded them. What a worker needs of a run
+/// besides its own task — the goal, the context, every task's `needs` and
+/// `expected` — never changes once written; tasks are only ever added (by
+/// rework), and a task's dependencies exist before it does. So a cached plan
+/// that contains the claimed task is exact for it, and saves a read of the
+/// whole run on every attempt.
+static PLANS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<RunId, std::sync::Arc<orch_core::RunState>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Bound on cached plans; the cache is cleared when it is reached.
+const MAX_CACHED_PLANS: usize = 4096;
+
+async fn plan_of(
+    deps: &Deps,
+    run_id: &RunId,
+    task_id: &str,
+) -> orch_store::Result<std::sync::Arc<orch_core::RunState>> {
+    let key_hit = {
+        let plans = PLANS.lock().unwrap_or_else(|p| p.into_inner());
+        plans
+            .get(run_id)
+            .filter(|s| s.task(task_id).is_some())
+            .cloned()
+    };
+    if let Some(hit) = key_hit {
+        return Ok(hit);
+    }
+    let state = std::sync::Arc::new(deps.store.load_run(run_id).await?);
+    let mut plans = PLANS.lock().unwrap_or_else(|p| p.into_inner());
+    if plans.len() >= MAX_CACHED_PLANS {
+        plans.clear();
+    }
+    plans.insert(run_id.clone(), state.clone());
+    Ok(state)
 }
 
 fn failed(error: String, retryable: bool) -> AttemptResult {
