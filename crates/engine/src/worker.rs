@@ -1,6 +1,7 @@
 //! Role workers: claim a dispatched attempt, keep its lease alive, run the
 //! agent, and commit the outcome behind the lease fence.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -50,23 +51,69 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Writes LLM events as they happen (they are facts even if the attempt dies).
+/// How long LLM events may wait to be committed with the attempt's outcome
+/// before they are written on their own.
+const LLM_EVENT_FLUSH: Duration = Duration::from_millis(250);
+
+/// Records the LLM events of one attempt. A call's events are held for at
+/// most [`LLM_EVENT_FLUSH`]: if the attempt finishes within that time they
+/// commit in the same transaction as its outcome (one write instead of three
+/// on the hot path); otherwise a flusher writes them on their own, so a slow
+/// call shows in the log while it runs and stays there if the worker dies.
+/// The cost: a worker killed within 250 ms of a call loses that call's events
+/// (the call itself is re-made by the retry).
 struct StoreSink {
     deps: Deps,
     run_id: RunId,
+    /// Events not yet written. Held across the flusher's write, so the outcome
+    /// never commits before events that were taken out to be written.
+    pending: Arc<tokio::sync::Mutex<Vec<NewEvent>>>,
+}
+
+impl StoreSink {
+    fn new(deps: Deps, run_id: RunId) -> Self {
+        StoreSink {
+            deps,
+            run_id,
+            pending: Arc::new(tokio::sync::Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Take the events not yet written (to commit them with the outcome).
+    async fn take(&self) -> Vec<NewEvent> {
+        std::mem::take(&mut *self.pending.lock().await)
+    }
+}
+
+async fn flush(deps: &Deps, run_id: &RunId, pending: &tokio::sync::Mutex<Vec<NewEvent>>) {
+    let mut guard = pending.lock().await;
+    if guard.is_empty() {
+        return;
+    }
+    let events = std::mem::take(&mut *guard);
+    if let Err(e) = deps
+        .store
+        .append_events(run_id, &events, deps.clock.now_ms())
+        .await
+    {
+        warn!(run = %run_id, error = %e, "could not record LLM events");
+    }
 }
 
 #[async_trait]
 impl EventSink for StoreSink {
     async fn emit(&self, events: Vec<NewEvent>) {
-        let now = self.deps.clock.now_ms();
-        if let Err(e) = self
-            .deps
-            .store
-            .append_events(&self.run_id, &events, now)
-            .await
-        {
-            warn!(run = %self.run_id, error = %e, "could not record LLM events");
+        let mut pending = self.pending.lock().await;
+        let first = pending.is_empty();
+        pending.extend(events);
+        drop(pending);
+        if first {
+            let (deps, run_id, pending) =
+                (self.deps.clone(), self.run_id.clone(), self.pending.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(LLM_EVENT_FLUSH).await;
+                flush(&deps, &run_id, &pending).await;
+            });
         }
     }
 }
@@ -183,11 +230,24 @@ pub async fn execute_delivery(
         })
     };
 
-    let result = run_agent(deps, opts, &d.run_id, &task, &lost).await;
+    let sink = StoreSink::new(deps.clone(), d.run_id.clone());
+    let result = run_agent(deps, opts, &d.run_id, &task, &lost, &sink).await;
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
+    // LLM events not yet written commit with the outcome, before its own events.
+    let llm_events = sink.take().await;
+    let record_alone = |events: Vec<NewEvent>| async move {
+        if !events.is_empty()
+            && let Err(e) = deps
+                .store
+                .append_events(&d.run_id, &events, deps.clock.now_ms())
+                .await
+        {
+            warn!(run = %d.run_id, error = %e, "could not record LLM events");
+        }
+    };
 
-    let outcome = match result {
+    let mut outcome = match result {
         AttemptResult::Done(out) => TaskOutcome {
             status: TaskStatus::Succeeded,
             summary: Some(out.summary.clone()),
@@ -229,9 +289,12 @@ pub async fn execute_delivery(
         },
         AttemptResult::LeaseLost => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost while running; result discarded");
+            record_alone(llm_events).await;
             return Ok(());
         }
     };
+    let n_llm = llm_events.len();
+    outcome.events.splice(0..0, llm_events);
     match deps
         .store
         .complete_task(&fence, &outcome, deps.clock.now_ms())
@@ -240,9 +303,13 @@ pub async fn execute_delivery(
         Ok(()) => {}
         Err(orch_store::Error::LeaseLost { .. }) => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost before commit; result discarded");
+            record_alone(outcome.events.drain(..n_llm).collect()).await;
             return Ok(());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            record_alone(outcome.events.drain(..n_llm).collect()).await;
+            return Err(e.into());
+        }
     }
     if let Err(e) = deps.broker.wake(&d.run_id).await {
         warn!(run = %d.run_id, error = %e, "wake-up not delivered; the sweeper will tick the run");
@@ -267,6 +334,7 @@ async fn run_agent(
     run_id: &RunId,
     task: &orch_core::Task,
     lost: &CancellationToken,
+    sink: &StoreSink,
 ) -> AttemptResult {
     let state = match plan_of(deps, run_id, &task.id).await {
         Ok(s) => s,
@@ -293,10 +361,6 @@ async fn run_agent(
     } else {
         model
     };
-    let sink = StoreSink {
-        deps: deps.clone(),
-        run_id: run_id.clone(),
-    };
     let input = TaskInput {
         run: &state.run,
         task,
@@ -304,7 +368,7 @@ async fn run_agent(
         model: &model,
     };
     let timeout = Duration::from_millis(task.timeout_ms.max(1) as u64);
-    let agent = deps.agents.run_task(input, deps.provider.as_ref(), &sink);
+    let agent = deps.agents.run_task(input, deps.provider.as_ref(), sink);
     tokio::select! {
         _ = lost.cancelled() => AttemptResult::LeaseLost,
         r = tokio::time::timeout(timeout, agent) => match r {

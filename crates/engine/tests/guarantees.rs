@@ -547,3 +547,49 @@ async fn cancel_stops_a_run_and_fences_out_its_workers() {
         .unwrap_err();
     assert!(err.to_string().contains("already CANCELLED"), "{err}");
 }
+
+#[tokio::test]
+async fn llm_events_precede_the_outcome_and_a_slow_call_is_logged_while_it_runs() {
+    let provider =
+        Arc::new(ScriptedProvider::from_yaml("slow", "delay_ms: 700\nroles: {}").unwrap());
+    let h = harness(provider, Arc::new(SystemClock), EngineOptions::default()).await;
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+    let (deps, opts) = (h.engine.deps().clone(), h.engine.options().clone());
+    let attempt = tokio::spawn(async move {
+        execute_delivery(&deps, &opts, &WorkerId::new(Role::BusinessAnalyst), &d)
+            .await
+            .unwrap();
+    });
+    // The call takes 700 ms; its request is in the log well before it ends.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::LlmRequest, "requirements").await,
+        1
+    );
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::TaskSucceeded, "requirements").await,
+        0
+    );
+    attempt.await.unwrap();
+    let events = h
+        .store
+        .list_events(&run, EventQuery::default())
+        .await
+        .unwrap();
+    let seq_of = |kind: EventKind| {
+        events
+            .iter()
+            .find(|e| e.kind == kind && e.task_id.as_deref() == Some("requirements"))
+            .map(|e| e.seq)
+            .unwrap()
+    };
+    assert!(seq_of(EventKind::TaskStarted) < seq_of(EventKind::LlmRequest));
+    assert!(seq_of(EventKind::LlmRequest) < seq_of(EventKind::LlmResponse));
+    assert!(seq_of(EventKind::LlmResponse) < seq_of(EventKind::TaskSucceeded));
+}
