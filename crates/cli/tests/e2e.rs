@@ -289,3 +289,87 @@ fn workflows_are_listed_shown_and_validated() {
     );
     let _ = Path::new(&file);
 }
+
+#[test]
+fn a_fixture_that_does_not_parse_is_refused_before_anything_is_created() {
+    let env = Env::new();
+    let fixture = env.dir.path().join("fixture.yaml");
+    std::fs::write(&fixture, "roles:\n  code_reviewer:\n    - txt: oops\n").unwrap();
+    let out = env
+        .cmd(&["run", GOAL, "--provider", "scripted"])
+        .env("SCRIPTED_FIXTURE", &fixture)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("fixture.yaml") && err.contains("line 3"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!env.db().exists());
+}
+
+#[test]
+fn a_review_that_keeps_failing_halts_the_run_until_a_person_waives_the_gate() {
+    let env = Env::new();
+    let fixture = env.dir.path().join("strict.yaml");
+    std::fs::write(
+        &fixture,
+        "roles:\n  code_reviewer:\n    - text: |\n        <artifact name=\"code_review\" type=\"review\">\n        {\"verdict\": \"FAIL\", \"findings\": [\"no tests\"]}\n        </artifact>\n",
+    )
+    .unwrap();
+    let out = env
+        .cmd(&["run", GOAL, "--provider", "scripted", "--json"])
+        .env("SCRIPTED_FIXTURE", &fixture)
+        .env("MAX_REWORK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit 3: waiting for input; {}",
+        stderr(&out)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["run"]["status"], "NEEDS_INPUT");
+    let id = status["run"]["id"].as_str().unwrap().to_string();
+    // `tick` refuses a waiting run and says what to do.
+    let out = env
+        .cmd(&["tick", &id, "--provider", "scripted"])
+        .env("SCRIPTED_FIXTURE", &fixture)
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("waits for input"), "{}", stderr(&out));
+    let out = env
+        .cmd(&[
+            "gate",
+            "waive",
+            &id,
+            "code_review",
+            "--reason",
+            "tests come next sprint",
+            "--provider",
+            "scripted",
+            "--json",
+        ])
+        .env("SCRIPTED_FIXTURE", &fixture)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = env.json(&["status", &id, "--json"]);
+    assert_eq!(status["run"]["status"], "COMPLETED");
+    let gate = status["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["kind"] == "code_review")
+        .unwrap()
+        .clone();
+    assert_eq!(gate["status"], "WAIVED");
+    assert_eq!(gate["reason"], "tests come next sprint");
+    // Waiving again, or answering a finished run, is refused with the reason.
+    let out = env.run(&["answer", &id, "more please"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not waiting"), "{}", stderr(&out));
+}
