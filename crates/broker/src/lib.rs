@@ -1,5 +1,7 @@
 //! Role queues: the broker trait the engine and workers see, and its
-//! implementations (in-process here; Redis Streams in distributed mode).
+//! implementations: in-process ([`MemoryBroker`], the embedded default) and
+//! Redis Streams ([`RedisBroker`], distributed mode). [`connect`] picks one
+//! from an optional URL.
 //!
 //! The broker only carries *which task attempt to run* ([`Dispatch`]); the
 //! store holds the truth. Losing a message loses nothing: the engine's sweeper
@@ -10,6 +12,7 @@
 //!
 //! This crate depends on `orch-core` only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,8 +20,29 @@ use orch_core::{Role, RunId};
 use serde::{Deserialize, Serialize};
 
 mod memory;
+mod redis;
 
+pub use crate::redis::RedisBroker;
 pub use memory::MemoryBroker;
+
+/// The broker for `url`: none (or empty) is the in-process [`MemoryBroker`];
+/// `redis://...` (also `rediss://`, `redis+unix://`, `unix://`) is a
+/// [`RedisBroker`] whose keys start with `prefix` (`""` in production;
+/// ignored in process).
+pub async fn connect(url: Option<&str>, prefix: &str) -> Result<Arc<dyn Broker>> {
+    match url.map(str::trim).filter(|u| !u.is_empty()) {
+        None => Ok(Arc::new(MemoryBroker::new())),
+        Some(url) if url.starts_with("redis") || url.starts_with("unix://") => {
+            Ok(Arc::new(RedisBroker::connect(url, prefix).await?))
+        }
+        Some(url) => Err(Error::Connect {
+            url: crate::redis::redact(url),
+            message: "unsupported broker URL: expected redis://host[:port][/db], \
+                      or no URL for the in-process broker"
+                .into(),
+        }),
+    }
+}
 
 /// Errors of every broker backend.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orch_broker::{Broker, Dispatch, MemoryBroker};
+use orch_broker::{Broker, Dispatch, MemoryBroker, RedisBroker};
 use orch_core::{Role, RunId};
 
 fn dispatch(task: &str, role: Role) -> Dispatch {
@@ -77,4 +77,58 @@ async fn memory_broker_conforms() {
     queues_are_per_role(&b).await;
     fifo_within_a_queue(&b).await;
     wakes_are_deduplicated(&b).await;
+}
+
+/// A Redis broker under a fresh random prefix, at `ORCH_TEST_REDIS_URL`
+/// (default `redis://127.0.0.1:6379`); `None` when `ORCH_SKIP_REDIS=1`.
+/// Fails, saying how to start one, when no server answers.
+async fn test_redis_broker() -> Option<RedisBroker> {
+    if std::env::var("ORCH_SKIP_REDIS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: ORCH_SKIP_REDIS=1");
+        return None;
+    }
+    let url = std::env::var("ORCH_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    match RedisBroker::connect(&url, &prefix).await {
+        Ok(b) => Some(b),
+        Err(e) => panic!(
+            "{e}\nThe Redis broker tests need a server: start one with\n  \
+             redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no\n\
+             or set ORCH_TEST_REDIS_URL to one, or ORCH_SKIP_REDIS=1 to skip these tests."
+        ),
+    }
+}
+
+#[tokio::test]
+async fn redis_broker_conforms() {
+    let Some(b) = test_redis_broker().await else {
+        return;
+    };
+    assert_eq!(b.backend(), "redis");
+    queues_are_per_role(&b).await;
+    fifo_within_a_queue(&b).await;
+    wakes_are_deduplicated(&b).await;
+    b.purge().await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_picks_the_backend_from_the_url() {
+    let b = orch_broker::connect(None, "").await.unwrap();
+    assert_eq!(b.backend(), "in-process");
+    let err = orch_broker::connect(Some("amqp://u:secret@h"), "")
+        .await
+        .err()
+        .unwrap();
+    assert!(!err.to_string().contains("secret"), "{err}");
+    let Some(redis) = test_redis_broker().await else {
+        return;
+    };
+    let url = std::env::var("ORCH_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let b = orch_broker::connect(Some(&url), redis.prefix())
+        .await
+        .unwrap();
+    assert_eq!(b.backend(), "redis");
+    redis.purge().await.unwrap();
 }
