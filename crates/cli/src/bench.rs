@@ -131,7 +131,12 @@ pub async fn run(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
     let mut opts = wiring::engine_options(cfg);
     opts.concurrency = a.concurrency;
     opts.sweep_every = Duration::from_secs(1);
-    let engine = wiring::engine(store, provider, opts)?;
+    let engine = wiring::engine(
+        store,
+        Arc::new(orch_broker::MemoryBroker::new()),
+        provider,
+        opts,
+    )?;
     let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
     let sdlc = Workflow::builtin("sdlc").expect("built-in");
     let mut report = serde_json::Map::new();

@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::wiring::{self, NoProvider};
 use crate::{
     AnswerArgs, ArtifactsArgs, CancelArgs, Command, DlqCommand, EventsArgs, ExportArgs,
-    GateCommand, ListArgs, RunArgs, RunRef, TickArgs, WorkflowCommand, progress, render,
+    GateCommand, ListArgs, RunArgs, RunRef, ServeArgs, TickArgs, WorkerArgs, WorkflowCommand,
+    progress, render,
 };
 
 pub async fn dispatch(command: Command) -> Result<ExitCode> {
@@ -63,6 +64,8 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Dlq(cmd) => dlq(&cfg, cmd).await,
         Command::Export(a) => export(&cfg, a).await,
         Command::Bench(a) => crate::bench::run(&cfg, a).await,
+        Command::Serve(a) => serve(&cfg, a).await,
+        Command::Worker(a) => worker(&cfg, a).await,
         Command::Workflows(_) => unreachable!("handled above"),
     }
 }
@@ -150,7 +153,12 @@ async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
         None => Some(load_workflow(a.workflow.as_deref())?),
     };
     let store = wiring::open_store(cfg).await?;
-    let engine = wiring::engine(store.clone(), provider, wiring::engine_options(cfg))?;
+    let engine = wiring::engine(
+        store.clone(),
+        wiring::open_broker(cfg).await?,
+        provider,
+        wiring::engine_options(cfg),
+    )?;
     let run_id = match (&a.resume, workflow) {
         (Some(r), _) => resolve_run(&store, r).await?,
         (None, Some(wf)) => {
@@ -192,12 +200,24 @@ async fn drive(engine: &Engine, run_id: &RunId, quiet: bool, json: bool) -> Resu
     if show {
         progress::header(&run, engine.deps().provider.as_ref());
     }
-    let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+    // In process, this process is the engine and every worker. With a shared
+    // broker, `orchestrator serve` and `orchestrator worker` do the work and
+    // this process only takes the first step and follows.
+    let local = engine.deps().broker.backend() == "in-process";
+    let runtime = local.then(|| Runtime::start(engine.clone(), &Role::SPECIALISTS, true));
+    if !local && show {
+        println!(
+            "queues: {} — progress needs `orchestrator serve` and workers running",
+            engine.deps().broker.backend()
+        );
+    }
     engine.tick(run_id).await?;
     let follower = progress::Follower::new(store.clone(), run_id.clone(), show);
     let started = std::time::Instant::now();
     let result = follower.follow(engine).await;
-    runtime.shutdown().await;
+    if let Some(runtime) = runtime {
+        runtime.shutdown().await;
+    }
     let run = result?;
     let state = store.load_run(run_id).await?;
     if json {
@@ -306,6 +326,7 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
     if a.once {
         let engine = wiring::engine(
             store.clone(),
+            wiring::open_broker(cfg).await?,
             Arc::new(NoProvider),
             wiring::engine_options(cfg),
         )?;
@@ -323,7 +344,12 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
-    let engine = wiring::engine(store.clone(), provider, wiring::engine_options(cfg))?;
+    let engine = wiring::engine(
+        store.clone(),
+        wiring::open_broker(cfg).await?,
+        provider,
+        wiring::engine_options(cfg),
+    )?;
     let run = store.get_run(&id).await?;
     if run.status.is_terminal() {
         if a.json {
@@ -355,6 +381,7 @@ async fn human_input(
     let chosen = wiring::choose_provider(cfg, provider).ok();
     let engine = wiring::engine(
         store.clone(),
+        wiring::open_broker(cfg).await?,
         chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
         wiring::engine_options(cfg),
     )?;
@@ -383,7 +410,12 @@ async fn human_input(
 async fn cancel(cfg: &Config, a: CancelArgs) -> Result<ExitCode> {
     let store = wiring::open_store(cfg).await?;
     let id = resolve_run(&store, &a.run).await?;
-    let engine = wiring::engine(store, Arc::new(NoProvider), wiring::engine_options(cfg))?;
+    let engine = wiring::engine(
+        store,
+        wiring::open_broker(cfg).await?,
+        Arc::new(NoProvider),
+        wiring::engine_options(cfg),
+    )?;
     let out = engine
         .apply_input(&id, Input::Cancel { reason: a.reason })
         .await?;
@@ -415,6 +447,7 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
             let chosen = wiring::choose_provider(cfg, provider.provider.as_deref()).ok();
             let engine = wiring::engine(
                 store.clone(),
+                wiring::open_broker(cfg).await?,
                 chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
                 wiring::engine_options(cfg),
             )?;
@@ -533,4 +566,139 @@ fn workflows(cmd: WorkflowCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parse `--roles` (names, queues or short forms, comma-separated; `all`).
+fn parse_roles(raw: Option<&str>) -> Result<Vec<Role>> {
+    match raw.map(str::trim) {
+        None | Some("") | Some("all") => Ok(Role::SPECIALISTS.to_vec()),
+        Some(list) => {
+            let mut roles = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let role: Role = name.parse()?;
+                if role == Role::Orchestrator {
+                    bail!(
+                        "the orchestrator role has no worker; `orchestrator serve` runs the orchestrator loop"
+                    );
+                }
+                if !roles.contains(&role) {
+                    roles.push(role);
+                }
+            }
+            Ok(roles)
+        }
+    }
+}
+
+/// Wait for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The orchestrator loop and sweeper; with the in-process broker, every
+/// role's workers too. Runs until SIGINT or SIGTERM, then drains.
+async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
+    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
+    let store = wiring::open_store(cfg).await?;
+    let broker = wiring::open_broker(cfg).await?;
+    let local = broker.backend() == "in-process";
+    let mut opts = wiring::engine_options(cfg);
+    if let Some(n) = a.concurrency {
+        opts.concurrency = n.max(1);
+    }
+    let engine = wiring::engine(store.clone(), broker, provider, opts)?;
+    let roles: Vec<Role> = if local || a.with_workers {
+        Role::SPECIALISTS.to_vec()
+    } else {
+        Vec::new()
+    };
+    let runtime = Runtime::start(engine.clone(), &roles, true);
+    eprintln!(
+        "orchestrator serve: store {} ({}), queues {}, {} — stop with Ctrl-C or SIGTERM",
+        wiring::redact_url(&cfg.database_url),
+        store.backend(),
+        engine.deps().broker.backend(),
+        if roles.is_empty() {
+            "no local workers".to_string()
+        } else {
+            format!("workers for {} roles", roles.len())
+        }
+    );
+    shutdown_signal().await;
+    eprintln!(
+        "shutting down: draining in-flight attempts (up to {:?})",
+        engine.options().drain_timeout
+    );
+    runtime.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Role workers only, for distributed mode.
+async fn worker(cfg: &Config, a: WorkerArgs) -> Result<ExitCode> {
+    let roles = parse_roles(a.roles.as_deref())?;
+    if cfg.redis_url.is_none() {
+        bail!(
+            "`orchestrator worker` needs shared queues: set REDIS_URL (and a shared DATABASE_URL). With the in-process broker, `orchestrator serve` or `orchestrator run` runs the workers itself"
+        );
+    }
+    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
+    let store = wiring::open_store(cfg).await?;
+    let broker = wiring::open_broker(cfg).await?;
+    let mut opts = wiring::engine_options(cfg);
+    if let Some(n) = a.concurrency {
+        opts.concurrency = n.max(1);
+    }
+    let engine = wiring::engine(store, broker, provider, opts)?;
+    let runtime = Runtime::start(engine.clone(), &roles, false);
+    eprintln!(
+        "orchestrator worker: {} ({} at once each) — stop with Ctrl-C or SIGTERM",
+        roles
+            .iter()
+            .map(|r| r.queue())
+            .collect::<Vec<_>>()
+            .join(", "),
+        engine.options().concurrency
+    );
+    shutdown_signal().await;
+    eprintln!(
+        "shutting down: draining in-flight attempts (up to {:?})",
+        engine.options().drain_timeout
+    );
+    runtime.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_from_names_queues_and_short_forms() {
+        assert_eq!(parse_roles(None).unwrap().len(), 9);
+        assert_eq!(
+            parse_roles(Some("backend_engineer, q_fe,be")).unwrap(),
+            vec![Role::BackendEngineer, Role::FrontendEngineer]
+        );
+        assert!(parse_roles(Some("orchestrator")).is_err());
+        let err = parse_roles(Some("designer")).unwrap_err().to_string();
+        assert!(err.contains("designer"), "{err}");
+    }
 }

@@ -13,6 +13,10 @@ use orch_core::RunSettings;
 pub struct Config {
     /// `DATABASE_URL`: `sqlite://PATH` (default `sqlite://orchestrator.db`) or `postgres://...`.
     pub database_url: String,
+    /// `REDIS_URL`: Redis Streams role queues (distributed mode); in-process queues when unset.
+    pub redis_url: Option<String>,
+    /// `QUEUE_PREFIX`: prefix of the Redis keys (default none: streams are `q_ba` ... `q_sec`).
+    pub queue_prefix: String,
     /// `LLM_PROVIDER`: `scripted` (or, later, `anthropic`, `openai`). No default.
     pub provider: Option<String>,
     /// `LLM_MODEL` (default `claude-sonnet-4-20250514`).
@@ -88,6 +92,8 @@ impl Config {
         }
         Ok(Config {
             database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://orchestrator.db".into()),
+            redis_url: var("REDIS_URL"),
+            queue_prefix: var("QUEUE_PREFIX").unwrap_or_default(),
             provider: var("LLM_PROVIDER"),
             model: var("LLM_MODEL").unwrap_or_else(|| "claude-sonnet-4-20250514".into()),
             max_iterations: parse_num("MAX_ITERATIONS", 50)?,

@@ -63,6 +63,34 @@ enum Command {
     Export(ExportArgs),
     /// Run the benchmark scenarios (scripted provider, zero latency).
     Bench(bench::BenchArgs),
+    /// Run the orchestrator loop and sweeper until stopped (in embedded mode also every worker).
+    Serve(ServeArgs),
+    /// Run role workers until stopped (distributed mode: needs REDIS_URL).
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    provider: ProviderArgs,
+    /// Also run workers for every role in this process (always so with in-process queues).
+    #[arg(long)]
+    with_workers: bool,
+    /// Attempts per role at once (overrides WORKER_CONCURRENCY).
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Roles to serve, comma-separated (names, queues or short forms), or `all` (default).
+    #[arg(long)]
+    roles: Option<String>,
+    /// Attempts per role at once (overrides WORKER_CONCURRENCY).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[command(flatten)]
+    provider: ProviderArgs,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use orch_broker::MemoryBroker;
+use orch_broker::Broker;
 use orch_engine::{Deps, Engine, EngineOptions, SystemClock};
 use orch_llm::{Provider, ScriptedProvider};
 use orch_store::Store;
@@ -72,16 +72,27 @@ pub fn engine_options(cfg: &Config) -> EngineOptions {
     }
 }
 
-/// An engine over `store` with an in-process broker.
+/// The role queues: Redis Streams when `REDIS_URL` is set, else in process.
+pub async fn open_broker(cfg: &Config) -> Result<Arc<dyn Broker>> {
+    orch_broker::connect(cfg.redis_url.as_deref(), &cfg.queue_prefix)
+        .await
+        .with_context(|| match &cfg.redis_url {
+            Some(url) => format!("connecting to REDIS_URL={}", redact_url(url)),
+            None => "starting the in-process broker".to_string(),
+        })
+}
+
+/// An engine over `store` and `broker`.
 pub fn engine(
     store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
     provider: Arc<dyn Provider>,
     opts: EngineOptions,
 ) -> Result<Engine> {
     let agents = orch_agents::Agents::new().context("loading the agent prompt templates")?;
     let deps = Deps {
         store,
-        broker: Arc::new(MemoryBroker::new()),
+        broker,
         provider,
         agents: Arc::new(agents),
         clock: Arc::new(SystemClock),
