@@ -33,6 +33,10 @@ pub struct Config {
     pub max_rework: u32,
     /// `LEASE_TTL_SECONDS` (default 30).
     pub lease_ttl: Duration,
+    /// `REQUEUE_AFTER_SECONDS`: a task queued this long without being claimed is published again (default 30).
+    pub requeue_after: Duration,
+    /// `SWEEP_INTERVAL_MS`: how often the sweeper runs (default 1000).
+    pub sweep_every: Duration,
     /// `WORKER_CONCURRENCY`: attempts per role at once in this process (default 2).
     pub concurrency: usize,
     /// `SCRIPTED_FIXTURE`: fixture file for the scripted provider (default: built-in TODO app).
@@ -102,6 +106,12 @@ impl Config {
             require_security_review: parse_bool("REQUIRE_SECURITY_REVIEW", true)?,
             max_rework: parse_num("MAX_REWORK", 2)?,
             lease_ttl: Duration::from_secs_f64(lease_secs),
+            requeue_after: Duration::from_secs_f64(
+                parse_num::<f64>("REQUEUE_AFTER_SECONDS", 30.0)?.max(0.1),
+            ),
+            sweep_every: Duration::from_millis(
+                parse_num::<u64>("SWEEP_INTERVAL_MS", 1000)?.max(10),
+            ),
             concurrency: parse_num::<usize>("WORKER_CONCURRENCY", 2)?.max(1),
             scripted_fixture: var("SCRIPTED_FIXTURE"),
             scripted_latency: Duration::from_millis(parse_num("SCRIPTED_LATENCY_MS", 0)?),

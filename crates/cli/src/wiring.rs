@@ -67,6 +67,8 @@ pub fn engine_options(cfg: &Config) -> EngineOptions {
         lease_ttl: cfg.lease_ttl,
         heartbeat_every: cfg.lease_ttl / 3,
         concurrency: cfg.concurrency,
+        requeue_after: cfg.requeue_after,
+        sweep_every: cfg.sweep_every,
         model: cfg.model.clone(),
         ..EngineOptions::default()
     }

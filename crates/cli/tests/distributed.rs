@@ -1,0 +1,452 @@
+//! Distributed mode with real processes: `serve` and `worker` processes
+//! sharing a store and Redis Streams queues, under faults — a worker killed
+//! mid-task, `serve` killed mid-run, the queues' data lost, a task that
+//! always fails, a message delivered twice. Each test has its own database
+//! and Redis key prefix, so tests run in parallel without colliding.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GOAL: &str = "Build a small CRUD app for managing TODO items";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn redis_available() -> bool {
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:6379".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+    {
+        return true;
+    }
+    if std::env::var("ORCH_SKIP_REDIS").as_deref() == Ok("1") {
+        eprintln!("skipped: Redis is not reachable and ORCH_SKIP_REDIS=1");
+        return false;
+    }
+    panic!(
+        "Redis is not reachable on 127.0.0.1:6379; start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no` (or set ORCH_SKIP_REDIS=1)"
+    );
+}
+
+/// One deployment: a database, a key prefix, and the processes started.
+struct Cluster {
+    dir: tempfile::TempDir,
+    prefix: String,
+    env: Vec<(String, String)>,
+    children: Vec<(String, Child)>,
+}
+
+impl Cluster {
+    fn new(extra: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!(
+            "test:{}:",
+            std::process::id() as u128 * 1_000_000 + rand_suffix()
+        );
+        let mut env = vec![
+            (
+                "DATABASE_URL".to_string(),
+                format!("sqlite://{}", dir.path().join("state.db").display()),
+            ),
+            ("REDIS_URL".to_string(), REDIS.to_string()),
+            ("QUEUE_PREFIX".to_string(), prefix.clone()),
+            ("LLM_PROVIDER".to_string(), "scripted".to_string()),
+            ("LEASE_TTL_SECONDS".to_string(), "2".to_string()),
+            ("REQUEUE_AFTER_SECONDS".to_string(), "1".to_string()),
+            ("SWEEP_INTERVAL_MS".to_string(), "200".to_string()),
+            ("ORCH_LOG".to_string(), "warn".to_string()),
+        ];
+        for (k, v) in extra {
+            env.push((k.to_string(), v.to_string()));
+        }
+        Cluster {
+            dir,
+            prefix,
+            env,
+            children: Vec::new(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        c.args(args).current_dir(self.dir.path()).env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = self
+            .cmd(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push((name.to_string(), child));
+    }
+
+    fn kill(&mut self, name: &str) {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("a process of that name");
+        let (_, mut child) = self.children.remove(i);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out: Output = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "orchestrator {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn submit(&self) -> String {
+        let run = self.json(&["run", GOAL, "--detach", "--json"]);
+        let id = run["id"].as_str().unwrap().to_string();
+        self.ok(&["tick", &id, "--once"]);
+        id
+    }
+
+    fn status(&self, id: &str) -> serde_json::Value {
+        self.json(&["status", id, "--json"])
+    }
+
+    fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&serde_json::Value) -> bool,
+        id: &str,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status(id);
+            if f(&s) {
+                return s;
+            }
+            if start.elapsed() > timeout {
+                let logs: String = self
+                    .children
+                    .iter()
+                    .map(|(n, _)| {
+                        format!(
+                            "--- {n}\n{}",
+                            std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                panic!("timed out waiting for {what}; status: {s}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn redis_keys(&self) -> Vec<String> {
+        let out = Command::new("redis-cli")
+            .args(["--scan", "--pattern", &format!("{}*", self.prefix)])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn lose_redis_data(&self) {
+        for key in self.redis_keys() {
+            let _ = Command::new("redis-cli").args(["del", &key]).output();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.lose_redis_data();
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000
+}
+
+fn completed(s: &serde_json::Value) -> bool {
+    s["run"]["status"] == "COMPLETED"
+}
+
+fn running_task(s: &serde_json::Value) -> Option<String> {
+    s["tasks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["status"] == "RUNNING")
+        .map(|t| t["id"].as_str().unwrap().to_string())
+}
+
+/// No task succeeded twice and no artifact version was written twice.
+fn assert_nothing_done_twice(c: &Cluster, id: &str) {
+    let events = c.json(&["events", id, "--json"]);
+    let events = events.as_array().unwrap();
+    let status = c.status(id);
+    for t in status["tasks"].as_array().unwrap() {
+        let tid = t["id"].as_str().unwrap();
+        let n = events
+            .iter()
+            .filter(|e| e["kind"] == "task_succeeded" && e["task_id"] == tid)
+            .count();
+        assert_eq!(n, 1, "task {tid} succeeded {n} times");
+    }
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let arts = c.json(&["artifacts", id, "--all-versions", "--json"]);
+    let mut keys: Vec<(String, String, i64)> = arts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].to_string(),
+                a["path"].to_string(),
+                a["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "an artifact version was written twice");
+}
+
+#[test]
+fn a_worker_killed_mid_task_is_replaced_and_the_run_completes() {
+    if !redis_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "400")]);
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker1", &["worker"]);
+    let id = c.submit();
+    let s = c.wait_until(
+        "a task to be running",
+        Duration::from_secs(30),
+        |s| running_task(s).is_some(),
+        &id,
+    );
+    let victim = running_task(&s).unwrap();
+    c.kill("worker1");
+    c.spawn("worker2", &["worker"]);
+    let s = c.wait_until(
+        "the run to complete",
+        Duration::from_secs(60),
+        completed,
+        &id,
+    );
+    let t = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == victim.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        t["attempt"].as_u64().unwrap() >= 2,
+        "the killed attempt was re-run: {t}"
+    );
+    assert_nothing_done_twice(&c, &id);
+}
+
+#[test]
+fn serve_killed_mid_run_and_restarted_finishes_the_run() {
+    if !redis_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "200")]);
+    c.spawn("serve1", &["serve"]);
+    c.spawn("worker", &["worker", "--concurrency", "2"]);
+    let id = c.submit();
+    c.wait_until(
+        "three tasks to succeed",
+        Duration::from_secs(30),
+        |s| {
+            s["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["status"] == "SUCCEEDED")
+                .count()
+                >= 3
+        },
+        &id,
+    );
+    c.kill("serve1");
+    std::thread::sleep(Duration::from_millis(500));
+    c.spawn("serve2", &["serve"]);
+    c.wait_until(
+        "the run to complete",
+        Duration::from_secs(60),
+        completed,
+        &id,
+    );
+    assert_nothing_done_twice(&c, &id);
+}
+
+#[test]
+fn losing_the_queues_data_mid_run_loses_no_task() {
+    if !redis_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "200")]);
+    c.spawn("serve", &["serve"]);
+    let id = c.submit();
+    // No worker yet: the first dispatch sits in Redis. Then Redis loses it.
+    c.wait_until(
+        "a task to be queued",
+        Duration::from_secs(10),
+        |s| s["tasks"][0]["status"] == "QUEUED",
+        &id,
+    );
+    assert!(!c.redis_keys().is_empty());
+    c.lose_redis_data();
+    c.spawn("worker", &["worker"]);
+    c.wait_until(
+        "the run to complete",
+        Duration::from_secs(60),
+        completed,
+        &id,
+    );
+    assert_nothing_done_twice(&c, &id);
+}
+
+#[test]
+fn a_task_that_always_fails_ends_in_the_dead_letter_queue() {
+    if !redis_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[]);
+    let fixture = c.dir.path().join("failing.yaml");
+    std::fs::write(
+        &fixture,
+        "tasks:\n  plan:\n    - error: { status: 503, message: \"model overloaded\" }\n",
+    )
+    .unwrap();
+    c.env
+        .push(("SCRIPTED_FIXTURE".into(), fixture.display().to_string()));
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker", &["worker"]);
+    let id = c.submit();
+    // Retries back off 1 s, then 2 s.
+    let s = c.wait_until(
+        "the run to need input",
+        Duration::from_secs(60),
+        |s| s["run"]["status"] == "NEEDS_INPUT",
+        &id,
+    );
+    assert!(
+        s["run"]["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("dead letter queue"),
+        "{s}"
+    );
+    let dlq = c.json(&["dlq", "list", "--run", &id, "--json"]);
+    let dlq = dlq.as_array().unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["task_id"], "plan");
+    assert_eq!(dlq[0]["attempts"], 3);
+    assert!(
+        dlq[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("model overloaded")
+    );
+    let plan = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "plan")
+        .unwrap()
+        .clone();
+    assert_eq!(plan["status"], "DEAD");
+    // Nothing downstream of the dead task ran.
+    let ux = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "ux_design")
+        .unwrap()
+        .clone();
+    assert_eq!(ux["status"], "PENDING");
+}
+
+#[test]
+fn the_same_queue_message_delivered_twice_runs_the_task_once() {
+    if !redis_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[]);
+    c.spawn("serve", &["serve"]);
+    let id = c.submit();
+    c.wait_until(
+        "a task to be queued",
+        Duration::from_secs(10),
+        |s| s["tasks"][0]["status"] == "QUEUED",
+        &id,
+    );
+    // Duplicate the first dispatch on the business analyst's stream.
+    let stream = format!("{}q_ba", c.prefix);
+    let out = Command::new("redis-cli")
+        .args([
+            "xadd",
+            &stream,
+            "*",
+            "run_id",
+            &id,
+            "task_id",
+            "requirements",
+            "role",
+            "business_analyst",
+            "attempt",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    c.spawn("worker", &["worker"]);
+    c.wait_until(
+        "the run to complete",
+        Duration::from_secs(60),
+        completed,
+        &id,
+    );
+    assert_nothing_done_twice(&c, &id);
+    let events = c.json(&["events", &id, "--json"]);
+    let started = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "task_started" && e["task_id"] == "requirements")
+        .count();
+    assert_eq!(started, 1);
+}
