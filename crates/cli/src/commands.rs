@@ -613,12 +613,62 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether an error is worth waiting out (a server not reachable yet) rather
+/// than a configuration mistake that retrying cannot fix.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<orch_store::Error>(),
+            Some(
+                orch_store::Error::Connect { .. }
+                    | orch_store::Error::Locked(_)
+                    | orch_store::Error::Database(_)
+            )
+        ) || matches!(
+            c.downcast_ref::<orch_broker::Error>(),
+            Some(orch_broker::Error::Connect { .. } | orch_broker::Error::Backend(_))
+        )
+    })
+}
+
+/// Connect for a long-running process: a server that is down at start-up is
+/// waited for with a clear log line per try and exponential backoff (0.5 s
+/// to 30 s) — no crash loop, no busy loop. A configuration error fails at once.
+async fn with_retry<T, F, Fut>(what: &str, mut connect: F) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if is_transient(&e) => {
+                eprintln!(
+                    "cannot reach the {what}: {e:#}; retrying in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = shutdown_signal() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The orchestrator loop and sweeper; with the in-process broker, every
 /// role's workers too. Runs until SIGINT or SIGTERM, then drains.
 async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
     let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
-    let store = wiring::open_store(cfg).await?;
-    let broker = wiring::open_broker(cfg).await?;
+    let Some(store) = with_retry("database", || wiring::open_store(cfg)).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(broker) = with_retry("queue broker", || wiring::open_broker(cfg)).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let local = broker.backend() == "in-process";
     let mut opts = wiring::engine_options(cfg);
     if let Some(n) = a.concurrency {
@@ -660,8 +710,12 @@ async fn worker(cfg: &Config, a: WorkerArgs) -> Result<ExitCode> {
         );
     }
     let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
-    let store = wiring::open_store(cfg).await?;
-    let broker = wiring::open_broker(cfg).await?;
+    let Some(store) = with_retry("database", || wiring::open_store(cfg)).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(broker) = with_retry("queue broker", || wiring::open_broker(cfg)).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let mut opts = wiring::engine_options(cfg);
     if let Some(n) = a.concurrency {
         opts.concurrency = n.max(1);

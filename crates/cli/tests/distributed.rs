@@ -450,3 +450,32 @@ fn the_same_queue_message_delivered_twice_runs_the_task_once() {
         .count();
     assert_eq!(started, 1);
 }
+
+#[test]
+fn a_worker_started_before_its_broker_waits_with_backoff_and_stops_on_sigterm() {
+    // Port 1 on loopback: nothing listens there, so every connect is refused.
+    let mut c = Cluster::new(&[("REDIS_URL", "redis://127.0.0.1:1")]);
+    c.env.retain(|(k, v)| k != "REDIS_URL" || v.ends_with(":1"));
+    c.spawn("worker", &["worker"]);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (_, mut child) = c.children.pop().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running: no crash loop"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a clean stop on SIGTERM: {status:?}");
+    let log = std::fs::read_to_string(c.dir.path().join("worker.log")).unwrap();
+    let tries = log.matches("cannot reach the queue broker").count();
+    // 0.5 s, 1 s, 2 s backoff: three or four tries in 2.5 s, not hundreds.
+    assert!((2..=5).contains(&tries), "{tries} tries:\n{log}");
+    assert!(log.contains("retrying in 1.0 s"), "{log}");
+}
