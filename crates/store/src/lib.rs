@@ -14,7 +14,9 @@
 //!
 //! Parts: the traits (split by capability) and [`Error`] here, `sqlite` (one
 //! module, SQL in `.sql` files under `queries/sqlite`, migrations under
-//! `migrations/sqlite`), `conformance` (one suite run against every backend).
+//! `migrations/sqlite`), `postgres` (the same under `queries/postgres` and
+//! `migrations/postgres`, with ordinary transactions and row locks),
+//! `conformance` (one suite run against every backend).
 //! This crate depends on `orch-core` only; it knows nothing of brokers,
 //! providers or the engine.
 
@@ -27,8 +29,10 @@ use orch_core::{
 };
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of every store backend.
@@ -246,13 +250,15 @@ pub trait Store: RunStore + TaskStore + EventStore + ArtifactStore + DeadLetterS
 
 /// Open the store a `DATABASE_URL` names (creating and migrating a SQLite
 /// file if needed): `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a
-/// bare path.
+/// bare path; or `postgres://...` / `postgresql://...` (an existing
+/// database, migrated on connect).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     open(url, true).await
 }
 
 /// Like [`connect`], but a missing SQLite file is an [`Error::Connect`]
-/// instead of being created (for read-only commands).
+/// instead of being created (for read-only commands). PostgreSQL databases
+/// are never created by the store, so this is [`connect`] for them.
 pub async fn connect_existing(url: &str) -> Result<Arc<dyn Store>> {
     open(url, false).await
 }
@@ -263,9 +269,7 @@ async fn open(url: &str, create: bool) -> Result<Arc<dyn Store>> {
         .split_once("://")
         .map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
-        Some("postgres" | "postgresql") => Err(Error::UnsupportedUrl(format!(
-            "{url} (PostgreSQL support is coming in a later release; use sqlite://PATH for now)"
-        ))),
+        Some("postgres" | "postgresql") => Ok(Arc::new(PostgresStore::connect(url).await?)),
         None | Some("sqlite") => {
             let store = if create {
                 SqliteStore::open(url).await?

@@ -1,0 +1,4 @@
+SELECT id
+FROM runs
+WHERE status IN ('PENDING', 'PLANNING', 'RUNNING')
+ORDER BY created_at, id;

@@ -1,0 +1,1551 @@
+//! The PostgreSQL store: the distributed backend (`DATABASE_URL=postgres://...`),
+//! shared by every `serve` and `worker` process.
+//!
+//! Same tables and meaning as the SQLite store (`migrations/postgres`, applied
+//! by [`PostgresStore::connect`]; SQL in `queries/postgres`, one statement per
+//! file, runtime-checked). Times are `BIGINT` milliseconds, enums `TEXT` in
+//! their text forms, flags `BOOLEAN`, and JSON values `TEXT`: the store never
+//! queries inside them, and `TEXT` gives back exactly what was written.
+//!
+//! Isolation: every transaction runs at the server's default, READ COMMITTED.
+//! Correctness comes from row locks and conditional updates, not from
+//! snapshots:
+//! - Every write that touches a run takes the run's row lock *first*, with the
+//!   `UPDATE runs ... RETURNING last_seq` that allocates the sequence numbers
+//!   of the events it appends (claim, completion, append), or with the
+//!   compare-and-set on `runs.version` (engine saves). The lock is held to
+//!   commit, so appends to one run are serialized and its events are numbered
+//!   1, 2, 3, ... with no gaps, and artifact versions (max + 1) cannot race.
+//! - Task rows are locked only after their run's row, so no two transactions
+//!   wait on each other in a cycle. Heartbeats lock one task row and wait for
+//!   nothing else while holding it.
+//! - Fences are `WHERE` clauses of the updates themselves (`status = 'QUEUED'
+//!   AND attempt = $n` for a claim; status, attempt, owner and lease expiry
+//!   for a completion; expected status and attempt for each task an engine
+//!   save changes). Under READ COMMITTED a writer that waited for a row lock
+//!   re-checks the clause against the row as committed by the winner, so of
+//!   concurrent claims exactly one matches. When a check fails the whole
+//!   transaction is rolled back: nothing is written.
+//! - Reads are single statements without a transaction. [`RunStore::load_run`]
+//!   reads the run row before its tasks and gates: a save committed in between
+//!   at worst pairs an older version with newer tasks, and a save from that
+//!   state fails its version check (reload and retry), as with SQLite.
+//!
+//! Serialization failures and deadlocks (SQLSTATE 40001, 40P01), which the
+//! lock order above should never produce, are retried a few times and then
+//! reported as [`Error::Conflict`]. Lost connections are [`Error::Connect`].
+//!
+//! Durability: the store does not change `synchronous_commit`, so a commit is
+//! as durable as the server is configured to make it. With PostgreSQL's
+//! default (`on`) a commit returns only once its WAL record is flushed to
+//! disk: it survives a crash of the server or the machine.
+//!
+//! Batching: rows of one kind (tasks, events, gates, artifacts, dead letters)
+//! are written by one statement whatever their number, as one array per
+//! column (`INSERT ... SELECT ... FROM UNNEST($2::text[], ...)`); each
+//! statement is one round trip, and statements whose batch is empty are
+//! skipped. A claim is four round trips (`BEGIN`, lock, claim with its event,
+//! `COMMIT`), a completion four, an append one.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orch_core::{
+    Artifact, DeadLetter, Event, EventKind, Gate, Millis, NewEvent, Run, RunId, RunState,
+    RunStatus, StateDiff, Task, TaskStatus,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Postgres, Row};
+
+use crate::{
+    ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, NewDeadLetter, Result,
+    RunFilter, RunStore, Store, TaskOutcome, TaskRef, TaskStore,
+};
+
+/// Connections of one store's pool. Each operation holds one connection for
+/// its duration (one transaction at most), so this bounds the operations in
+/// flight; the server's default `max_connections` (100) leaves room for a
+/// few processes.
+pub const MAX_CONNECTIONS: u32 = 16;
+
+/// How long an operation waits for a free pooled connection (or for a new
+/// one to open) before failing.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`PostgresStore::connect`] waits for the server to answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pooled connection idle for this long is pinged before it is used again.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
+/// Attempts of an operation that meets a serialization failure or deadlock.
+const MAX_TRIES: u32 = 4;
+
+/// The embedded migrations of the PostgreSQL schema.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The queries, one statement per file (`queries/postgres`).
+mod sql {
+    macro_rules! file {
+        ($file:literal) => {
+            include_str!(concat!("../queries/postgres/", $file))
+        };
+    }
+
+    // Reads.
+    pub const GET_RUN: &str = file!("get_run.sql");
+    pub const LIST_RUNS: &str = file!("list_runs.sql");
+    pub const ACTIVE_RUNS: &str = file!("active_runs.sql");
+    pub const RUN_EXISTS: &str = file!("run_exists.sql");
+    pub const LIST_TASKS: &str = file!("list_tasks.sql");
+    pub const LIST_GATES: &str = file!("list_gates.sql");
+    pub const EXPIRED_LEASES: &str = file!("expired_leases.sql");
+    pub const RUNNING_TASKS: &str = file!("running_tasks.sql");
+    pub const STALE_QUEUED: &str = file!("stale_queued.sql");
+    pub const LIST_EVENTS: &str = file!("list_events.sql");
+    pub const LIST_ARTIFACTS: &str = file!("list_artifacts.sql");
+    pub const GET_ARTIFACT: &str = file!("get_artifact.sql");
+    pub const LIST_DEAD_LETTERS: &str = file!("list_dead_letters.sql");
+
+    // Single-statement writes.
+    pub const HEARTBEAT: &str = file!("heartbeat.sql");
+    pub const MARK_REPLAYED: &str = file!("mark_replayed.sql");
+    pub const APPEND_EVENTS: &str = file!("append_events.sql");
+
+    // Statements of write transactions.
+    pub const INSERT_RUN: &str = file!("insert_run.sql");
+    pub const SAVE_RUN: &str = file!("save_run.sql");
+    pub const LOCK_RUN: &str = file!("lock_run.sql");
+    pub const INSERT_TASKS: &str = file!("insert_tasks.sql");
+    pub const UPDATE_TASKS: &str = file!("update_tasks.sql");
+    pub const PUT_GATES: &str = file!("put_gates.sql");
+    pub const INSERT_DEAD_LETTERS: &str = file!("insert_dead_letters.sql");
+    pub const INSERT_EVENTS: &str = file!("insert_events.sql");
+    pub const CLAIM_TASK: &str = file!("claim_task.sql");
+    pub const COMPLETE_RUN_TOTALS: &str = file!("complete_run_totals.sql");
+    pub const COMPLETE_TASK: &str = file!("complete_task.sql");
+}
+
+type Query = sqlx::query::Query<'static, Postgres, PgArguments>;
+type Tx = sqlx::Transaction<'static, Postgres>;
+
+/// The PostgreSQL implementation of every store capability.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    /// Connections shared by every operation; see [`MAX_CONNECTIONS`].
+    pool: PgPool,
+    /// The URL connected to, password redacted, for messages.
+    url: String,
+}
+
+impl PostgresStore {
+    /// Connect to the database `url` names (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// or `postgresql://...`) and apply the missing migrations. The database
+    /// itself must exist. A server that cannot be reached, refuses the
+    /// credentials or has no such database is an [`Error::Connect`] that says
+    /// what to check, within [`CONNECT_TIMEOUT`].
+    pub async fn connect(url: &str) -> Result<PostgresStore> {
+        let shown = redact_url(url);
+        let mut options: PgConnectOptions = url.trim().parse().map_err(|e| Error::Connect {
+            url: shown.clone(),
+            message: format!(
+                "not a valid PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ),
+        })?;
+        if options.get_application_name().is_none() {
+            options = options.application_name("orchestrator");
+        }
+        // One connection first, outside the pool: the pool retries a refused
+        // connection until its timeout and then reports only that it timed
+        // out, where this reports why.
+        let mut probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| Error::Connect {
+                url: shown.clone(),
+                message: format!(
+                    "no answer from {}:{} within {} s; check the host, the port and the network (firewall)",
+                    options.get_host(),
+                    options.get_port(),
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            })?
+            .map_err(|e| connect_err(&shown, &options, e))?;
+        // It applies the migrations too (`migrate`, without a pool).
+        let migrated = MIGRATOR
+            .run(&mut probe)
+            .await
+            .map_err(|e| migrate_err(&shown, e));
+        if let Err(e) = probe.close().await {
+            tracing::debug!(error = %e, "closing the first connection");
+        }
+        migrated?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // Ping only connections that sat idle for a while (the server
+            // may have restarted meanwhile): a ping per operation would be
+            // one more round trip on every call.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(options);
+        let store = PostgresStore { pool, url: shown };
+        tracing::debug!(database = %store.url, "postgres store open");
+        Ok(store)
+    }
+
+    /// Apply the embedded migrations (`migrations/postgres`) that are
+    /// missing. Safe to run from several processes at once: the migrator
+    /// holds an advisory lock while it works.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| migrate_err(&self.url, e))
+    }
+
+    /// The URL connected to, with any password redacted.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Close every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // -----------------------------------------------------------------------
+    // Plumbing
+
+    /// Run `op` (one attempt of an operation, typically one transaction),
+    /// again after a serialization failure or deadlock (both roll the
+    /// transaction back), up to [`MAX_TRIES`] times; then [`Error::Conflict`]
+    /// on `run`. Other database errors are mapped by [`Self::db_err`].
+    async fn retrying<T, F, Fut>(&self, run: &RunId, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(Failure::Store(e)) => return Err(e),
+                Err(Failure::Sql(e)) if is_retryable(&e) => {
+                    if tries >= MAX_TRIES {
+                        return Err(Error::Conflict(format!(
+                            "{run} ({} after {tries} tries)",
+                            message(&e)
+                        )));
+                    }
+                    tracing::debug!(run = %run, error = %e, tries, "retrying a store operation");
+                    tokio::time::sleep(Duration::from_millis(5 << tries)).await;
+                }
+                Err(Failure::Sql(e)) => return Err(self.db_err(e)),
+            }
+        }
+    }
+
+    /// Map a sqlx error met while using the store.
+    fn db_err(&self, e: sqlx::Error) -> Error {
+        if is_connection_error(&e) {
+            let message = match &e {
+                sqlx::Error::PoolTimedOut => format!(
+                    "no database connection within {} s (all {MAX_CONNECTIONS} busy, or the server is unreachable); check that PostgreSQL is running and reachable",
+                    ACQUIRE_TIMEOUT.as_secs()
+                ),
+                sqlx::Error::PoolClosed => "the store is closed".to_string(),
+                e => format!(
+                    "lost the connection to PostgreSQL ({}); check that the server is running and reachable",
+                    message(e)
+                ),
+            };
+            return Error::Connect {
+                url: self.url.clone(),
+                message,
+            };
+        }
+        match e {
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                Error::Decode(e.to_string())
+            }
+            e if is_retryable(&e) => Error::Conflict(message(&e)),
+            e => Error::Database(message(&e)),
+        }
+    }
+
+    async fn read_all(&self, query: Query) -> Result<Vec<PgRow>> {
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))
+    }
+
+    async fn read_one(&self, query: Query) -> Result<Option<PgRow>> {
+        query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// `Ok(())` if the run exists, else [`Error::RunNotFound`].
+    async fn require_run(&self, id: &RunId) -> Result<()> {
+        match self
+            .read_one(sqlx::query(sql::RUN_EXISTS).bind(id.as_str()))
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(Error::RunNotFound(id.to_string())),
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // One attempt of each write operation
+
+    async fn create_run_once(
+        &self,
+        state: &RunState,
+        events: &EventColumns<'_>,
+        tasks: &TaskColumns<'_>,
+        gates: &GateColumns<'_>,
+        now: Millis,
+    ) -> Attempt<()> {
+        let run = &state.run;
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(sql::INSERT_RUN)
+            .bind(run.id.as_str())
+            .bind(&run.goal)
+            .bind(to_json(&run.context)?)
+            .bind(&run.workflow)
+            .bind(run.status.as_str())
+            .bind(run.status_reason.as_deref())
+            .bind(to_json(&run.success_criteria)?)
+            .bind(to_json(&run.settings)?)
+            .bind(&run.provider)
+            .bind(i64::from(run.iterations))
+            .bind(run.cost_usd)
+            .bind(run.tokens_in)
+            .bind(run.tokens_out)
+            .bind(run.version)
+            .bind(events.len)
+            .bind(run.created_at)
+            .bind(run.updated_at)
+            .bind(run.finished_at)
+            .execute(&mut *tx)
+            .await;
+        if let Err(e) = inserted {
+            return Err(if is_unique_violation(&e) {
+                Failure::Store(Error::Conflict(format!(
+                    "{} (the run already exists)",
+                    run.id
+                )))
+            } else {
+                Failure::Sql(e)
+            });
+        }
+        insert_tasks(&mut tx, &run.id, tasks).await?;
+        put_gates(&mut tx, &run.id, gates).await?;
+        insert_events(&mut tx, &run.id, events.len, events, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn save_run_once(
+        &self,
+        run_id: &RunId,
+        expected_version: i64,
+        diff: &StateDiff,
+        state: &RunState,
+        cols: &SaveColumns<'_>,
+        now: Millis,
+    ) -> Attempt<i64> {
+        let run = &state.run;
+        let mut tx = self.pool.begin().await?;
+        let saved = sqlx::query(sql::SAVE_RUN)
+            .bind(run_id.as_str())
+            .bind(expected_version)
+            .bind(run.status.as_str())
+            .bind(run.status_reason.as_deref())
+            .bind(i64::from(run.iterations))
+            .bind(to_json(&run.settings)?)
+            .bind(run.finished_at)
+            .bind(diff.run_changed)
+            .bind(cols.events.len)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(saved) = saved else {
+            tx.rollback().await?;
+            self.require_run(run_id).await?;
+            return Err(Error::Conflict(format!(
+                "{run_id} (it is no longer at version {expected_version})"
+            ))
+            .into());
+        };
+        let version: i64 = col(&saved, "version")?;
+        let last_seq: i64 = col(&saved, "last_seq")?;
+
+        if cols.changed.len > 0 {
+            let query = bind_tasks(
+                sqlx::query(sql::UPDATE_TASKS).bind(run_id.as_str()),
+                &cols.changed,
+            )
+            .bind(&cols.expected_status)
+            .bind(&cols.expected_attempt);
+            let updated = query.execute(&mut *tx).await?.rows_affected();
+            if updated != cols.changed.len as u64 {
+                tx.rollback().await?;
+                return Err(self.moved_task(run_id, diff).await.into());
+            }
+        }
+        if let Err(e) = insert_tasks(&mut tx, run_id, &cols.new_tasks).await {
+            return Err(match e {
+                Failure::Sql(e) if is_unique_violation(&e) => Failure::Store(Error::Conflict(
+                    format!("{run_id} (a new task already exists: {})", message(&e)),
+                )),
+                e => e,
+            });
+        }
+        put_gates(&mut tx, run_id, &cols.gates).await?;
+        if !cols.dead.task_id.is_empty() {
+            sqlx::query(sql::INSERT_DEAD_LETTERS)
+                .bind(run_id.as_str())
+                .bind(now)
+                .bind(&cols.dead.task_id)
+                .bind(&cols.dead.role)
+                .bind(&cols.dead.attempts)
+                .bind(&cols.dead.error)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_events(&mut tx, run_id, last_seq, &cols.events, now).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// The conflict of a save whose changed task moved: names the task
+    /// (best effort: it may move again).
+    async fn moved_task(&self, run_id: &RunId, diff: &StateDiff) -> Error {
+        let stored = self.list_tasks(run_id).await.unwrap_or_default();
+        let moved = diff.changed_tasks.iter().find(|c| {
+            !stored.iter().any(|t| {
+                t.id == c.task.id
+                    && t.status == c.expected_status
+                    && t.attempt == c.expected_attempt
+            })
+        });
+        Error::Conflict(match moved {
+            Some(c) => format!(
+                "{run_id} (task {} is no longer {} at attempt {})",
+                c.task.id, c.expected_status, c.expected_attempt
+            ),
+            None => format!("{run_id} (a task changed meanwhile)"),
+        })
+    }
+
+    async fn claim_task_once(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+        started: &NewEvent,
+        started_data: &str,
+    ) -> Attempt<Option<Task>> {
+        let mut tx = self.pool.begin().await?;
+        let seq = sqlx::query(sql::LOCK_RUN)
+            .bind(run_id.as_str())
+            .bind(1_i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(seq) = seq else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let seq: i64 = col(&seq, "last_seq")?;
+        let claimed = sqlx::query(sql::CLAIM_TASK)
+            .bind(run_id.as_str())
+            .bind(task_id)
+            .bind(i64::from(attempt))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(seq)
+            .bind(started.kind.as_str())
+            .bind(&started.message)
+            .bind(started_data)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match claimed {
+            Some(row) => {
+                let task = task_from_row(&row)?;
+                tx.commit().await?;
+                Ok(Some(task))
+            }
+            None => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn complete_task_once(
+        &self,
+        fence: &Fence,
+        outcome: &TaskOutcome,
+        cols: &CompleteColumns<'_>,
+        now: Millis,
+    ) -> Attempt<()> {
+        let lost = || Error::LeaseLost {
+            run: fence.run_id.to_string(),
+            task: fence.task_id.clone(),
+            attempt: fence.attempt,
+        };
+        let usage = &outcome.usage;
+        let mut tx = self.pool.begin().await?;
+        let seq = sqlx::query(sql::COMPLETE_RUN_TOTALS)
+            .bind(fence.run_id.as_str())
+            .bind(cols.events.len)
+            .bind(usage.cost_usd)
+            .bind(usage.input_tokens)
+            .bind(usage.output_tokens)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(seq) = seq else {
+            tx.rollback().await?;
+            return Err(lost().into());
+        };
+        let last_seq: i64 = col(&seq, "last_seq")?;
+        let e = &cols.events;
+        let done = sqlx::query(sql::COMPLETE_TASK)
+            .bind(fence.run_id.as_str())
+            .bind(&fence.task_id)
+            .bind(i64::from(fence.attempt))
+            .bind(&fence.owner)
+            .bind(now)
+            .bind(outcome.status.as_str())
+            .bind(outcome.summary.as_deref())
+            .bind(&cols.verdict)
+            .bind(outcome.error.as_deref())
+            .bind(outcome.retryable)
+            .bind(usage.cost_usd)
+            .bind(&cols.artifacts.name)
+            .bind(&cols.artifacts.kind)
+            .bind(&cols.artifacts.path)
+            .bind(&cols.artifacts.content)
+            .bind(&cols.artifacts.metadata)
+            .bind(last_seq)
+            .bind(&e.kind)
+            .bind(&e.task_id)
+            .bind(&e.message)
+            .bind(&e.data)
+            .fetch_one(&mut *tx)
+            .await?;
+        let completed: i64 = col(&done, "completed")?;
+        if completed != 1 {
+            tx.rollback().await?;
+            return Err(lost().into());
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statements shared by transactions
+
+/// Insert new tasks after the run's existing ones (nothing if none).
+async fn insert_tasks(tx: &mut Tx, run_id: &RunId, tasks: &TaskColumns<'_>) -> Attempt<()> {
+    if tasks.len > 0 {
+        bind_tasks(sqlx::query(sql::INSERT_TASKS).bind(run_id.as_str()), tasks)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Insert or update gates (nothing if none).
+async fn put_gates(tx: &mut Tx, run_id: &RunId, g: &GateColumns<'_>) -> Attempt<()> {
+    if !g.kind.is_empty() {
+        sqlx::query(sql::PUT_GATES)
+            .bind(run_id.as_str())
+            .bind(&g.kind)
+            .bind(&g.status)
+            .bind(&g.required)
+            .bind(&g.review_task)
+            .bind(&g.rework_rounds)
+            .bind(&g.reason)
+            .bind(&g.findings)
+            .bind(&g.updated_at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Insert events numbered up to `last_seq`, which the transaction has already
+/// allocated on the run row (nothing if none).
+async fn insert_events(
+    tx: &mut Tx,
+    run_id: &RunId,
+    last_seq: i64,
+    events: &EventColumns<'_>,
+    now: Millis,
+) -> Attempt<()> {
+    if events.len > 0 {
+        let e = events;
+        sqlx::query(sql::INSERT_EVENTS)
+            .bind(run_id.as_str())
+            .bind(last_seq)
+            .bind(now)
+            .bind(&e.kind)
+            .bind(&e.task_id)
+            .bind(&e.message)
+            .bind(&e.data)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Bind a task batch's 26 column arrays (`$2..$27`).
+fn bind_tasks(query: Query, t: &TaskColumns<'_>) -> Query {
+    query
+        .bind(&t.id)
+        .bind(&t.role)
+        .bind(&t.title)
+        .bind(&t.instructions)
+        .bind(&t.needs)
+        .bind(&t.expected)
+        .bind(&t.validation)
+        .bind(&t.gate)
+        .bind(&t.round)
+        .bind(&t.findings)
+        .bind(&t.status)
+        .bind(&t.attempt)
+        .bind(&t.max_attempts)
+        .bind(&t.timeout_ms)
+        .bind(&t.dedupe_key)
+        .bind(&t.not_before)
+        .bind(&t.lease_owner)
+        .bind(&t.lease_expires_at)
+        .bind(&t.last_error)
+        .bind(&t.retryable)
+        .bind(&t.result_summary)
+        .bind(&t.verdict)
+        .bind(&t.queued_at)
+        .bind(&t.started_at)
+        .bind(&t.finished_at)
+        .bind(&t.cost_usd)
+}
+
+// ---------------------------------------------------------------------------
+// Batches as column arrays
+
+/// Events: one array per column of `insert_events.sql`.
+#[derive(Debug, Default)]
+struct EventColumns<'a> {
+    /// The number of events (as bound: `i64`).
+    len: i64,
+    kind: Vec<&'static str>,
+    task_id: Vec<Option<&'a str>>,
+    message: Vec<&'a str>,
+    data: Vec<String>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(events: &'a [NewEvent]) -> Result<Self> {
+        let mut c = EventColumns {
+            len: events.len() as i64,
+            ..EventColumns::default()
+        };
+        for e in events {
+            c.kind.push(e.kind.as_str());
+            c.task_id.push(e.task_id.as_deref());
+            c.message.push(&e.message);
+            c.data.push(to_json(&e.data)?);
+        }
+        Ok(c)
+    }
+}
+
+/// Tasks: one array per column of `insert_tasks.sql` / `update_tasks.sql`.
+#[derive(Debug, Default)]
+struct TaskColumns<'a> {
+    len: usize,
+    id: Vec<&'a str>,
+    role: Vec<&'static str>,
+    title: Vec<&'a str>,
+    instructions: Vec<&'a str>,
+    needs: Vec<String>,
+    expected: Vec<String>,
+    validation: Vec<String>,
+    gate: Vec<Option<&'static str>>,
+    round: Vec<i64>,
+    findings: Vec<String>,
+    status: Vec<&'static str>,
+    attempt: Vec<i64>,
+    max_attempts: Vec<i64>,
+    timeout_ms: Vec<i64>,
+    dedupe_key: Vec<&'a str>,
+    not_before: Vec<Option<Millis>>,
+    lease_owner: Vec<Option<&'a str>>,
+    lease_expires_at: Vec<Option<Millis>>,
+    last_error: Vec<Option<&'a str>>,
+    retryable: Vec<bool>,
+    result_summary: Vec<Option<&'a str>>,
+    verdict: Vec<Option<String>>,
+    queued_at: Vec<Option<Millis>>,
+    started_at: Vec<Option<Millis>>,
+    finished_at: Vec<Option<Millis>>,
+    cost_usd: Vec<f64>,
+}
+
+impl<'a> TaskColumns<'a> {
+    fn of(tasks: impl IntoIterator<Item = &'a Task>) -> Result<Self> {
+        let mut c = TaskColumns::default();
+        for t in tasks {
+            c.len += 1;
+            c.id.push(&t.id);
+            c.role.push(t.role.as_str());
+            c.title.push(&t.title);
+            c.instructions.push(&t.instructions);
+            c.needs.push(to_json(&t.needs)?);
+            c.expected.push(to_json(&t.expected)?);
+            c.validation.push(to_json(&t.validation)?);
+            c.gate.push(t.gate.map(|g| g.as_str()));
+            c.round.push(i64::from(t.round));
+            c.findings.push(to_json(&t.findings)?);
+            c.status.push(t.status.as_str());
+            c.attempt.push(i64::from(t.attempt));
+            c.max_attempts.push(i64::from(t.max_attempts));
+            c.timeout_ms.push(t.timeout_ms);
+            c.dedupe_key.push(&t.dedupe_key);
+            c.not_before.push(t.not_before);
+            c.lease_owner.push(t.lease_owner.as_deref());
+            c.lease_expires_at.push(t.lease_expires_at);
+            c.last_error.push(t.last_error.as_deref());
+            c.retryable.push(t.retryable);
+            c.result_summary.push(t.result_summary.as_deref());
+            c.verdict.push(t.verdict.as_ref().map(to_json).transpose()?);
+            c.queued_at.push(t.queued_at);
+            c.started_at.push(t.started_at);
+            c.finished_at.push(t.finished_at);
+            c.cost_usd.push(t.cost_usd);
+        }
+        Ok(c)
+    }
+}
+
+/// Gates: one array per column of `put_gates.sql`.
+#[derive(Debug, Default)]
+struct GateColumns<'a> {
+    kind: Vec<&'static str>,
+    status: Vec<&'static str>,
+    required: Vec<bool>,
+    review_task: Vec<Option<&'a str>>,
+    rework_rounds: Vec<i64>,
+    reason: Vec<Option<&'a str>>,
+    findings: Vec<String>,
+    updated_at: Vec<Millis>,
+}
+
+impl<'a> GateColumns<'a> {
+    fn of(gates: impl IntoIterator<Item = &'a Gate>) -> Result<Self> {
+        let mut c = GateColumns::default();
+        for g in gates {
+            c.kind.push(g.kind.as_str());
+            c.status.push(g.status.as_str());
+            c.required.push(g.required);
+            c.review_task.push(g.review_task.as_deref());
+            c.rework_rounds.push(i64::from(g.rework_rounds));
+            c.reason.push(g.reason.as_deref());
+            c.findings.push(to_json(&g.findings)?);
+            c.updated_at.push(g.updated_at);
+        }
+        Ok(c)
+    }
+}
+
+/// Dead letters: one array per column of `insert_dead_letters.sql`.
+#[derive(Debug, Default)]
+struct DeadColumns<'a> {
+    task_id: Vec<&'a str>,
+    role: Vec<&'static str>,
+    attempts: Vec<i64>,
+    error: Vec<&'a str>,
+}
+
+/// Everything an engine save writes besides the run row.
+#[derive(Debug)]
+struct SaveColumns<'a> {
+    changed: TaskColumns<'a>,
+    expected_status: Vec<&'static str>,
+    expected_attempt: Vec<i64>,
+    new_tasks: TaskColumns<'a>,
+    gates: GateColumns<'a>,
+    dead: DeadColumns<'a>,
+    events: EventColumns<'a>,
+}
+
+/// Artifacts: one array per column of `complete_task.sql`.
+#[derive(Debug, Default)]
+struct ArtifactColumns<'a> {
+    name: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    path: Vec<Option<&'a str>>,
+    content: Vec<&'a str>,
+    metadata: Vec<String>,
+}
+
+/// What a completion writes besides the task row's scalar fields.
+#[derive(Debug)]
+struct CompleteColumns<'a> {
+    verdict: Option<String>,
+    artifacts: ArtifactColumns<'a>,
+    events: EventColumns<'a>,
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// How one attempt of an operation failed: a database error (maybe worth
+/// retrying, see [`PostgresStore::retrying`]) or the store's verdict.
+#[derive(Debug)]
+enum Failure {
+    Sql(sqlx::Error),
+    Store(Error),
+}
+
+type Attempt<T> = std::result::Result<T, Failure>;
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Store(e)
+    }
+}
+
+/// SQLSTATE of a database error.
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// A serialization failure or deadlock: the transaction was rolled back and
+/// may simply be run again.
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(sqlstate(e).as_deref(), Some("40001" | "40P01"))
+}
+
+/// The connection, not the statement, failed.
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(_) => {
+            let code = sqlstate(e).unwrap_or_default();
+            // connection_exception, admin/crash shutdown, cannot_connect_now.
+            code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03")
+        }
+        _ => false,
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// The database's own message (without sqlx's prefixes) where there is one.
+fn message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// Map a migration error; a lost connection is [`Error::Connect`].
+fn migrate_err(url: &str, e: sqlx::migrate::MigrateError) -> Error {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _)
+            if is_connection_error(&inner) =>
+        {
+            Error::Connect {
+                url: url.to_string(),
+                message: format!(
+                    "lost the connection to PostgreSQL while migrating ({}); check that the server is running and reachable",
+                    message(&inner)
+                ),
+            }
+        }
+        e => Error::Migrate(e.to_string()),
+    }
+}
+
+/// Map an error met while opening the first connection, with what to check.
+fn connect_err(url: &str, options: &PgConnectOptions, e: sqlx::Error) -> Error {
+    let at = format!("{}:{}", options.get_host(), options.get_port());
+    let user = options.get_username();
+    let database = options.get_database().unwrap_or(user);
+    let hint = match (&e, sqlstate(&e).as_deref()) {
+        (sqlx::Error::Io(io), _) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+            "is PostgreSQL running and listening on {at}? Check the host and port in DATABASE_URL"
+        ),
+        (sqlx::Error::Io(_), _) => {
+            format!("check that the host and port ({at}) are right and reachable from here")
+        }
+        (sqlx::Error::Tls(_), _) => {
+            "check the server's TLS setup and the sslmode in DATABASE_URL".to_string()
+        }
+        (_, Some("28P01" | "28000")) => format!(
+            "check the user name ({user}) and password in DATABASE_URL, and the server's pg_hba.conf"
+        ),
+        (_, Some("3D000")) => format!(
+            "create the database first (`createdb -h {} -p {} -U {user} {database}`) or fix its name in DATABASE_URL",
+            options.get_host(),
+            options.get_port()
+        ),
+        (_, Some("53300")) => {
+            "the server has no connection slots left; raise max_connections or stop idle clients"
+                .to_string()
+        }
+        (_, Some("57P03")) => {
+            "the server is starting up or shutting down; retry in a moment".to_string()
+        }
+        _ => "check DATABASE_URL and that PostgreSQL is running".to_string(),
+    };
+    Error::Connect {
+        url: url.to_string(),
+        message: format!("{}; {hint}", message(&e)),
+    }
+}
+
+/// `url` with the password (in the user info or a `password=` parameter)
+/// replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let url = url.trim();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+// ---------------------------------------------------------------------------
+// Encoding and decoding
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Database(format!("cannot encode JSON: {e}")))
+}
+
+/// `0` means "no limit": `LIMIT NULL`.
+fn limit(n: u32) -> Option<i64> {
+    (n > 0).then_some(i64::from(n))
+}
+
+fn col<'r, T>(row: &'r PgRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(name)
+        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
+}
+
+fn json_col<T: DeserializeOwned>(row: &PgRow, name: &str) -> Result<T> {
+    let text: String = col(row, name)?;
+    serde_json::from_str(&text).map_err(|e| Error::Decode(format!("column {name}: {e}")))
+}
+
+fn opt_json_col<T: DeserializeOwned>(row: &PgRow, name: &str) -> Result<Option<T>> {
+    let text: Option<String> = col(row, name)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| Error::Decode(format!("column {name}: {e}"))))
+        .transpose()
+}
+
+fn parse_col<T>(row: &PgRow, name: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let text: String = col(row, name)?;
+    text.parse()
+        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
+}
+
+fn opt_parse_col<T>(row: &PgRow, name: &str) -> Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let text: Option<String> = col(row, name)?;
+    text.map(|t| {
+        t.parse()
+            .map_err(|e| Error::Decode(format!("column {name}: {e}")))
+    })
+    .transpose()
+}
+
+fn u32_col(row: &PgRow, name: &str) -> Result<u32> {
+    let v: i64 = col(row, name)?;
+    u32::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
+}
+
+fn run_from_row(row: &PgRow) -> Result<Run> {
+    Ok(Run {
+        id: RunId(col(row, "id")?),
+        goal: col(row, "goal")?,
+        context: json_col(row, "context")?,
+        workflow: col(row, "workflow")?,
+        status: parse_col(row, "status")?,
+        status_reason: col(row, "status_reason")?,
+        success_criteria: json_col(row, "success_criteria")?,
+        settings: json_col(row, "settings")?,
+        provider: col(row, "provider")?,
+        iterations: u32_col(row, "iterations")?,
+        cost_usd: col(row, "cost_usd")?,
+        tokens_in: col(row, "tokens_in")?,
+        tokens_out: col(row, "tokens_out")?,
+        version: col(row, "version")?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+        finished_at: col(row, "finished_at")?,
+    })
+}
+
+fn task_from_row(row: &PgRow) -> Result<Task> {
+    Ok(Task {
+        run_id: RunId(col(row, "run_id")?),
+        id: col(row, "id")?,
+        role: parse_col(row, "role")?,
+        title: col(row, "title")?,
+        instructions: col(row, "instructions")?,
+        needs: json_col(row, "needs")?,
+        expected: json_col(row, "expected")?,
+        validation: json_col(row, "validation")?,
+        gate: opt_parse_col(row, "gate")?,
+        round: u32_col(row, "round")?,
+        findings: json_col(row, "findings")?,
+        status: parse_col(row, "status")?,
+        attempt: u32_col(row, "attempt")?,
+        max_attempts: u32_col(row, "max_attempts")?,
+        timeout_ms: col(row, "timeout_ms")?,
+        dedupe_key: col(row, "dedupe_key")?,
+        not_before: col(row, "not_before")?,
+        lease_owner: col(row, "lease_owner")?,
+        lease_expires_at: col(row, "lease_expires_at")?,
+        last_error: col(row, "last_error")?,
+        retryable: col(row, "retryable")?,
+        result_summary: col(row, "result_summary")?,
+        verdict: opt_json_col(row, "verdict")?,
+        queued_at: col(row, "queued_at")?,
+        started_at: col(row, "started_at")?,
+        finished_at: col(row, "finished_at")?,
+        cost_usd: col(row, "cost_usd")?,
+    })
+}
+
+fn task_ref_from_row(row: &PgRow) -> Result<TaskRef> {
+    Ok(TaskRef {
+        run_id: RunId(col(row, "run_id")?),
+        task_id: col(row, "id")?,
+        role: parse_col(row, "role")?,
+        attempt: u32_col(row, "attempt")?,
+        lease_owner: col(row, "lease_owner")?,
+    })
+}
+
+fn gate_from_row(row: &PgRow) -> Result<Gate> {
+    Ok(Gate {
+        run_id: RunId(col(row, "run_id")?),
+        kind: parse_col(row, "kind")?,
+        status: parse_col(row, "status")?,
+        required: col(row, "required")?,
+        review_task: col(row, "review_task")?,
+        rework_rounds: u32_col(row, "rework_rounds")?,
+        reason: col(row, "reason")?,
+        findings: json_col(row, "findings")?,
+        updated_at: col(row, "updated_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<Event> {
+    Ok(Event {
+        run_id: RunId(col(row, "run_id")?),
+        seq: col(row, "seq")?,
+        kind: parse_col::<EventKind>(row, "kind")?,
+        task_id: col(row, "task_id")?,
+        message: col(row, "message")?,
+        data: json_col(row, "data")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
+fn artifact_from_row(row: &PgRow) -> Result<Artifact> {
+    Ok(Artifact {
+        run_id: RunId(col(row, "run_id")?),
+        name: col(row, "name")?,
+        version: col(row, "version")?,
+        kind: col(row, "kind")?,
+        path: col(row, "path")?,
+        task_id: col(row, "task_id")?,
+        attempt: u32_col(row, "attempt")?,
+        content: col(row, "content")?,
+        metadata: json_col(row, "metadata")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
+fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: col(row, "id")?,
+        run_id: RunId(col(row, "run_id")?),
+        task_id: col(row, "task_id")?,
+        role: parse_col(row, "role")?,
+        attempts: u32_col(row, "attempts")?,
+        error: col(row, "error")?,
+        created_at: col(row, "created_at")?,
+        replayed_at: col(row, "replayed_at")?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The traits
+
+#[async_trait]
+impl RunStore for PostgresStore {
+    async fn create_run(&self, state: &RunState, events: &[NewEvent], now: Millis) -> Result<()> {
+        let events = EventColumns::of(events)?;
+        let tasks = TaskColumns::of(&state.tasks)?;
+        let gates = GateColumns::of(&state.gates)?;
+        self.retrying(&state.run.id, || {
+            self.create_run_once(state, &events, &tasks, &gates, now)
+        })
+        .await
+    }
+
+    async fn load_run(&self, id: &RunId) -> Result<RunState> {
+        // The run row first, then its tasks and gates, on one connection
+        // (see the module documentation for why no transaction is needed).
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db_err(e))?;
+        let row = sqlx::query(sql::GET_RUN)
+            .bind(id.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db_err(e))?
+            .ok_or_else(|| Error::RunNotFound(id.to_string()))?;
+        let run = run_from_row(&row)?;
+        let tasks = sqlx::query(sql::LIST_TASKS)
+            .bind(id.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db_err(e))?
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let mut gates = sqlx::query(sql::LIST_GATES)
+            .bind(id.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db_err(e))?
+            .iter()
+            .map(gate_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        gates.sort_by_key(|g: &Gate| g.kind.order());
+        Ok(RunState { run, tasks, gates })
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<Run> {
+        let row = self
+            .read_one(sqlx::query(sql::GET_RUN).bind(id.as_str()))
+            .await?
+            .ok_or_else(|| Error::RunNotFound(id.to_string()))?;
+        run_from_row(&row)
+    }
+
+    async fn save_run(
+        &self,
+        run_id: &RunId,
+        expected_version: i64,
+        diff: &StateDiff,
+        state: &RunState,
+        events: &[NewEvent],
+        dead: &[NewDeadLetter],
+        now: Millis,
+    ) -> Result<i64> {
+        let mut dead_cols = DeadColumns::default();
+        for d in dead {
+            dead_cols.task_id.push(&d.task_id);
+            dead_cols.role.push(d.role.as_str());
+            dead_cols.attempts.push(i64::from(d.attempts));
+            dead_cols.error.push(&d.error);
+        }
+        let cols = SaveColumns {
+            changed: TaskColumns::of(diff.changed_tasks.iter().map(|c| &c.task))?,
+            expected_status: diff
+                .changed_tasks
+                .iter()
+                .map(|c| c.expected_status.as_str())
+                .collect(),
+            expected_attempt: diff
+                .changed_tasks
+                .iter()
+                .map(|c| i64::from(c.expected_attempt))
+                .collect(),
+            new_tasks: TaskColumns::of(&diff.new_tasks)?,
+            gates: GateColumns::of(&diff.changed_gates)?,
+            dead: dead_cols,
+            events: EventColumns::of(events)?,
+        };
+        self.retrying(run_id, || {
+            self.save_run_once(run_id, expected_version, diff, state, &cols, now)
+        })
+        .await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        self.read_all(
+            sqlx::query(sql::LIST_RUNS)
+                .bind(filter.status.map(RunStatus::as_str))
+                .bind(limit(filter.limit))
+                .bind(i64::from(filter.offset)),
+        )
+        .await?
+        .iter()
+        .map(run_from_row)
+        .collect()
+    }
+
+    async fn active_runs(&self) -> Result<Vec<RunId>> {
+        self.read_all(sqlx::query(sql::ACTIVE_RUNS))
+            .await?
+            .iter()
+            .map(|row| col(row, "id").map(RunId))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl TaskStore for PostgresStore {
+    async fn claim_task(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+    ) -> Result<Option<Task>> {
+        let started = NewEvent::task(
+            EventKind::TaskStarted,
+            task_id,
+            format!("started by {owner} (attempt {attempt})"),
+        )
+        .with_data(serde_json::json!({"owner": owner, "attempt": attempt}));
+        let data = to_json(&started.data)?;
+        self.retrying(run_id, || {
+            self.claim_task_once(
+                run_id,
+                task_id,
+                attempt,
+                owner,
+                lease_until,
+                now,
+                &started,
+                &data,
+            )
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, fence: &Fence, lease_until: Millis) -> Result<bool> {
+        let done = sqlx::query(sql::HEARTBEAT)
+            .bind(fence.run_id.as_str())
+            .bind(fence.task_id.as_str())
+            .bind(i64::from(fence.attempt))
+            .bind(fence.owner.as_str())
+            .bind(lease_until)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
+        if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
+            return Err(Error::Database(format!(
+                "a task attempt ends SUCCEEDED or FAILED, not {}",
+                outcome.status
+            )));
+        }
+        let mut artifacts = ArtifactColumns::default();
+        for a in &outcome.artifacts {
+            artifacts.name.push(&a.name);
+            artifacts.kind.push(&a.kind);
+            artifacts.path.push(a.path.as_deref());
+            artifacts.content.push(&a.content);
+            artifacts.metadata.push(to_json(&a.metadata)?);
+        }
+        let cols = CompleteColumns {
+            verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
+            artifacts,
+            events: EventColumns::of(&outcome.events)?,
+        };
+        self.retrying(&fence.run_id, || {
+            self.complete_task_once(fence, outcome, &cols, now)
+        })
+        .await
+    }
+
+    async fn expired_leases(&self, now: Millis, max: u32) -> Result<Vec<TaskRef>> {
+        self.read_all(sqlx::query(sql::EXPIRED_LEASES).bind(now).bind(limit(max)))
+            .await?
+            .iter()
+            .map(task_ref_from_row)
+            .collect()
+    }
+
+    async fn running_tasks(&self, max: u32) -> Result<Vec<TaskRef>> {
+        self.read_all(sqlx::query(sql::RUNNING_TASKS).bind(limit(max)))
+            .await?
+            .iter()
+            .map(task_ref_from_row)
+            .collect()
+    }
+
+    async fn stale_queued(&self, before: Millis, max: u32) -> Result<Vec<TaskRef>> {
+        self.read_all(sqlx::query(sql::STALE_QUEUED).bind(before).bind(limit(max)))
+            .await?
+            .iter()
+            .map(task_ref_from_row)
+            .collect()
+    }
+
+    async fn list_tasks(&self, run_id: &RunId) -> Result<Vec<Task>> {
+        let tasks = self
+            .read_all(sqlx::query(sql::LIST_TASKS).bind(run_id.as_str()))
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if tasks.is_empty() {
+            self.require_run(run_id).await?;
+        }
+        Ok(tasks)
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append_events(
+        &self,
+        run_id: &RunId,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> Result<Vec<i64>> {
+        if events.is_empty() {
+            self.require_run(run_id).await?;
+            return Ok(Vec::new());
+        }
+        let e = &EventColumns::of(events)?;
+        let rows = self
+            .retrying(run_id, || async {
+                let rows = sqlx::query(sql::APPEND_EVENTS)
+                    .bind(run_id.as_str())
+                    .bind(now)
+                    .bind(&e.kind)
+                    .bind(&e.task_id)
+                    .bind(&e.message)
+                    .bind(&e.data)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::RunNotFound(run_id.to_string()));
+        }
+        let mut seqs = rows
+            .iter()
+            .map(|row| col::<i64>(row, "seq"))
+            .collect::<Result<Vec<_>>>()?;
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>> {
+        let events = self
+            .read_all(
+                sqlx::query(sql::LIST_EVENTS)
+                    .bind(run_id.as_str())
+                    .bind(query.after_seq)
+                    .bind(limit(query.limit)),
+            )
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if events.is_empty() {
+            self.require_run(run_id).await?;
+        }
+        Ok(events)
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for PostgresStore {
+    async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>> {
+        let artifacts = self
+            .read_all(
+                sqlx::query(sql::LIST_ARTIFACTS)
+                    .bind(run_id.as_str())
+                    .bind(latest_only),
+            )
+            .await?
+            .iter()
+            .map(artifact_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if artifacts.is_empty() {
+            self.require_run(run_id).await?;
+        }
+        Ok(artifacts)
+    }
+
+    async fn get_artifact(
+        &self,
+        run_id: &RunId,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Artifact> {
+        let row = self
+            .read_one(
+                sqlx::query(sql::GET_ARTIFACT)
+                    .bind(run_id.as_str())
+                    .bind(name)
+                    .bind(version),
+            )
+            .await?;
+        match row {
+            Some(row) => artifact_from_row(&row),
+            None => {
+                self.require_run(run_id).await?;
+                Err(Error::ArtifactNotFound {
+                    run: run_id.to_string(),
+                    name: match version {
+                        Some(v) => format!("{name} v{v}"),
+                        None => name.to_string(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for PostgresStore {
+    async fn list_dead_letters(
+        &self,
+        run_id: Option<&RunId>,
+        include_replayed: bool,
+    ) -> Result<Vec<DeadLetter>> {
+        self.read_all(
+            sqlx::query(sql::LIST_DEAD_LETTERS)
+                .bind(run_id.map(RunId::as_str))
+                .bind(include_replayed),
+        )
+        .await?
+        .iter()
+        .map(dead_letter_from_row)
+        .collect()
+    }
+
+    async fn mark_replayed(&self, id: i64, now: Millis) -> Result<DeadLetter> {
+        let row = sqlx::query(sql::MARK_REPLAYED)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))?
+            .ok_or(Error::DeadLetterNotFound(id))?;
+        dead_letter_from_row(&row)
+    }
+}
+
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://orch:s3cret@db.example:5432/orch"),
+            "postgres://orch:***@db.example:5432/orch"
+        );
+        assert_eq!(
+            redact_url("postgresql://orch@db/orch?sslmode=require&password=s3cret"),
+            "postgresql://orch@db/orch?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://localhost/orch"),
+            "postgres://localhost/orch"
+        );
+        assert_eq!(redact_url("postgres://u:p%40ss@h"), "postgres://u:***@h");
+    }
+
+    #[test]
+    fn no_limit_is_null() {
+        assert_eq!(limit(0), None);
+        assert_eq!(limit(7), Some(7));
+    }
+}
