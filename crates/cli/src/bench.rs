@@ -41,6 +41,14 @@ pub struct BenchArgs {
     /// Database file (default: a fresh temporary file).
     #[arg(long)]
     db: Option<String>,
+    /// Distributed mode: the store at DATABASE_URL, Redis queues at
+    /// REDIS_URL, and `--workers` worker processes; adds S4 (a worker killed
+    /// mid-task: time until the task is done).
+    #[arg(long)]
+    distributed: bool,
+    /// Worker processes in distributed mode.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
     #[arg(long)]
     json: bool,
 }
@@ -119,25 +127,109 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
+/// Worker processes started by the distributed benchmark; killed on drop.
+struct Workers {
+    children: Vec<std::process::Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Workers {
+    fn spawn(&mut self, extra: &[(&str, &str)]) -> Result<()> {
+        let exe = std::env::current_exe().context("finding the orchestrator binary")?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["worker"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(extra.iter().copied())
+        {
+            cmd.env(k, v);
+        }
+        self.children
+            .push(cmd.spawn().context("starting a worker process")?);
+        Ok(())
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub async fn run(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
-    let path =
-        a.db.clone()
-            .unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
-    let store = orch_store::connect(&format!("sqlite://{path}")).await?;
     // An empty fixture: every task gets the generic deterministic answer
     // (its expected artifacts; PASS for reviews).
-    let provider = Arc::new(ScriptedProvider::from_yaml("bench", "roles: {}")?);
+    let fixture = dir.path().join("bench-fixture.yaml");
+    std::fs::write(&fixture, "roles: {}\n").context("writing the benchmark fixture")?;
+    let provider = Arc::new(ScriptedProvider::from_file(&fixture)?);
     let mut opts = wiring::engine_options(cfg);
     opts.concurrency = a.concurrency;
     opts.sweep_every = Duration::from_secs(1);
-    let engine = wiring::engine(
-        store,
-        Arc::new(orch_broker::MemoryBroker::new()),
-        provider,
-        opts,
-    )?;
-    let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+    let mut report = serde_json::Map::new();
+    let mut workers = Workers {
+        children: Vec::new(),
+        env: Vec::new(),
+    };
+    let (engine, runtime) = if a.distributed {
+        let Some(redis) = cfg.redis_url.clone() else {
+            bail!("--distributed needs REDIS_URL (and a shared DATABASE_URL, e.g. postgres://...)");
+        };
+        let prefix = format!("bench:{}:", std::process::id());
+        let store = wiring::open_store(cfg).await?;
+        let broker = orch_broker::connect(Some(&redis), &prefix).await?;
+        report.insert(
+            "store".into(),
+            format!(
+                "{} ({})",
+                store.backend(),
+                wiring::redact_url(&cfg.database_url)
+            )
+            .into(),
+        );
+        report.insert(
+            "queues".into(),
+            format!("redis, {} worker processes", a.workers).into(),
+        );
+        workers.env = vec![
+            ("QUEUE_PREFIX".into(), prefix),
+            ("LLM_PROVIDER".into(), "scripted".into()),
+            ("SCRIPTED_FIXTURE".into(), fixture.display().to_string()),
+            ("SCRIPTED_LATENCY_MS".into(), "0".into()),
+            ("WORKER_CONCURRENCY".into(), a.concurrency.to_string()),
+        ];
+        for _ in 0..a.workers {
+            workers.spawn(&[])?;
+        }
+        let engine = wiring::engine(store, broker, provider, opts)?;
+        let runtime = Runtime::start(engine.clone(), &[], true);
+        (engine, runtime)
+    } else {
+        let path =
+            a.db.clone()
+                .unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
+        let store = orch_store::connect(&format!("sqlite://{path}")).await?;
+        report.insert(
+            "store".into(),
+            "sqlite (file, WAL, synchronous=NORMAL)".into(),
+        );
+        report.insert("queues".into(), "in-process, workers in process".into());
+        let engine = wiring::engine(
+            store,
+            Arc::new(orch_broker::MemoryBroker::new()),
+            provider,
+            opts,
+        )?;
+        let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+        (engine, runtime)
+    };
     let sdlc = Workflow::builtin("sdlc").expect("built-in");
     let mut report = serde_json::Map::new();
     report.insert(
@@ -238,9 +330,73 @@ pub async fn run(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
         report.insert("s3_seconds".into(), secs.into());
         report.insert("s3_tasks_per_second".into(), tps.into());
     }
+    if want("s4") && a.distributed {
+        let secs = s4(&engine, &mut workers, &sdlc).await?;
+        if !a.json {
+            println!(
+                "S4 worker SIGKILL mid-task -> task done: {secs:.2} s (lease TTL {:.1} s) — target <= lease TTL + 1 s",
+                engine.options().lease_ttl.as_secs_f64()
+            );
+        }
+        report.insert("s4_seconds".into(), secs.into());
+        report.insert(
+            "s4_lease_ttl_seconds".into(),
+            engine.options().lease_ttl.as_secs_f64().into(),
+        );
+    }
     runtime.shutdown().await;
+    drop(workers);
     if a.json {
         crate::render::print_json(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// S4: every worker stopped; a slow worker claims the first task and is
+/// killed; a fresh worker is already waiting. Seconds from the kill until the
+/// task has succeeded.
+async fn s4(engine: &Engine, workers: &mut Workers, sdlc: &Workflow) -> Result<f64> {
+    for mut c in workers.children.drain(..) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    workers.spawn(&[("SCRIPTED_LATENCY_MS", "600000")])?;
+    let store = engine.deps().store.clone();
+    let id = engine
+        .submit("benchmark S4", serde_json::Value::Null, sdlc, settings())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tasks = store.list_tasks(&id).await?;
+        if tasks
+            .iter()
+            .any(|t| t.status == orch_core::TaskStatus::Running)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("S4: the slow worker never claimed a task");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    workers.spawn(&[])?;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the fresh worker is up
+    let mut victim = workers.children.remove(0);
+    let t0 = Instant::now();
+    victim.kill().context("killing the slow worker")?;
+    let _ = victim.wait();
+    loop {
+        let tasks = store.list_tasks(&id).await?;
+        if tasks
+            .iter()
+            .find(|t| t.id == "requirements")
+            .is_some_and(|t| t.status == orch_core::TaskStatus::Succeeded)
+        {
+            return Ok(t0.elapsed().as_secs_f64());
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("S4: the killed task was not done within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

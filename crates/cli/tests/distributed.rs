@@ -28,12 +28,45 @@ fn redis_available() -> bool {
     );
 }
 
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// PostgreSQL tests share the server; the restart test takes this for writing
+/// so that no other PostgreSQL test of this binary runs while it restarts.
+static PG_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn pg_available() -> bool {
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5432".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+    {
+        return true;
+    }
+    if std::env::var("ORCH_SKIP_PG").as_deref() == Ok("1") {
+        eprintln!("skipped: PostgreSQL is not reachable and ORCH_SKIP_PG=1");
+        return false;
+    }
+    panic!(
+        "PostgreSQL is not reachable on 127.0.0.1:5432; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` (or set ORCH_SKIP_PG=1)"
+    );
+}
+
+fn psql(sql: &str) -> Output {
+    Command::new("psql")
+        .args([PG_ADMIN, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .unwrap()
+}
+
 /// One deployment: a database, a key prefix, and the processes started.
 struct Cluster {
     dir: tempfile::TempDir,
     prefix: String,
     env: Vec<(String, String)>,
     children: Vec<(String, Child)>,
+    /// A PostgreSQL database of this test's own, dropped at the end.
+    pg_db: Option<String>,
 }
 
 impl Cluster {
@@ -64,7 +97,30 @@ impl Cluster {
             prefix,
             env,
             children: Vec::new(),
+            pg_db: None,
         }
+    }
+
+    /// The same on a fresh PostgreSQL database.
+    fn postgres(extra: &[(&str, &str)]) -> Cluster {
+        let mut c = Cluster::new(extra);
+        let db = format!(
+            "orch_e2e_{}",
+            c.prefix.trim_start_matches("test:").trim_end_matches(':')
+        );
+        let out = psql(&format!("CREATE DATABASE {db}"));
+        assert!(
+            out.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.env.retain(|(k, _)| k != "DATABASE_URL");
+        c.env.push((
+            "DATABASE_URL".into(),
+            format!("postgres://postgres@127.0.0.1:5432/{db}"),
+        ));
+        c.pg_db = Some(db);
+        c
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -182,6 +238,9 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         self.lose_redis_data();
+        if let Some(db) = &self.pg_db {
+            let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
     }
 }
 
@@ -478,4 +537,129 @@ fn a_worker_started_before_its_broker_waits_with_backoff_and_stops_on_sigterm() 
     // 0.5 s, 1 s, 2 s backoff: three or four tries in 2.5 s, not hundreds.
     assert!((2..=5).contains(&tries), "{tries} tries:\n{log}");
     assert!(log.contains("retrying in 1.0 s"), "{log}");
+}
+
+#[test]
+fn the_demo_runs_on_postgres_and_redis_with_separate_worker_processes() {
+    if !redis_available() || !pg_available() {
+        return;
+    }
+    let _shared = PG_LOCK.read().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::postgres(&[]);
+    c.ok(&["init-db"]);
+    c.spawn("serve", &["serve"]);
+    c.spawn(
+        "w1",
+        &[
+            "worker",
+            "--roles",
+            "business_analyst,project_manager,ux_engineer,tech_lead,database_engineer",
+        ],
+    );
+    c.spawn(
+        "w2",
+        &[
+            "worker",
+            "--roles",
+            "backend_engineer,frontend_engineer,code_reviewer,security_reviewer",
+        ],
+    );
+    let out = c.json(&["run", GOAL, "--json"]);
+    assert_eq!(out["run"]["status"], "COMPLETED", "{out}");
+    let id = out["run"]["id"].as_str().unwrap().to_string();
+    let gates = out["gates"].as_array().unwrap();
+    assert!(gates.iter().all(|g| g["status"] == "PASSED"));
+    assert_nothing_done_twice(&c, &id);
+}
+
+#[test]
+fn a_worker_killed_mid_task_on_postgres_is_replaced_and_the_run_completes() {
+    if !redis_available() || !pg_available() {
+        return;
+    }
+    let _shared = PG_LOCK.read().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::postgres(&[("SCRIPTED_LATENCY_MS", "400")]);
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker1", &["worker"]);
+    let id = c.submit();
+    let s = c.wait_until(
+        "a task to be running",
+        Duration::from_secs(30),
+        |s| running_task(s).is_some(),
+        &id,
+    );
+    let victim = running_task(&s).unwrap();
+    c.kill("worker1");
+    c.spawn("worker2", &["worker"]);
+    let s = c.wait_until(
+        "the run to complete",
+        Duration::from_secs(60),
+        completed,
+        &id,
+    );
+    let t = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == victim.as_str())
+        .unwrap()
+        .clone();
+    assert!(t["attempt"].as_u64().unwrap() >= 2, "{t}");
+    assert_nothing_done_twice(&c, &id);
+}
+
+#[test]
+fn postgres_restarted_mid_run_loses_nothing() {
+    if !redis_available() || !pg_available() {
+        return;
+    }
+    let Some(version) = std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+    else {
+        eprintln!("skipped: no local PostgreSQL cluster to restart (/etc/postgresql)");
+        return;
+    };
+    let _exclusive = PG_LOCK.write().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::postgres(&[("SCRIPTED_LATENCY_MS", "150")]);
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker", &["worker"]);
+    let id = c.submit();
+    c.wait_until(
+        "two tasks to succeed",
+        Duration::from_secs(30),
+        |s| {
+            s["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["status"] == "SUCCEEDED")
+                .count()
+                >= 2
+        },
+        &id,
+    );
+    let out = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = c.wait_until(
+        "the run to complete",
+        Duration::from_secs(90),
+        completed,
+        &id,
+    );
+    assert_eq!(s["run"]["status"], "COMPLETED");
+    assert_nothing_done_twice(&c, &id);
+    // Both processes lived through it.
+    for (name, child) in &mut c.children {
+        assert!(child.try_wait().unwrap().is_none(), "{name} exited");
+    }
 }
