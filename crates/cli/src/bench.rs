@@ -383,8 +383,9 @@ async fn s4(engine: &Engine, workers: &mut Workers, sdlc: &Workflow) -> Result<f
     tokio::time::sleep(Duration::from_millis(500)).await; // the fresh worker is up
     let mut victim = workers.children.remove(0);
     let t0 = Instant::now();
-    victim.kill().context("killing the slow worker")?;
+    let killed = victim.kill();
     let _ = victim.wait();
+    killed.context("killing the slow worker")?;
     loop {
         let tasks = store.list_tasks(&id).await?;
         if tasks
