@@ -6,9 +6,15 @@
 //! [`TaskInput`], [`AgentOutput`], [`AgentFailure`], [`AgentError`],
 //! [`EventSink`]), `prompts` (minijinja templates under
 //! `crates/agents/templates/`, compiled in), [`parse`] (the tagged
-//! `<artifact>` output format), `turn` (one attempt: prompt, LLM call, parse,
-//! tool calls through the allowlist, verdict, validation, at most one repair
-//! turn).
+//! `<artifact>` and `<message>` output format), `turn` (one attempt: prompt,
+//! LLM call, parse, tool calls through the allowlist, verdict, validation, at
+//! most one repair turn).
+//!
+//! Agents talk to each other through the run's channels: a task sees the
+//! messages posted before it started ([`TaskInput::messages`], in its task
+//! message) and posts with `<message channel="...">` blocks, which run
+//! `post_message` through the tool executor and come back in
+//! [`AgentOutput::messages`] for the engine to record and publish.
 //!
 //! This crate depends on `orch-core`, `orch-llm` (the provider trait only) and
 //! `orch-tools`; it knows nothing of stores, brokers or the engine. LLM
@@ -20,12 +26,14 @@ use minijinja::Environment;
 use orch_core::{Artifact, NewArtifact, NewEvent, Role, Run, Task, Usage, Verdict};
 use orch_tools::ToolExecutor;
 use orch_tools::builtin::WRITE_FILE;
+use orch_tools::channel::POST_MESSAGE;
 
 pub mod parse;
 mod prompts;
 mod turn;
 
-pub use parse::{ParseError, ParsedBlock, parse_output};
+pub use orch_tools::ChannelPost;
+pub use parse::{ParseError, ParsedAnswer, ParsedBlock, ParsedMessage, parse_answer, parse_output};
 
 /// Why a task attempt failed, and whether retrying can help.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,9 @@ pub struct TaskInput<'a> {
     pub task: &'a Task,
     /// Latest versions of the upstream artifacts, in the order to show them.
     pub upstream: &'a [Artifact],
+    /// Messages posted on the run's channels before this attempt, oldest
+    /// first (the task message shows the latest of them).
+    pub messages: &'a [ChannelPost],
     /// Model to ask (the provider's default if the engine has no better idea).
     pub model: &'a str,
 }
@@ -113,6 +124,9 @@ pub struct AgentOutput {
     pub summary: String,
     /// Tool audit events (and a `validation_failed` event if a repair turn was needed).
     pub events: Vec<NewEvent>,
+    /// Messages posted through `post_message`, in order. They take effect
+    /// only with the attempt: the engine records and publishes them.
+    pub messages: Vec<ChannelPost>,
     /// Tokens and cost over every call of the attempt.
     pub usage: Usage,
 }
@@ -169,17 +183,22 @@ impl Agents {
 
     /// The system prompt of `role`.
     pub fn system_prompt(&self, role: Role) -> Result<String, AgentError> {
-        prompts::system_prompt(&self.env, role, self.writes_files(role))
+        prompts::system_prompt(&self.env, role, self.abilities(role))
     }
 
     /// The user message of a task: goal, context, instructions, findings,
-    /// upstream artifacts, expected artifacts and the output format reminder.
+    /// upstream artifacts, team channel messages, expected artifacts and the
+    /// output format reminder.
     pub fn task_message(&self, input: &TaskInput<'_>) -> Result<String, AgentError> {
-        prompts::task_message(&self.env, input, self.writes_files(input.task.role))
+        prompts::task_message(&self.env, input, self.abilities(input.task.role))
     }
 
-    fn writes_files(&self, role: Role) -> bool {
-        self.tools.allowlists.allows(role, WRITE_FILE)
+    /// What the role's allowlist lets it do, as the prompts describe it.
+    fn abilities(&self, role: Role) -> prompts::Abilities {
+        prompts::Abilities {
+            writes_files: self.tools.allowlists.allows(role, WRITE_FILE),
+            posts_messages: self.tools.allowlists.allows(role, POST_MESSAGE),
+        }
     }
 
     /// Run one attempt of `input.task`: see the `turn` module.

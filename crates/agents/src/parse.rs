@@ -1,4 +1,4 @@
-//! The output format: tagged artifact blocks in the model's answer.
+//! The output format: tagged artifact and message blocks in the model's answer.
 //!
 //! ```text
 //! <artifact name="requirements" type="requirements">
@@ -7,18 +7,24 @@
 //! <artifact name="backend_code" type="code" path="backend/app.py">
 //! ...file content...
 //! </artifact>
+//! <message channel="team">
+//! The API answers invalid input with 422, not 400.
+//! </message>
 //! ```
 //!
-//! [`parse_output`] finds every block: tag and attribute names are
+//! [`parse_answer`] finds every block: tag and attribute names are
 //! case-insensitive, attributes come in any order with single, double or no
-//! quotes (`kind` is accepted for `type`), and text outside blocks is
-//! ignored. Content is kept verbatim except one leading and one trailing
-//! newline. An unterminated block, a block without a name or a malformed tag
-//! is an error that names the block and its line, so the model can be told
-//! what to fix.
+//! quotes (`kind` is accepted for `type`, `to` for `channel`), and text
+//! outside blocks is ignored. Content is kept verbatim except one leading and
+//! one trailing newline; a `<message` inside an artifact's content is content.
+//! An unterminated block, a block without a name (or channel) or a malformed
+//! tag is an error that names the block and its line, so the model can be
+//! told what to fix. [`parse_output`] is the artifacts only.
 
 const OPEN: &str = "<artifact";
 const CLOSE: &str = "</artifact";
+const MESSAGE_OPEN: &str = "<message";
+const MESSAGE_CLOSE: &str = "</message";
 
 /// One `<artifact>` block of a model's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +39,23 @@ pub struct ParsedBlock {
     pub line: usize,
 }
 
+/// One `<message channel="...">` block of a model's answer: a message to post
+/// on a channel of the run. The channel name is checked by the tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedMessage {
+    pub channel: String,
+    pub text: String,
+    /// 1-based line of the opening tag.
+    pub line: usize,
+}
+
+/// Every block of an answer, each kind in the order written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedAnswer {
+    pub artifacts: Vec<ParsedBlock>,
+    pub messages: Vec<ParsedMessage>,
+}
+
 /// Why an answer could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
@@ -42,32 +65,64 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// Parse every artifact block of `text`, in order. No blocks is not an error.
+/// Parse every artifact block of `text`, in order (message blocks are
+/// checked, then left out). No blocks is not an error.
 pub fn parse_output(text: &str) -> Result<Vec<ParsedBlock>, ParseError> {
+    parse_answer(text).map(|a| a.artifacts)
+}
+
+/// Parse every artifact and message block of `text`. No blocks is not an error.
+pub fn parse_answer(text: &str) -> Result<ParsedAnswer, ParseError> {
     // ASCII lowercasing keeps byte offsets, so positions found in `lower`
     // index `text` too.
     let lower = text.to_ascii_lowercase();
-    let mut blocks = Vec::new();
+    let mut answer = ParsedAnswer::default();
     let mut pos = 0;
-    while let Some(start) = find_open(&lower, pos) {
+    loop {
+        let artifact = find_open(&lower, OPEN, pos);
+        let message = find_open(&lower, MESSAGE_OPEN, pos);
+        let (start, kind) = match (artifact, message) {
+            (Some(a), Some(m)) if m < a => (m, Kind::Message),
+            (Some(a), _) => (a, Kind::Artifact),
+            (None, Some(m)) => (m, Kind::Message),
+            (None, None) => break,
+        };
         let line = line_of(text, start);
-        let tag = parse_tag(text, start + OPEN.len(), line)?;
+        let tag = parse_tag(text, start + kind.open().len(), line, kind)?;
         let describe = tag.describe();
         if tag.self_closing {
             pos = tag.end;
-            blocks.push(tag.into_block(String::new(), line));
+            tag.push_into(&mut answer, String::new(), line);
             continue;
         }
-        let close = find_close(&lower, tag.end);
-        let next_open = find_open(&lower, tag.end);
+        let close = find_close(&lower, kind.close(), tag.end);
+        // A new block before the close means this one was left open. Inside
+        // an artifact only another `<artifact` counts (its content may well
+        // mention `<message`); inside a message, either.
+        let next_open = match kind {
+            Kind::Artifact => find_open(&lower, OPEN, tag.end),
+            Kind::Message => [
+                find_open(&lower, OPEN, tag.end),
+                find_open(&lower, MESSAGE_OPEN, tag.end),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+        };
+        let (what, close_tag) = (kind.what(), kind.close_tag());
         let (close_start, close_end) = match (close, next_open) {
             (Some(found), None) => found,
             (Some(found), Some(o)) if o > found.0 => found,
             (_, Some(o)) => {
+                let next = if lower[o..].starts_with(OPEN) {
+                    "<artifact>"
+                } else {
+                    "<message>"
+                };
                 return Err(ParseError {
                     line,
                     message: format!(
-                        "artifact block {describe} is not closed: add </artifact> after its content, before the next <artifact> tag (line {})",
+                        "{what} block {describe} is not closed: add {close_tag} after its content, before the next {next} tag (line {})",
                         line_of(text, o)
                     ),
                 });
@@ -76,7 +131,7 @@ pub fn parse_output(text: &str) -> Result<Vec<ParsedBlock>, ParseError> {
                 return Err(ParseError {
                     line,
                     message: format!(
-                        "artifact block {describe} is never closed: add </artifact> after its content (was the answer cut off?)"
+                        "{what} block {describe} is never closed: add {close_tag} after its content (was the answer cut off?)"
                     ),
                 });
             }
@@ -91,37 +146,74 @@ pub fn parse_output(text: &str) -> Result<Vec<ParsedBlock>, ParseError> {
             .or_else(|| content.strip_suffix('\n'))
             .unwrap_or(content);
         pos = close_end;
-        blocks.push(tag.into_block(content.to_string(), line));
+        tag.push_into(&mut answer, content.to_string(), line);
     }
-    Ok(blocks)
+    Ok(answer)
 }
 
-/// Byte offset of the next `<artifact` tag (followed by space, `>` or `/`) at or after `from`.
-fn find_open(lower: &str, from: usize) -> Option<usize> {
+/// The two kinds of block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Artifact,
+    Message,
+}
+
+impl Kind {
+    fn open(self) -> &'static str {
+        match self {
+            Kind::Artifact => OPEN,
+            Kind::Message => MESSAGE_OPEN,
+        }
+    }
+
+    fn close(self) -> &'static str {
+        match self {
+            Kind::Artifact => CLOSE,
+            Kind::Message => MESSAGE_CLOSE,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Artifact => "artifact",
+            Kind::Message => "message",
+        }
+    }
+
+    fn close_tag(self) -> &'static str {
+        match self {
+            Kind::Artifact => "</artifact>",
+            Kind::Message => "</message>",
+        }
+    }
+}
+
+/// Byte offset of the next `open` tag (followed by space, `>` or `/`) at or after `from`.
+fn find_open(lower: &str, open: &str, from: usize) -> Option<usize> {
     let mut at = from;
-    while let Some(i) = lower.get(at..)?.find(OPEN) {
+    while let Some(i) = lower.get(at..)?.find(open) {
         let start = at + i;
-        match lower.as_bytes().get(start + OPEN.len()) {
+        match lower.as_bytes().get(start + open.len()) {
             Some(b) if b.is_ascii_whitespace() || *b == b'>' || *b == b'/' => return Some(start),
             None => return Some(start),
-            _ => at = start + OPEN.len(),
+            _ => at = start + open.len(),
         }
     }
     None
 }
 
-/// `(start, end)` of the next `</artifact>` (spaces allowed before `>`).
-fn find_close(lower: &str, from: usize) -> Option<(usize, usize)> {
+/// `(start, end)` of the next `close` tag (spaces allowed before `>`).
+fn find_close(lower: &str, close: &str, from: usize) -> Option<(usize, usize)> {
     let mut at = from;
-    while let Some(i) = lower.get(at..)?.find(CLOSE) {
+    while let Some(i) = lower.get(at..)?.find(close) {
         let start = at + i;
-        let rest = &lower[start + CLOSE.len()..];
+        let rest = &lower[start + close.len()..];
         let trimmed = rest.trim_start();
         if trimmed.starts_with('>') {
-            let end = start + CLOSE.len() + (rest.len() - trimmed.len()) + 1;
+            let end = start + close.len() + (rest.len() - trimmed.len()) + 1;
             return Some((start, end));
         }
-        at = start + CLOSE.len();
+        at = start + close.len();
     }
     None
 }
@@ -131,8 +223,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 struct Tag {
+    kind: Kind,
+    /// `name` of an artifact, `channel` of a message.
     name: Option<String>,
-    kind: Option<String>,
+    /// `type` of an artifact.
+    type_: Option<String>,
     path: Option<String>,
     /// Byte offset just after the tag's `>`.
     end: usize,
@@ -142,30 +237,41 @@ struct Tag {
 impl Tag {
     fn describe(&self) -> String {
         let name = self.name.as_deref().unwrap_or("?");
-        match &self.path {
-            Some(p) => format!("{name:?} (path {p:?})"),
-            None => format!("{name:?}"),
+        match (&self.path, self.kind) {
+            (Some(p), Kind::Artifact) => format!("{name:?} (path {p:?})"),
+            (_, Kind::Artifact) => format!("{name:?}"),
+            (_, Kind::Message) => format!("to channel {name:?}"),
         }
     }
 
-    fn into_block(self, content: String, line: usize) -> ParsedBlock {
-        ParsedBlock {
-            name: self.name.unwrap_or_default(),
-            kind: self.kind,
-            path: self.path,
-            content,
-            line,
+    fn push_into(self, answer: &mut ParsedAnswer, content: String, line: usize) {
+        match self.kind {
+            Kind::Artifact => answer.artifacts.push(ParsedBlock {
+                name: self.name.unwrap_or_default(),
+                kind: self.type_,
+                path: self.path,
+                content,
+                line,
+            }),
+            Kind::Message => answer.messages.push(ParsedMessage {
+                channel: self.name.unwrap_or_default(),
+                text: content,
+                line,
+            }),
         }
     }
 }
 
-/// Parse the attributes of an opening tag starting at byte `at` (after `<artifact`).
-fn parse_tag(text: &str, mut at: usize, line: usize) -> Result<Tag, ParseError> {
+/// Parse the attributes of an opening tag starting at byte `at` (after
+/// `<artifact` or `<message`).
+fn parse_tag(text: &str, mut at: usize, line: usize, kind: Kind) -> Result<Tag, ParseError> {
     let bytes = text.as_bytes();
     let err = |message: String| Err(ParseError { line, message });
+    let what = kind.what();
     let mut tag = Tag {
+        kind,
         name: None,
-        kind: None,
+        type_: None,
         path: None,
         end: 0,
         self_closing: false,
@@ -177,10 +283,9 @@ fn parse_tag(text: &str, mut at: usize, line: usize) -> Result<Tag, ParseError> 
         }
         match bytes.get(at) {
             None => {
-                return err(
-                    "the <artifact ...> tag is never closed with '>' (was the answer cut off?)"
-                        .into(),
-                );
+                return err(format!(
+                    "the <{what} ...> tag is never closed with '>' (was the answer cut off?)"
+                ));
             }
             Some(b'>') => {
                 tag.end = at + 1;
@@ -201,9 +306,11 @@ fn parse_tag(text: &str, mut at: usize, line: usize) -> Result<Tag, ParseError> 
         }
         if at == key_start {
             let found: String = text[at..].chars().take(1).collect();
-            return err(format!(
-                "unexpected {found:?} in an <artifact> tag; write attributes as name=\"...\" type=\"...\" path=\"...\""
-            ));
+            let hint = match kind {
+                Kind::Artifact => "write attributes as name=\"...\" type=\"...\" path=\"...\"",
+                Kind::Message => "write <message channel=\"team\">",
+            };
+            return err(format!("unexpected {found:?} in an <{what}> tag; {hint}"));
         }
         let key = text[key_start..at].to_ascii_lowercase();
         while at < bytes.len() && bytes[at].is_ascii_whitespace() {
@@ -211,7 +318,7 @@ fn parse_tag(text: &str, mut at: usize, line: usize) -> Result<Tag, ParseError> 
         }
         if bytes.get(at) != Some(&b'=') {
             return err(format!(
-                "attribute {key:?} of an <artifact> tag has no value; write {key}=\"...\""
+                "attribute {key:?} of an <{what}> tag has no value; write {key}=\"...\""
             ));
         }
         at += 1;
@@ -247,34 +354,37 @@ fn parse_tag(text: &str, mut at: usize, line: usize) -> Result<Tag, ParseError> 
                 "the value of attribute {key:?} spans lines; check its quotes"
             ));
         }
-        let canonical = if key == "kind" {
-            "type".to_string()
-        } else {
-            key
+        let canonical = match (kind, key.as_str()) {
+            (Kind::Artifact, "kind") => "type".to_string(),
+            (Kind::Message, "to") => "channel".to_string(),
+            _ => key,
         };
         if seen.contains(&canonical) {
             return err(format!(
-                "attribute {canonical:?} is given twice in one <artifact> tag"
+                "attribute {canonical:?} is given twice in one <{what}> tag"
             ));
         }
         let value = value.trim().to_string();
-        match canonical.as_str() {
-            "name" => tag.name = Some(value),
-            "type" => tag.kind = (!value.is_empty()).then_some(value),
-            "path" => tag.path = (!value.is_empty()).then_some(value),
+        match (kind, canonical.as_str()) {
+            (Kind::Artifact, "name") | (Kind::Message, "channel") => tag.name = Some(value),
+            (Kind::Artifact, "type") => tag.type_ = (!value.is_empty()).then_some(value),
+            (Kind::Artifact, "path") => tag.path = (!value.is_empty()).then_some(value),
             _ => {} // unknown attributes are ignored
         }
         seen.push(canonical);
     }
-    match &tag.name {
-        Some(n) if !n.is_empty() => Ok(tag),
-        _ => err(format!(
+    match (&tag.name, kind) {
+        (Some(n), _) if !n.is_empty() => Ok(tag),
+        (_, Kind::Artifact) => err(format!(
             "an <artifact> tag has no name{}; write <artifact name=\"...\" type=\"...\">",
             tag.path
                 .as_deref()
                 .map(|p| format!(" (path {p:?})"))
                 .unwrap_or_default()
         )),
+        (_, Kind::Message) => err(
+            "a <message> tag has no channel; write <message channel=\"team\">...</message>".into(),
+        ),
     }
 }
 
@@ -388,5 +498,76 @@ mod tests {
         );
         assert_eq!(b.path.as_deref(), Some("docs/é.md"));
         assert_eq!(b.content, "Über → ok");
+    }
+
+    #[test]
+    fn message_blocks_are_parsed_alongside_artifacts() {
+        let text = "Done.\n<message channel=\"team\">\nThe API answers 422 on invalid input.\n</message>\n<artifact name=\"backend_code\" type=\"code\" path=\"backend/app.py\">\n# <message channel=\"x\"> in code is content\nprint(1)\n</artifact>\n<MESSAGE To='frontend_engineer'>see /todos</Message >\n<message channel=\"team\"/>";
+        let a = parse_answer(text).unwrap();
+        assert_eq!(a.artifacts.len(), 1);
+        assert!(a.artifacts[0].content.contains("<message channel=\"x\">"));
+        assert_eq!(
+            a.messages,
+            vec![
+                ParsedMessage {
+                    channel: "team".into(),
+                    text: "The API answers 422 on invalid input.".into(),
+                    line: 2,
+                },
+                ParsedMessage {
+                    channel: "frontend_engineer".into(),
+                    text: "see /todos".into(),
+                    line: 9,
+                },
+                ParsedMessage {
+                    channel: "team".into(),
+                    text: String::new(),
+                    line: 10,
+                },
+            ]
+        );
+        assert_eq!(parse_output(text).unwrap(), a.artifacts);
+        // `<messages>` or `<message-id>` are not message tags.
+        assert!(
+            parse_answer("<messages>x</messages> <message-id>")
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn malformed_message_blocks_are_errors() {
+        let cases = [
+            ("<message>hi</message>", "no channel"),
+            ("<message channel=\"\">hi</message>", "no channel"),
+            ("<message channel=\"a\" to=\"b\">hi</message>", "twice"),
+            (
+                "<message channel=\"team\">\nhi",
+                "never closed: add </message>",
+            ),
+            (
+                "<message channel=\"team\">hi\n<artifact name=\"a\">x</artifact>",
+                "before the next <artifact> tag (line 2)",
+            ),
+            (
+                "<message channel=\"team\">hi\n<message channel=\"b\">x</message>",
+                "before the next <message> tag (line 2)",
+            ),
+            ("<message channel=\"team\" \"x\">hi</message>", "unexpected"),
+            (
+                "<message channel=\"team\"",
+                "<message ...> tag is never closed",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_answer(text).expect_err(text).to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // An artifact left open before a message is still the artifact's error.
+        let e = parse_answer("<artifact name=\"a\">\nx\n<message channel=\"team\">hi</message>")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("artifact block \"a\" is never closed"), "{e}");
     }
 }

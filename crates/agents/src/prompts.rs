@@ -12,7 +12,21 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use orch_core::{Role, Task, ValidationRule};
 use serde_json::{Value, json};
 
-use crate::{AgentError, TaskInput};
+use crate::{AgentError, ChannelPost, TaskInput};
+
+/// Most channel messages a task message shows (the latest ones).
+pub(crate) const MAX_SHOWN_MESSAGES: usize = 20;
+/// Most bytes of channel message text a task message shows.
+pub(crate) const MAX_SHOWN_MESSAGE_BYTES: usize = 4096;
+
+/// What a role's allowlist lets it do, as far as the prompts tell it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Abilities {
+    /// May write workspace files (`write_file`): blocks with a `path`.
+    pub writes_files: bool,
+    /// May post on the run's channels (`post_message`): `<message>` blocks.
+    pub posts_messages: bool,
+}
 
 /// Every template, by name.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -113,28 +127,63 @@ fn example(role: Role) -> (&'static str, &'static str, Option<&'static str>) {
     }
 }
 
-fn role_context(role: Role, writes: bool) -> Value {
+fn role_context(role: Role, can: Abilities) -> Value {
     let (name, kind, path) = example(role);
     json!({
         "role": role.as_str(),
         "role_title": role.title(),
         "is_reviewer": is_reviewer(role),
-        "writes_files": writes,
+        "writes_files": can.writes_files,
+        "posts_messages": can.posts_messages,
         "example_name": name,
         "example_type": kind,
-        "example_path": if writes { path } else { None },
+        "example_path": if can.writes_files { path } else { None },
     })
 }
 
 pub(crate) fn system_prompt(
     env: &Environment<'static>,
     role: Role,
-    writes: bool,
+    can: Abilities,
 ) -> Result<String, AgentError> {
     let name = format!("{}.md.j2", role.as_str());
     env.get_template(&name)
-        .and_then(|t| t.render(Serde(role_context(role, writes))))
+        .and_then(|t| t.render(Serde(role_context(role, can))))
         .map_err(template_error)
+}
+
+/// The latest channel messages to show: at most [`MAX_SHOWN_MESSAGES`] and
+/// [`MAX_SHOWN_MESSAGE_BYTES`] of text (the newest message is always shown,
+/// shortened if it alone is too long), oldest first; and how many earlier
+/// ones were left out.
+fn shown_messages(messages: &[ChannelPost]) -> (Vec<Value>, usize) {
+    let mut shown = Vec::new();
+    let mut bytes = 0;
+    for m in messages.iter().rev() {
+        if shown.len() == MAX_SHOWN_MESSAGES {
+            break;
+        }
+        let mut text = m.text.trim().to_string();
+        if bytes + text.len() > MAX_SHOWN_MESSAGE_BYTES {
+            if !shown.is_empty() {
+                break;
+            }
+            let mut cut = MAX_SHOWN_MESSAGE_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("… (shortened)");
+        }
+        bytes += text.len();
+        shown.push(json!({
+            "channel": m.channel, "from_role": m.from_role.as_str(), "task_id": m.task_id,
+            "text": text,
+        }));
+    }
+    shown.reverse();
+    let omitted = messages.len() - shown.len();
+    (shown, omitted)
 }
 
 /// Validation rules in words, for the task message.
@@ -163,7 +212,7 @@ fn describe_rules(task: &Task) -> Vec<String> {
 pub(crate) fn task_message(
     env: &Environment<'static>,
     input: &TaskInput<'_>,
-    writes: bool,
+    can: Abilities,
 ) -> Result<String, AgentError> {
     let task = input.task;
     let context = if input.run.context.is_null() {
@@ -191,7 +240,8 @@ pub(crate) fn task_message(
                 .then(|| "security review".to_string())
         })
         .unwrap_or_else(|| "code review".into());
-    let mut ctx = role_context(task.role, writes);
+    let (messages, messages_omitted) = shown_messages(input.messages);
+    let mut ctx = role_context(task.role, can);
     let extra = json!({
         "goal": input.run.goal.trim(),
         "context": context,
@@ -202,6 +252,8 @@ pub(crate) fn task_message(
         "findings": task.findings,
         "findings_gate": findings_gate,
         "upstream": upstream,
+        "messages": messages,
+        "messages_omitted": messages_omitted,
         "expected": task.expected,
         "rules": describe_rules(task),
         "gate": task.gate.map(|g| g.as_str()),
@@ -233,4 +285,41 @@ pub(crate) fn repair_message(
             })))
         })
         .map_err(template_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(i: usize, text: String) -> ChannelPost {
+        ChannelPost {
+            channel: "team".into(),
+            from_role: Role::TechLead,
+            task_id: format!("t{i}"),
+            text,
+            seq: Some(i as i64),
+        }
+    }
+
+    #[test]
+    fn the_latest_messages_are_shown_within_the_caps() {
+        let many: Vec<_> = (0..25).map(|i| post(i, format!("m{i}"))).collect();
+        let (shown, omitted) = shown_messages(&many);
+        assert_eq!((shown.len(), omitted), (MAX_SHOWN_MESSAGES, 5));
+        assert_eq!(shown[0]["text"], "m5");
+        assert_eq!(shown[19]["text"], "m24");
+        assert_eq!(shown[19]["from_role"], "tech_lead");
+
+        let big: Vec<_> = (0..3).map(|i| post(i, "x".repeat(1500))).collect();
+        let (shown, omitted) = shown_messages(&big);
+        assert_eq!((shown.len(), omitted), (2, 1), "3 x 1500 bytes exceed 4 KB");
+        assert_eq!(shown[1]["task_id"], "t2");
+
+        let huge = vec![post(0, "é".repeat(3000))];
+        let (shown, omitted) = shown_messages(&huge);
+        assert_eq!(omitted, 0, "the newest is always shown");
+        let text = shown[0]["text"].as_str().unwrap();
+        assert!(text.ends_with("… (shortened)") && text.len() < MAX_SHOWN_MESSAGE_BYTES + 20);
+        assert_eq!(shown_messages(&[]).0.len(), 0);
+    }
 }

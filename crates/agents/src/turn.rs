@@ -3,9 +3,11 @@
 //! 1. Render the role's system prompt and the task message.
 //! 2. Call the provider (step 0), with `llm_request` and then `llm_response`
 //!    or `llm_error` events sent to the sink as they happen.
-//! 3. Parse the tagged blocks; write each one through the tool executor
-//!    (`write_file` when it has a path, else `write_artifact`), so the role's
-//!    allowlist applies and every write is audited. A denied write is dropped.
+//! 3. Parse the tagged blocks; write each artifact block through the tool
+//!    executor (`write_file` when it has a path, else `write_artifact`), so
+//!    the role's allowlist applies and every write is audited, then post each
+//!    `<message>` block with `post_message` the same way. A denied write or
+//!    post is dropped; an invalid one (a bad channel name) is a problem.
 //! 4. Review tasks: take the verdict from the review artifact, else from the
 //!    whole answer.
 //! 5. Validate with [`orch_core::validate::check_output`]. On problems, one
@@ -20,11 +22,12 @@ use std::time::Instant;
 
 use orch_core::{EventKind, NewArtifact, NewEvent, Usage, Verdict, validate::check_output};
 use orch_llm::{CallMeta, Message, Provider, Request, Response, StopReason};
-use orch_tools::ToolContext;
 use orch_tools::builtin::{WRITE_ARTIFACT, WRITE_FILE, human_size};
+use orch_tools::channel::POST_MESSAGE;
+use orch_tools::{ChannelPost, ToolContext};
 use serde_json::json;
 
-use crate::parse::{ParsedBlock, parse_output};
+use crate::parse::{ParsedBlock, parse_answer};
 use crate::{AgentError, AgentFailure, AgentOutput, Agents, EventSink, TaskInput, prompts};
 
 /// Output token limit of every call.
@@ -84,13 +87,23 @@ pub(crate) async fn run(
         let checked = check_answer(agents, &input, &response);
         events.extend(checked.events);
         match checked.result {
-            Ok((artifacts, verdict)) => {
-                let summary = summarize(&artifacts, verdict.as_ref(), step);
+            Ok(Accepted {
+                artifacts,
+                verdict,
+                messages,
+            }) => {
+                let mut summary = summarize(&artifacts, verdict.as_ref(), step);
+                match messages.len() {
+                    0 => {}
+                    1 => summary.push_str(", posted 1 message"),
+                    n => summary.push_str(&format!(", posted {n} messages")),
+                }
                 return Ok(AgentOutput {
                     artifacts,
                     verdict,
                     summary,
                     events,
+                    messages,
                     usage,
                 });
             }
@@ -237,7 +250,13 @@ fn add_usage(total: &mut Usage, r: &Response, requested_model: &str) {
     total.cost_usd += orch_llm::cost_usd(model, &r.usage);
 }
 
-type Accepted = (Vec<NewArtifact>, Option<Verdict>);
+/// What an acceptable answer produced.
+struct Accepted {
+    artifacts: Vec<NewArtifact>,
+    verdict: Option<Verdict>,
+    /// Messages posted, in order.
+    messages: Vec<ChannelPost>,
+}
 
 struct Checked {
     result: Result<Accepted, Vec<String>>,
@@ -257,8 +276,8 @@ fn check_answer(agents: &Agents, input: &TaskInput<'_>, response: &Response) -> 
             "the answer was cut off at the output limit ({MAX_TOKENS} tokens): be more concise"
         ));
     }
-    let blocks = match parse_output(text) {
-        Ok(b) => b,
+    let answer = match parse_answer(text) {
+        Ok(a) => a,
         Err(e) => {
             problems.push(format!("the output format is broken at {e}"));
             return Checked {
@@ -267,10 +286,11 @@ fn check_answer(agents: &Agents, input: &TaskInput<'_>, response: &Response) -> 
             };
         }
     };
-    let blocks = if blocks.is_empty() {
+    // Only an answer without any block may be one untagged document.
+    let blocks = if answer.artifacts.is_empty() && answer.messages.is_empty() {
         untagged_fallback(input, text)
     } else {
-        blocks
+        answer.artifacts
     };
 
     let ctx = ToolContext::new(
@@ -278,7 +298,8 @@ fn check_answer(agents: &Agents, input: &TaskInput<'_>, response: &Response) -> 
         task.id.clone(),
         task.role,
         input.upstream.to_vec(),
-    );
+    )
+    .with_inbox(input.messages.to_vec());
     for block in &blocks {
         let kind = block
             .kind
@@ -326,7 +347,27 @@ fn check_answer(agents: &Agents, input: &TaskInput<'_>, response: &Response) -> 
         }
         events.push(exec.event);
     }
+    for message in &answer.messages {
+        let call_input = json!({"channel": message.channel, "text": message.text});
+        let exec = agents
+            .tools
+            .execute(task.role, POST_MESSAGE, &call_input, &ctx);
+        let what = format!(
+            "message to channel {:?} (line {})",
+            message.channel, message.line
+        );
+        match &exec.result {
+            Ok(_) => {}
+            Err(_) if exec.denied() => notes.push(format!(
+                "{what} was refused: the {} role may not post messages",
+                task.role
+            )),
+            Err(e) => problems.push(format!("{what}: {e}")),
+        }
+        events.push(exec.event);
+    }
     let artifacts = ctx.take_written();
+    let messages = ctx.take_posted();
 
     let mut verdict = None;
     let mut verdict_error = None;
@@ -366,7 +407,11 @@ fn check_answer(agents: &Agents, input: &TaskInput<'_>, response: &Response) -> 
     }
     if problems.is_empty() {
         Checked {
-            result: Ok((artifacts, verdict)),
+            result: Ok(Accepted {
+                artifacts,
+                verdict,
+                messages,
+            }),
             events,
         }
     } else {

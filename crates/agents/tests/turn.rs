@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use orch_agents::{AgentError, AgentOutput, Agents, CollectingSink, TaskInput};
+use orch_agents::{AgentError, AgentOutput, Agents, ChannelPost, CollectingSink, TaskInput};
 use orch_core::{Artifact, EventKind, NewArtifact, RunId, RunState, Task, VerdictKind, Workflow};
 use orch_llm::{Provider, Request, Response, ScriptedProvider, StopReason, TokenUsage};
 
@@ -87,6 +87,7 @@ async fn run(
         run: &state.run,
         task,
         upstream,
+        messages: &[],
         model: "scripted",
     };
     agents.run_task(input, provider, sink).await
@@ -480,6 +481,7 @@ async fn a_repair_turn_can_rescue_an_answer_and_usage_adds_up() {
         run: &state.run,
         task: &task,
         upstream: &[],
+        messages: &[],
         model: "claude-sonnet-4-5",
     };
     let out = agents.run_task(input, &provider, &sink).await.unwrap();
@@ -533,6 +535,7 @@ async fn untagged_single_document_answers_are_accepted() {
         run: &state.run,
         task: &task,
         upstream: &[],
+        messages: &[],
         model: "gpt-4o",
     };
     let out = agents
@@ -590,6 +593,7 @@ fn prompts_cover_every_role_and_the_task() {
         run: &state.run,
         task: &task,
         upstream: &upstream,
+        messages: &[],
         model: "m",
     };
     let m = agents.task_message(&input).unwrap();
@@ -608,6 +612,7 @@ fn prompts_cover_every_role_and_the_task() {
         run: &state.run,
         task: &req,
         upstream: &[],
+        messages: &[],
         model: "m",
     };
     let m = agents.task_message(&input).unwrap();
@@ -629,6 +634,7 @@ fn run_task_is_send() {
         run: &state.run,
         task: &state.tasks[0],
         upstream: &[],
+        messages: &[],
         model: "scripted",
     };
     let fut = agents.run_task(input, &provider, &sink);
@@ -666,4 +672,236 @@ async fn the_generic_scripted_answer_satisfies_every_sdlc_task() {
         }
         store.store(&state.run.id, &task, &out.artifacts);
     }
+}
+
+/// The user message of the latest LLM request of `task`.
+fn prompt_of(sink: &CollectingSink, task: &str) -> String {
+    sink.events()
+        .into_iter()
+        .rfind(|e| e.kind == EventKind::LlmRequest && e.task_id.as_deref() == Some(task))
+        .unwrap()
+        .data["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+const POSTING_BACKEND: &str = r#"roles:
+  backend_engineer:
+    - text: |
+        Backend done.
+        <message channel="team">
+        Assumption: titles are unique per user; the API answers 409 on a duplicate.
+        </message>
+        <artifact name="backend_code" type="code" path="backend/app.py">
+        print("app")
+        </artifact>
+        <message to="frontend_engineer">List endpoint is GET /todos?done=true|false.</message>
+"#;
+
+#[tokio::test]
+async fn a_posted_message_reaches_the_prompt_of_a_later_task() {
+    let agents = Agents::new().unwrap();
+    let provider = ScriptedProvider::from_yaml("posting.yaml", POSTING_BACKEND).unwrap();
+    let state = new_state();
+    let sink = CollectingSink::new();
+    let backend = Task {
+        attempt: 1,
+        ..state.task("backend").unwrap().clone()
+    };
+    let out = run(&agents, &provider, &state, &backend, &[], &sink)
+        .await
+        .unwrap();
+    assert_eq!(out.artifacts.len(), 1);
+    assert_eq!(
+        out.messages,
+        vec![
+            ChannelPost {
+                channel: "team".into(),
+                from_role: orch_core::Role::BackendEngineer,
+                task_id: "backend".into(),
+                text: "Assumption: titles are unique per user; the API answers 409 on a duplicate."
+                    .into(),
+                seq: None,
+            },
+            ChannelPost {
+                channel: "frontend_engineer".into(),
+                from_role: orch_core::Role::BackendEngineer,
+                task_id: "backend".into(),
+                text: "List endpoint is GET /todos?done=true|false.".into(),
+                seq: None,
+            },
+        ]
+    );
+    assert_eq!(
+        out.summary, "wrote backend_code (12 B), posted 2 messages",
+        "{}",
+        out.summary
+    );
+    let posts: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::ToolCall && e.data["tool"] == "post_message")
+        .collect();
+    assert_eq!(posts.len(), 2, "every post is audited");
+    assert_eq!(posts[0].data["input"]["channel"], "team");
+    assert!(
+        posts[0].message.contains("posted to team"),
+        "{}",
+        posts[0].message
+    );
+
+    // The engine records them (with sequence numbers) and a later task sees them.
+    let inbox: Vec<ChannelPost> = out
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ChannelPost {
+            seq: Some(40 + i as i64),
+            ..m.clone()
+        })
+        .collect();
+    let review = Task {
+        attempt: 1,
+        ..state.task("code_review").unwrap().clone()
+    };
+    let input = TaskInput {
+        run: &state.run,
+        task: &review,
+        upstream: &[],
+        messages: &inbox,
+        model: "scripted",
+    };
+    agents.run_task(input, &provider, &sink).await.unwrap();
+    let prompt = prompt_of(&sink, "code_review");
+    assert!(prompt.contains("## Team channel messages"), "{prompt}");
+    assert!(
+        prompt.contains(
+            "<channel_message channel=\"team\" from=\"backend_engineer\" task=\"backend\">\nAssumption: titles are unique per user; the API answers 409 on a duplicate.\n</channel_message>"
+        ),
+        "{prompt}"
+    );
+    assert!(prompt.contains("channel=\"frontend_engineer\""), "{prompt}");
+    assert_eq!(prompt, agents.task_message(&input).unwrap());
+    // No messages, no section.
+    assert!(!prompt_of(&sink, "backend").contains("Team channel messages"));
+    // A long history: the latest 20 are shown.
+    let many: Vec<ChannelPost> = (0..25)
+        .map(|i| ChannelPost {
+            text: format!("note number {i}."),
+            seq: Some(i),
+            ..inbox[0].clone()
+        })
+        .collect();
+    let m = agents
+        .task_message(&TaskInput {
+            messages: &many,
+            ..input
+        })
+        .unwrap();
+    assert!(
+        m.contains("oldest first (5 earlier ones not shown)."),
+        "{m}"
+    );
+    assert!(
+        !m.contains("note number 4.")
+            && m.contains("note number 5.")
+            && m.contains("note number 24.")
+    );
+
+    // The system prompt tells specialists how to post; the orchestrator may not.
+    for role in orch_core::Role::ALL {
+        let p = agents.system_prompt(role).unwrap();
+        assert_eq!(
+            p.contains("<message channel=\"team\">"),
+            role != orch_core::Role::Orchestrator,
+            "{role}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_or_denied_posts_and_posts_of_rejected_answers_are_not_posted() {
+    let state = new_state();
+    let task = Task {
+        attempt: 1,
+        ..state.task("architecture").unwrap().clone()
+    };
+    // A bad channel name is a problem the repair turn fixes; only the
+    // accepted answer's messages are posted.
+    let provider = Fake {
+        model: "m",
+        answers: Mutex::new(vec![
+            "<message channel=\"Team Chat\">first</message>\n<artifact name=\"architecture\" type=\"architecture\">\n# A\n</artifact>",
+            "<message channel=\"team\">second</message>\n<artifact name=\"architecture\" type=\"architecture\">\n# A\n</artifact>",
+        ]),
+    };
+    let agents = Agents::new().unwrap();
+    let sink = CollectingSink::new();
+    let input = TaskInput {
+        run: &state.run,
+        task: &task,
+        upstream: &[],
+        messages: &[],
+        model: "m",
+    };
+    let out = agents.run_task(input, &provider, &sink).await.unwrap();
+    let rejected = out
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::ValidationFailed)
+        .unwrap();
+    assert!(
+        rejected
+            .message
+            .contains("message to channel \"Team Chat\" (line 1)")
+            && rejected.message.contains("lowercase"),
+        "{}",
+        rejected.message
+    );
+    assert_eq!(out.messages.len(), 1);
+    assert_eq!(out.messages[0].text, "second");
+
+    // A role whose allowlist lacks post_message: the post is dropped, audited
+    // as denied, and the task still succeeds.
+    let tools = orch_tools::ToolExecutor::new(
+        orch_tools::Registry::builtin(),
+        orch_tools::Allowlists::default().deny(orch_core::Role::TechLead, "post_message"),
+    );
+    let agents = Agents::with_tools(tools).unwrap();
+    assert!(
+        !agents
+            .system_prompt(orch_core::Role::TechLead)
+            .unwrap()
+            .contains("<message channel=")
+    );
+    let provider = Fake {
+        model: "m",
+        answers: Mutex::new(vec![
+            "<message channel=\"team\">hello</message>\n<artifact name=\"architecture\" type=\"architecture\">\n# Architecture\n</artifact>",
+        ]),
+    };
+    let out = agents.run_task(input, &provider, &sink).await.unwrap();
+    assert!(out.messages.is_empty());
+    assert!(
+        out.events
+            .iter()
+            .any(|e| e.kind == EventKind::ToolDenied && e.data["tool"] == "post_message")
+    );
+    assert_eq!(out.summary, "wrote architecture (14 B)");
+
+    // A failed attempt has no messages to post (AgentFailure carries none),
+    // and an answer of messages only is not taken as an untagged document.
+    let provider = Fake {
+        model: "m",
+        answers: Mutex::new(vec!["<message channel=\"team\">only a note</message>"]),
+    };
+    let failure = agents.run_task(input, &provider, &sink).await.unwrap_err();
+    let AgentError::InvalidOutput { problems } = &failure.error else {
+        panic!("{:?}", failure.error)
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("architecture")),
+        "{problems:?}"
+    );
 }

@@ -10,6 +10,15 @@
 //! carries *wake-ups* (a run id whose state changed) from workers to the
 //! engine loop, so the engine reacts at once instead of polling.
 //!
+//! **Channels.** Agents post [`ChannelMessage`]s on named channels of a run
+//! (`team`, `backend_engineer`, ...). The broker delivers them live to
+//! whoever subscribed ([`Broker::subscribe_channel`]): a tokio broadcast per
+//! run and channel in process, Redis pub/sub (`{prefix}chan:{run}:{channel}`)
+//! in distributed mode. Live delivery is best effort and lossy by design:
+//! every message is first committed as a `channel_message` event of the run,
+//! so nothing is lost when nobody is listening; readers catch up from the
+//! event log.
+//!
 //! This crate depends on `orch-core` only.
 
 use std::sync::Arc;
@@ -55,6 +64,11 @@ pub enum Error {
     Backend(String),
     #[error("malformed queue message: {0}")]
     Malformed(String),
+    /// A channel name outside `[a-z0-9_-]{1,64}`.
+    #[error(
+        "invalid channel name {0:?}: use 1-64 lowercase letters, digits, '_' or '-' (e.g. team)"
+    )]
+    InvalidChannel(String),
 }
 
 /// `Result` with this crate's [`Error`].
@@ -75,6 +89,144 @@ pub struct Delivery {
     pub dispatch: Dispatch,
     /// Backend-specific receipt (Redis stream entry id; empty in process).
     pub receipt: String,
+}
+
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_NAME: usize = 64;
+
+/// Check a channel name: 1 to [`MAX_CHANNEL_NAME`] of `[a-z0-9_-]`.
+pub fn check_channel_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidChannel(name.to_string()))
+    }
+}
+
+/// A message an agent posted on a named channel of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelMessage {
+    pub run_id: RunId,
+    /// `[a-z0-9_-]{1,64}` (see [`check_channel_name`]).
+    pub channel: String,
+    /// Role of the agent that posted it.
+    pub from_role: Role,
+    /// Task whose (successful) attempt posted it.
+    pub task_id: String,
+    pub text: String,
+    /// Sequence number of the `channel_message` event recording it, when the
+    /// sender knows it (messages read back from the event log); `None` on
+    /// live delivery from a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+}
+
+/// A live subscription to one channel of one run, from
+/// [`Broker::subscribe_channel`]. Dropping it unsubscribes.
+///
+/// **Lossy.** It yields the messages published after `subscribe_channel`
+/// returned, in publish order, while it is held. It misses messages
+/// published before, messages published while the Redis connection is down,
+/// and (in process) messages it fell more than [`MemoryBroker::CHANNEL_CAPACITY`]
+/// behind on; [`ChannelSubscription::missed`] counts those it knows about.
+/// The event log of the run has every message (`channel_message` events).
+pub struct ChannelSubscription {
+    run_id: RunId,
+    channel: String,
+    source: SubscriptionSource,
+    missed: u64,
+}
+
+/// Where a subscription's messages come from.
+pub(crate) enum SubscriptionSource {
+    /// The in-process broadcast of the run's channel.
+    Memory(tokio::sync::broadcast::Receiver<ChannelMessage>),
+    /// A dedicated Redis pub/sub connection subscribed to the channel's key
+    /// (held by the stream: dropping it closes the connection).
+    Redis {
+        key: String,
+        stream: ::redis::aio::PubSubStream,
+    },
+}
+
+impl std::fmt::Debug for ChannelSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            SubscriptionSource::Memory(_) => "in-process".to_string(),
+            SubscriptionSource::Redis { key, .. } => format!("redis {key}"),
+        };
+        f.debug_struct("ChannelSubscription")
+            .field("run_id", &self.run_id)
+            .field("channel", &self.channel)
+            .field("source", &source)
+            .field("missed", &self.missed)
+            .finish()
+    }
+}
+
+impl ChannelSubscription {
+    pub(crate) fn new(run_id: &RunId, channel: &str, source: SubscriptionSource) -> Self {
+        ChannelSubscription {
+            run_id: run_id.clone(),
+            channel: channel.to_string(),
+            source,
+            missed: 0,
+        }
+    }
+
+    pub fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Messages known to have been missed so far (fallen behind in process,
+    /// or malformed on Redis).
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// The next message; `None` when the subscription has ended (the broker
+    /// was dropped or the Redis connection was lost: subscribe again and
+    /// catch up from the event log). Cancel-safe. Wrap it in
+    /// `tokio::time::timeout` to wait a bounded time.
+    pub async fn next(&mut self) -> Option<ChannelMessage> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let msg = match &mut self.source {
+                SubscriptionSource::Memory(rx) => match rx.recv().await {
+                    Ok(m) => m,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(run = %self.run_id, channel = %self.channel, missed = n, "channel subscriber fell behind; messages skipped (they are in the event log)");
+                        self.missed += n;
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                SubscriptionSource::Redis { key, stream } => {
+                    match crate::redis::next_channel_message(key, stream).await? {
+                        Some(m) => m,
+                        None => {
+                            self.missed += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Keys are per run and channel; this only guards against a
+            // payload that names another run or channel.
+            if msg.run_id == self.run_id && msg.channel == self.channel {
+                return Some(msg);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -98,4 +250,12 @@ pub trait Broker: Send + Sync {
     async fn wake(&self, run_id: &RunId) -> Result<()>;
     /// Wait up to `timeout` for wake-ups; returns the run ids (deduplicated, possibly empty).
     async fn wakes(&self, timeout: Duration) -> Result<Vec<RunId>>;
+    /// Deliver `msg` to the current subscribers of its run's channel (none is
+    /// fine: the message is not kept). [`Error::InvalidChannel`] for a bad
+    /// channel name. Callers record the message as an event first.
+    async fn publish_channel(&self, msg: &ChannelMessage) -> Result<()>;
+    /// Subscribe to `channel` of `run_id`: messages published from the time
+    /// this returns (see [`ChannelSubscription`] for what may be missed).
+    async fn subscribe_channel(&self, run_id: &RunId, channel: &str)
+    -> Result<ChannelSubscription>;
 }

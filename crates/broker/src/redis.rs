@@ -37,6 +37,15 @@
 //! while no engine runs wait in the stream (bounded by `MAXLEN ~ 10000`: a
 //! wake-up is only a hint, the engine's sweeper finds every run anyway).
 //!
+//! **Channels.** [`Broker::publish_channel`] is `PUBLISH
+//! {prefix}chan:{run_id}:{channel} <json>`, the JSON being the
+//! [`ChannelMessage`]: readable with `redis-cli SUBSCRIBE chan:<run>:team`.
+//! [`Broker::subscribe_channel`] opens a dedicated pub/sub connection per
+//! subscription (a subscribed connection can run no other command) and
+//! returns once the server confirmed the `SUBSCRIBE`. Pub/sub keeps nothing:
+//! a message published while nobody is subscribed, or while a subscriber's
+//! connection is down, is gone from Redis; the event log has it.
+//!
 //! **Connections and errors.** Non-blocking commands share one multiplexed
 //! [`ConnectionManager`], which reconnects in the background after a
 //! connection is lost. A blocking read holds its connection until it returns,
@@ -57,7 +66,10 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, RedisError};
 use tracing::{debug, warn};
 
-use crate::{Broker, Delivery, Dispatch, Error, Result};
+use crate::{
+    Broker, ChannelMessage, ChannelSubscription, Delivery, Dispatch, Error, Result,
+    SubscriptionSource, check_channel_name,
+};
 
 /// Consumer group of every role stream.
 const WORKERS: &str = "workers";
@@ -65,6 +77,8 @@ const WORKERS: &str = "workers";
 const ENGINES: &str = "engines";
 /// Name of the wake-up stream, after the prefix.
 const WAKES_STREAM: &str = "orch:wakes";
+/// Start of every channel's pub/sub key, after the prefix.
+const CHANNEL_KEY: &str = "chan:";
 /// Most wake-ups read by one [`Broker::wakes`] call.
 const WAKES_BATCH: usize = 256;
 /// Approximate bound of the wake-up stream's length.
@@ -216,6 +230,11 @@ impl RedisBroker {
     /// The wake-up stream: `{prefix}orch:wakes`.
     pub fn wakes_key(&self) -> String {
         format!("{}{WAKES_STREAM}", self.prefix)
+    }
+
+    /// The pub/sub key of `channel` of `run_id`: `{prefix}chan:{run_id}:{channel}`.
+    pub fn channel_key(&self, run_id: &RunId, channel: &str) -> String {
+        format!("{}{CHANNEL_KEY}{}:{channel}", self.prefix, run_id.as_str())
     }
 
     /// Delete every stream of this broker (role queues and wake-ups), with
@@ -511,6 +530,70 @@ impl Broker for RedisBroker {
             }
         }
         Ok(out)
+    }
+
+    async fn publish_channel(&self, msg: &ChannelMessage) -> Result<()> {
+        check_channel_name(&msg.channel)?;
+        let key = self.channel_key(&msg.run_id, &msg.channel);
+        let payload = serde_json::to_string(msg)
+            .map_err(|e| Error::Backend(format!("cannot encode a channel message: {e}")))?;
+        redis::cmd("PUBLISH")
+            .arg(&key)
+            .arg(payload)
+            .exec_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| backend("PUBLISH", &key, e))
+    }
+
+    async fn subscribe_channel(
+        &self,
+        run_id: &RunId,
+        channel: &str,
+    ) -> Result<ChannelSubscription> {
+        check_channel_name(channel)?;
+        let key = self.channel_key(run_id, channel);
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&key).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let limit = CONNECT_TIMEOUT + RESPONSE_TIMEOUT;
+        let pubsub = match tokio::time::timeout(limit, subscribe).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(backend("SUBSCRIBE", &key, e)),
+            Err(_) => {
+                return Err(Error::Backend(format!(
+                    "Redis SUBSCRIBE {key}: no reply within {limit:?}"
+                )));
+            }
+        };
+        debug!(channel = %key, "subscribed");
+        Ok(ChannelSubscription::new(
+            run_id,
+            channel,
+            SubscriptionSource::Redis {
+                key,
+                stream: pubsub.into_on_message(),
+            },
+        ))
+    }
+}
+
+/// The next message of a channel subscription: `None` when the connection is
+/// gone, `Some(None)` for a payload that is not a [`ChannelMessage`] (logged
+/// and skipped).
+pub(crate) async fn next_channel_message(
+    key: &str,
+    stream: &mut redis::aio::PubSubStream,
+) -> Option<Option<ChannelMessage>> {
+    use futures_util::StreamExt;
+    let msg = stream.next().await?;
+    match serde_json::from_slice::<ChannelMessage>(msg.get_payload_bytes()) {
+        Ok(m) => Some(Some(m)),
+        Err(e) => {
+            warn!(channel = %key, error = %e, "malformed channel message skipped");
+            Some(None)
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orch_broker::{Broker, Dispatch, MemoryBroker, RedisBroker};
+use orch_broker::{Broker, ChannelMessage, Dispatch, Error, MemoryBroker, RedisBroker};
 use orch_core::{Role, RunId};
 
 fn dispatch(task: &str, role: Role) -> Dispatch {
@@ -71,12 +71,112 @@ async fn wakes_are_deduplicated(b: &dyn Broker) {
     assert!(b.wakes(Duration::from_millis(10)).await.unwrap().is_empty());
 }
 
+fn message(run: &str, channel: &str, text: &str) -> ChannelMessage {
+    ChannelMessage {
+        run_id: RunId(run.into()),
+        channel: channel.into(),
+        from_role: Role::BackendEngineer,
+        task_id: "backend".into(),
+        text: text.into(),
+        seq: None,
+    }
+}
+
+async fn next_within(sub: &mut orch_broker::ChannelSubscription) -> Option<ChannelMessage> {
+    tokio::time::timeout(Duration::from_millis(300), sub.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A unique run id, so that suites sharing a Redis server never cross.
+fn run_id() -> String {
+    format!("run-{}", uuid::Uuid::new_v4())
+}
+
+async fn channels_deliver_to_subscribers_of_that_run_and_channel(b: &dyn Broker) {
+    let (run, other_run) = (run_id(), run_id());
+    // Published before anyone subscribed: not kept (the event log keeps it).
+    b.publish_channel(&message(&run, "team", "too early"))
+        .await
+        .unwrap();
+    let mut team = b
+        .subscribe_channel(&RunId(run.clone()), "team")
+        .await
+        .unwrap();
+    let mut team2 = b
+        .subscribe_channel(&RunId(run.clone()), "team")
+        .await
+        .unwrap();
+    let mut fe = b
+        .subscribe_channel(&RunId(run.clone()), "frontend_engineer")
+        .await
+        .unwrap();
+    assert_eq!(
+        (team.run_id().as_str(), team.channel()),
+        (run.as_str(), "team")
+    );
+
+    b.publish_channel(&message(&other_run, "team", "other run"))
+        .await
+        .unwrap();
+    b.publish_channel(&message(&run, "frontend_engineer", "for fe"))
+        .await
+        .unwrap();
+    let first = message(&run, "team", "uses 422 for validation errors");
+    b.publish_channel(&first).await.unwrap();
+    b.publish_channel(&ChannelMessage {
+        seq: Some(7),
+        ..message(&run, "team", "second")
+    })
+    .await
+    .unwrap();
+
+    // Every subscriber of the channel gets every message, in order.
+    for sub in [&mut team, &mut team2] {
+        assert_eq!(next_within(sub).await, Some(first.clone()));
+        let second = next_within(sub).await.unwrap();
+        assert_eq!((second.text.as_str(), second.seq), ("second", Some(7)));
+        assert_eq!(
+            next_within(sub).await,
+            None,
+            "nothing of other runs or channels"
+        );
+        assert_eq!(sub.missed(), 0);
+    }
+    assert_eq!(next_within(&mut fe).await.unwrap().text, "for fe");
+    assert_eq!(next_within(&mut fe).await, None);
+
+    // Publishing after every subscriber left is fine.
+    drop((team, team2, fe));
+    b.publish_channel(&message(&run, "team", "nobody listens"))
+        .await
+        .unwrap();
+
+    for bad in ["", "Team", "a b", "a:b", "é", &"x".repeat(65)] {
+        let err = b
+            .publish_channel(&message(&run, bad, "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidChannel(_)), "{bad:?}: {err}");
+        let err = b
+            .subscribe_channel(&RunId(run.clone()), bad)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidChannel(_)), "{bad:?}: {err}");
+    }
+    b.subscribe_channel(&RunId(run.clone()), &"a-_9".repeat(16))
+        .await
+        .expect("64 characters is fine");
+}
+
 #[tokio::test]
 async fn memory_broker_conforms() {
     let b = MemoryBroker::new();
     queues_are_per_role(&b).await;
     fifo_within_a_queue(&b).await;
     wakes_are_deduplicated(&b).await;
+    channels_deliver_to_subscribers_of_that_run_and_channel(&b).await;
 }
 
 /// A Redis broker under a fresh random prefix, at `ORCH_TEST_REDIS_URL`
@@ -109,6 +209,7 @@ async fn redis_broker_conforms() {
     queues_are_per_role(&b).await;
     fifo_within_a_queue(&b).await;
     wakes_are_deduplicated(&b).await;
+    channels_deliver_to_subscribers_of_that_run_and_channel(&b).await;
     b.purge().await.unwrap();
 }
 

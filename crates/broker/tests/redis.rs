@@ -1,12 +1,12 @@
 //! Redis-specific broker behaviour: reclaiming from dead consumers, loss of
-//! the streams, malformed entries, wake-ups shared by several engines, and
-//! connection failures. Needs a Redis server (see `test_url`), like the
+//! the streams, malformed entries, wake-ups shared by several engines,
+//! channels across processes, and connection failures. Needs a Redis server (see `test_url`), like the
 //! conformance suite; `ORCH_SKIP_REDIS=1` skips.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orch_broker::{Broker, Dispatch, Error, RedisBroker};
+use orch_broker::{Broker, ChannelMessage, Dispatch, Error, RedisBroker};
 use orch_core::{Role, RunId};
 
 fn test_url() -> String {
@@ -340,6 +340,76 @@ async fn blocking_receives_do_not_hold_up_other_commands() {
     assert_eq!(tasks, ["fe0", "fe1", "fe2"]);
     assert!(started.elapsed() < Duration::from_secs(2));
     b.purge().await.unwrap();
+}
+
+/// A message published by one process reaches a subscriber in another, as
+/// JSON on `{prefix}chan:{run}:{channel}`; a foreign payload is skipped.
+#[tokio::test]
+async fn channel_messages_cross_processes_as_json_on_the_channel_key() {
+    if skip() {
+        return;
+    }
+    let prefix = fresh_prefix();
+    let (worker, api) = (broker_at(&prefix).await, broker_at(&prefix).await);
+    let run = RunId(format!("run-{}", uuid::Uuid::new_v4()));
+    let key = api.channel_key(&run, "team");
+    assert_eq!(key, format!("{prefix}chan:{}:team", run.as_str()));
+    let mut sub = api.subscribe_channel(&run, "team").await.unwrap();
+
+    let mut raw = raw().await;
+    redis::cmd("PUBLISH")
+        .arg(&key)
+        .arg("not json")
+        .exec_async(&mut raw)
+        .await
+        .unwrap();
+    let msg = ChannelMessage {
+        run_id: run.clone(),
+        channel: "team".into(),
+        from_role: Role::DatabaseEngineer,
+        task_id: "database".into(),
+        text: "ids are UUIDs".into(),
+        seq: None,
+    };
+    worker.publish_channel(&msg).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, msg);
+    assert_eq!(sub.missed(), 1, "the foreign payload was skipped");
+
+    // What a `redis-cli SUBSCRIBE` sees.
+    let mut listener = redis::Client::open(test_url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    listener.subscribe(&key).await.unwrap();
+    worker.publish_channel(&msg).await.unwrap();
+    let raw_msg = {
+        use futures_util::StreamExt;
+        tokio::time::timeout(Duration::from_secs(2), listener.on_message().next())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_slice(raw_msg.get_payload_bytes()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "run_id": run.as_str(), "channel": "team", "from_role": "database_engineer",
+            "task_id": "database", "text": "ids are UUIDs",
+        })
+    );
+    // Pub/sub keeps no keys behind.
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}chan:*"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    worker.purge().await.unwrap();
 }
 
 #[tokio::test]

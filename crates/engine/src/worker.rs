@@ -1,15 +1,23 @@
 //! Role workers: claim a dispatched attempt, keep its lease alive, run the
 //! agent, and commit the outcome behind the lease fence.
+//!
+//! **Channels.** Before the agent runs, the worker loads the run's channel
+//! messages so far (its `channel_message` events) as the task's inbox. The
+//! messages a successful attempt posts become `channel_message` events of its
+//! outcome, committed with it behind the fence, and are then published on
+//! the broker for live subscribers, best effort: the event is the durable
+//! record, so a message is never lost when nobody listens or the publish
+//! fails. A failed or fenced-out attempt posts nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_agents::{AgentOutput, EventSink, TaskInput};
-use orch_broker::Delivery;
-use orch_core::{NewEvent, Role, RunId, TaskStatus, Usage};
-use orch_store::{Fence, TaskOutcome};
+use orch_agents::{AgentOutput, ChannelPost, EventSink, TaskInput};
+use orch_broker::{ChannelMessage, Delivery};
+use orch_core::{Event, EventKind, NewEvent, Role, RunId, TaskStatus, Usage};
+use orch_store::{EventQuery, Fence, TaskOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -247,6 +255,8 @@ pub async fn execute_delivery(
         }
     };
 
+    // Messages posted by a successful attempt, published once it committed.
+    let mut posted: Vec<ChannelPost> = Vec::new();
     let mut outcome = match result {
         AttemptResult::Done(out) => TaskOutcome {
             status: TaskStatus::Succeeded,
@@ -256,6 +266,8 @@ pub async fn execute_delivery(
             retryable: true,
             events: {
                 let mut ev = out.events;
+                ev.extend(out.messages.iter().map(|m| channel_event(&task.id, m)));
+                posted = out.messages;
                 ev.push(
                     NewEvent::task(orch_core::EventKind::TaskSucceeded, &task.id, format!("{} succeeded: {}", task.id, out.summary))
                         .with_data(serde_json::json!({"attempt": d.attempt, "verdict": out.verdict, "cost_usd": out.usage.cost_usd})),
@@ -314,7 +326,70 @@ pub async fn execute_delivery(
     if let Err(e) = deps.broker.wake(&d.run_id).await {
         warn!(run = %d.run_id, error = %e, "wake-up not delivered; the sweeper will tick the run");
     }
+    for m in posted {
+        let msg = ChannelMessage {
+            run_id: d.run_id.clone(),
+            channel: m.channel,
+            from_role: m.from_role,
+            task_id: m.task_id,
+            text: m.text,
+            seq: None,
+        };
+        if let Err(e) = deps.broker.publish_channel(&msg).await {
+            warn!(run = %d.run_id, channel = %msg.channel, error = %e, "channel message not published live; it is in the event log");
+        }
+    }
     Ok(())
+}
+
+/// The `channel_message` event recording a posted message.
+fn channel_event(task_id: &str, m: &ChannelPost) -> NewEvent {
+    const SHOWN: usize = 120;
+    let first = m.text.lines().next().unwrap_or_default();
+    let shown: String = first.chars().take(SHOWN).collect();
+    let more = if shown.len() < m.text.len() {
+        " …"
+    } else {
+        ""
+    };
+    NewEvent::task(
+        EventKind::ChannelMessage,
+        task_id,
+        format!("{} posted to {}: {shown}{more}", m.from_role, m.channel),
+    )
+    .with_data(serde_json::json!({
+        "channel": m.channel,
+        "from_role": m.from_role,
+        "text": m.text,
+    }))
+}
+
+/// A message recorded by [`channel_event`], read back; `None` for a
+/// `channel_message` event of another shape (e.g. written by another tool).
+fn channel_post(e: &Event) -> Option<ChannelPost> {
+    if e.kind != EventKind::ChannelMessage {
+        return None;
+    }
+    let text = |k: &str| e.data.get(k).and_then(|v| v.as_str());
+    Some(ChannelPost {
+        channel: text("channel")?.to_string(),
+        from_role: text("from_role")?.parse().ok()?,
+        task_id: e.task_id.clone().unwrap_or_default(),
+        text: text("text")?.to_string(),
+        seq: Some(e.seq),
+    })
+}
+
+/// The run's channel messages so far, oldest first: its `channel_message`
+/// events. This reads the run's whole event log (LLM events included), which
+/// is fine at today's run sizes; an event query by kind in the store would
+/// make it one indexed read.
+async fn load_inbox(deps: &Deps, run_id: &RunId) -> orch_store::Result<Vec<ChannelPost>> {
+    let events = deps
+        .store
+        .list_events(run_id, EventQuery::default())
+        .await?;
+    Ok(events.iter().filter_map(channel_post).collect())
 }
 
 enum AttemptResult {
@@ -355,6 +430,15 @@ async fn run_agent(
         .into_iter()
         .filter(|a| upstream_names.contains(&a.name.as_str()))
         .collect();
+    let inbox = match load_inbox(deps, run_id).await {
+        Ok(m) => m,
+        Err(e) => {
+            return failed(
+                format!("could not load the run's channel messages: {e}"),
+                true,
+            );
+        }
+    };
     let model = opts.model_for(task.role).to_string();
     let model = if deps.provider.is_scripted() {
         deps.provider.default_model().to_string()
@@ -365,6 +449,7 @@ async fn run_agent(
         run: &state.run,
         task,
         upstream: &upstream,
+        messages: &inbox,
         model: &model,
     };
     let timeout = Duration::from_millis(task.timeout_ms.max(1) as u64);

@@ -1,16 +1,18 @@
 //! Which role may call which tool.
 //!
-//! Defaults: every specialist may `read_artifact` and `write_artifact`; the
-//! implementers (backend, frontend and database engineers) may also
-//! `write_file`; reviewers may read and write documents (their reviews) but
-//! never code; the orchestrator may only `read_artifact`. Each role's list can
-//! be replaced, extended or narrowed.
+//! Defaults: every specialist may `read_artifact` and `write_artifact`, and
+//! `post_message` and `read_messages` on the run's channels; the implementers
+//! (backend, frontend and database engineers) may also `write_file`;
+//! reviewers may read and write documents (their reviews) but never code; the
+//! orchestrator may only `read_artifact`. Each role's list can be replaced,
+//! extended or narrowed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use orch_core::Role;
 
 use crate::builtin::{READ_ARTIFACT, WRITE_ARTIFACT, WRITE_FILE};
+use crate::channel::{POST_MESSAGE, READ_MESSAGES};
 
 /// Tool names allowed per role. A role without an entry may call nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,15 +48,21 @@ impl Allowlists {
     pub fn default_for(role: Role) -> &'static [&'static str] {
         match role {
             Role::Orchestrator => &[READ_ARTIFACT],
-            Role::BackendEngineer | Role::FrontendEngineer | Role::DatabaseEngineer => {
-                &[READ_ARTIFACT, WRITE_ARTIFACT, WRITE_FILE]
-            }
+            Role::BackendEngineer | Role::FrontendEngineer | Role::DatabaseEngineer => &[
+                READ_ARTIFACT,
+                WRITE_ARTIFACT,
+                WRITE_FILE,
+                POST_MESSAGE,
+                READ_MESSAGES,
+            ],
             Role::BusinessAnalyst
             | Role::ProjectManager
             | Role::UxEngineer
             | Role::TechLead
             | Role::CodeReviewer
-            | Role::SecurityReviewer => &[READ_ARTIFACT, WRITE_ARTIFACT],
+            | Role::SecurityReviewer => {
+                &[READ_ARTIFACT, WRITE_ARTIFACT, POST_MESSAGE, READ_MESSAGES]
+            }
         }
     }
 
@@ -107,6 +115,8 @@ mod tests {
         for role in Role::SPECIALISTS {
             assert!(a.allows(role, READ_ARTIFACT), "{role}");
             assert!(a.allows(role, WRITE_ARTIFACT), "{role}");
+            assert!(a.allows(role, POST_MESSAGE), "{role}");
+            assert!(a.allows(role, READ_MESSAGES), "{role}");
         }
         for role in [
             Role::BackendEngineer,

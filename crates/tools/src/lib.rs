@@ -1,13 +1,15 @@
 //! The tool boundary of the orchestrator: what an agent may *do*, besides
 //! talking. Every effect an agent has on a run (writing an artifact or a file
-//! of the run's workspace, reading upstream artifacts) goes through a [`Tool`]
+//! of the run's workspace, reading upstream artifacts, posting to and reading
+//! from the run's channels) goes through a [`Tool`]
 //! called by the [`ToolExecutor`], which checks the role's allowlist first and
 //! returns an audit event for every call, allowed or denied.
 //!
 //! Parts: this file (the [`Tool`] trait, [`ToolContext`], [`ToolOutput`],
 //! [`Error`]), [`registry`] (the named tools), [`allowlist`] (which role may
 //! call which tool), [`executor`] (allowlist check, call, audit event),
-//! [`builtin`] (`write_artifact`, `write_file`, `read_artifact`), [`path`]
+//! [`builtin`] (`write_artifact`, `write_file`, `read_artifact`), [`channel`]
+//! (`post_message`, `read_messages`, [`ChannelPost`]), [`path`]
 //! ([`sanitize_path`], the strict check of workspace paths that `export`
 //! relies on).
 //!
@@ -20,11 +22,13 @@ use orch_core::{Artifact, NewArtifact, Role, RunId};
 
 pub mod allowlist;
 pub mod builtin;
+pub mod channel;
 pub mod executor;
 pub mod path;
 pub mod registry;
 
 pub use allowlist::Allowlists;
+pub use channel::ChannelPost;
 pub use executor::{ToolExecution, ToolExecutor};
 pub use path::sanitize_path;
 pub use registry::Registry;
@@ -88,7 +92,8 @@ impl ToolOutput {
 }
 
 /// The per-task workspace tools work on: what the task may read (its
-/// upstream artifacts) and what it has written so far.
+/// upstream artifacts, the run's earlier channel messages) and what it has
+/// written and posted so far.
 #[derive(Debug)]
 pub struct ToolContext {
     pub run_id: RunId,
@@ -96,11 +101,17 @@ pub struct ToolContext {
     pub role: Role,
     /// Latest versions of the artifacts the task may read.
     pub upstream: Vec<Artifact>,
+    /// Messages posted on the run's channels before the task started, oldest
+    /// first (empty unless set with [`ToolContext::with_inbox`]).
+    pub inbox: Vec<ChannelPost>,
     /// Artifacts written by this task's tool calls, in order. A mutex so that
     /// tools take `&ToolContext` (and a context can be shared by reference);
     /// it is only held for the duration of one push or read, never across an
     /// `.await`.
     written: Mutex<Vec<NewArtifact>>,
+    /// Messages posted by this task's tool calls, in order (the outbox; a
+    /// mutex for the same reason as `written`).
+    posted: Mutex<Vec<ChannelPost>>,
 }
 
 impl ToolContext {
@@ -115,8 +126,16 @@ impl ToolContext {
             task_id: task_id.into(),
             role,
             upstream,
+            inbox: Vec::new(),
             written: Mutex::new(Vec::new()),
+            posted: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Set the run's earlier channel messages the task may read.
+    pub fn with_inbox(mut self, inbox: Vec<ChannelPost>) -> Self {
+        self.inbox = inbox;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<NewArtifact>> {
@@ -135,6 +154,25 @@ impl ToolContext {
             Some(existing) => *existing = artifact,
             None => written.push(artifact),
         }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Vec<ChannelPost>> {
+        self.posted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a message for posting (when the attempt succeeds).
+    pub fn post(&self, message: ChannelPost) {
+        self.outbox().push(message);
+    }
+
+    /// A copy of the messages posted so far, in order.
+    pub fn posted(&self) -> Vec<ChannelPost> {
+        self.outbox().clone()
+    }
+
+    /// Take the messages posted so far, leaving the outbox empty.
+    pub fn take_posted(&self) -> Vec<ChannelPost> {
+        std::mem::take(&mut *self.outbox())
     }
 
     /// A copy of what has been written so far.

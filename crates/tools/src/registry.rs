@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::Tool;
 use crate::builtin::{ReadArtifact, WriteArtifact, WriteFile};
+use crate::channel::{PostMessage, ReadMessages};
 
 /// Tools by name. Cheap to clone (tools are shared). The default is
 /// [`Registry::builtin`].
@@ -27,12 +28,15 @@ impl Registry {
         }
     }
 
-    /// The built-in tools: `write_artifact`, `write_file`, `read_artifact`.
+    /// The built-in tools: `write_artifact`, `write_file`, `read_artifact`,
+    /// `post_message`, `read_messages`.
     pub fn builtin() -> Self {
         Registry::empty()
             .with(WriteArtifact)
             .with(WriteFile)
             .with(ReadArtifact)
+            .with(PostMessage)
+            .with(ReadMessages)
     }
 
     /// Add (or replace) a tool under its own name.
@@ -66,9 +70,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_has_the_three_tools_with_object_schemas() {
+    fn builtin_has_the_five_tools_with_object_schemas() {
         let r = Registry::builtin();
-        assert_eq!(r.names(), ["read_artifact", "write_artifact", "write_file"]);
+        assert_eq!(
+            r.names(),
+            [
+                "post_message",
+                "read_artifact",
+                "read_messages",
+                "write_artifact",
+                "write_file"
+            ]
+        );
         for t in r.iter() {
             assert_eq!(t.input_schema()["type"], "object", "{}", t.name());
             assert!(!t.description().is_empty());
