@@ -663,3 +663,51 @@ fn postgres_restarted_mid_run_loses_nothing() {
         assert!(child.try_wait().unwrap().is_none(), "{name} exited");
     }
 }
+
+/// Several `serve` processes drive the same runs at once: each step commits
+/// once (compare-and-set on the run's version), so no attempt is dispatched
+/// twice and no task runs twice.
+#[test]
+fn two_serve_processes_never_dispatch_a_task_twice() {
+    if !redis_available() || !pg_available() {
+        return;
+    }
+    let _shared = PG_LOCK.read().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::postgres(&[("SWEEP_INTERVAL_MS", "50")]);
+    c.ok(&["init-db"]);
+    c.spawn("serve1", &["serve"]);
+    c.spawn("serve2", &["serve"]);
+    c.spawn("worker1", &["worker", "--concurrency", "3"]);
+    c.spawn("worker2", &["worker", "--concurrency", "3"]);
+    let ids: Vec<String> = (0..6).map(|_| c.submit()).collect();
+    for id in &ids {
+        c.wait_until(
+            "the run to complete",
+            Duration::from_secs(90),
+            completed,
+            id,
+        );
+        assert_nothing_done_twice(&c, id);
+        let events = c.json(&["events", id, "--json"]);
+        let mut queued: Vec<(String, u64)> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "task_queued")
+            .map(|e| {
+                (
+                    e["task_id"].as_str().unwrap().to_string(),
+                    e["data"]["attempt"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let n = queued.len();
+        queued.sort();
+        queued.dedup();
+        assert_eq!(
+            queued.len(),
+            n,
+            "an attempt was dispatched twice in run {id}"
+        );
+    }
+}
