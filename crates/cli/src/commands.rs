@@ -284,6 +284,7 @@ async fn events(cfg: &Config, a: EventsArgs) -> Result<ExitCode> {
             EventQuery {
                 after_seq: a.after,
                 limit: a.limit,
+                kind: None,
             },
         )
         .await?;

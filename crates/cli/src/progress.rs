@@ -62,6 +62,7 @@ impl Follower {
                 EventQuery {
                     after_seq: self.after,
                     limit: 0,
+                    kind: None,
                 },
             )
             .await?;

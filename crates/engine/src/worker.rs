@@ -381,13 +381,17 @@ fn channel_post(e: &Event) -> Option<ChannelPost> {
 }
 
 /// The run's channel messages so far, oldest first: its `channel_message`
-/// events. This reads the run's whole event log (LLM events included), which
-/// is fine at today's run sizes; an event query by kind in the store would
-/// make it one indexed read.
+/// events (one indexed read of that kind, not the whole log).
 async fn load_inbox(deps: &Deps, run_id: &RunId) -> orch_store::Result<Vec<ChannelPost>> {
     let events = deps
         .store
-        .list_events(run_id, EventQuery::default())
+        .list_events(
+            run_id,
+            EventQuery {
+                kind: Some(orch_core::EventKind::ChannelMessage),
+                ..EventQuery::default()
+            },
+        )
         .await?;
     Ok(events.iter().filter_map(channel_post).collect())
 }

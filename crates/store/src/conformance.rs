@@ -41,6 +41,42 @@ pub async fn run_all(store: &dyn Store) {
     dead_letters_round_trip(store).await;
     list_runs_filters_and_pages(store).await;
     unknown_ids_are_not_found(store).await;
+    events_filter_by_kind(store).await;
+}
+
+/// An event query by kind returns exactly that kind, in order.
+pub async fn events_filter_by_kind(store: &dyn Store) {
+    let (state, events) = new_run(T0);
+    store
+        .create_run(&state, &events, T0)
+        .await
+        .expect("create_run");
+    let id = state.run.id.clone();
+    store
+        .append_events(
+            &id,
+            &[
+                NewEvent::task(EventKind::ChannelMessage, FIRST, "to team"),
+                NewEvent::run(EventKind::HumanInput, "hello"),
+                NewEvent::task(EventKind::ChannelMessage, FIRST, "again"),
+            ],
+            T0 + 1,
+        )
+        .await
+        .expect("append");
+    let query = EventQuery {
+        kind: Some(EventKind::ChannelMessage),
+        ..EventQuery::default()
+    };
+    let got = store.list_events(&id, query).await.expect("by kind");
+    let messages: Vec<&str> = got.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["to team", "again"]);
+    assert!(got[0].seq < got[1].seq);
+    let all = store
+        .list_events(&id, EventQuery::default())
+        .await
+        .expect("all");
+    assert_eq!(all.len(), events.len() + 3);
 }
 
 // ---------------------------------------------------------------------------
@@ -390,6 +426,7 @@ pub async fn event_seqs_have_no_gaps(store: &dyn Store) {
             EventQuery {
                 after_seq: 2,
                 limit: 3,
+                kind: None,
             },
         )
         .await
@@ -404,6 +441,7 @@ pub async fn event_seqs_have_no_gaps(store: &dyn Store) {
             EventQuery {
                 after_seq: n as i64,
                 limit: 0,
+                kind: None,
             },
         )
         .await

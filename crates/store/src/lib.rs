@@ -202,6 +202,8 @@ pub struct EventQuery {
     pub after_seq: i64,
     /// At most this many (0: no limit).
     pub limit: u32,
+    /// Only events of this kind (an indexed read).
+    pub kind: Option<orch_core::EventKind>,
 }
 
 #[async_trait]

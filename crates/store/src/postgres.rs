@@ -1424,7 +1424,8 @@ impl EventStore for PostgresStore {
                 sqlx::query(sql::LIST_EVENTS)
                     .bind(run_id.as_str())
                     .bind(query.after_seq)
-                    .bind(limit(query.limit)),
+                    .bind(limit(query.limit))
+                    .bind(query.kind.map(|k| k.as_str())),
             )
             .await?
             .iter()
