@@ -420,7 +420,12 @@ async fn run_agent(
         Err(e) => return failed(format!("could not load the run: {e}"), true),
     };
     let upstream_ids = state.upstream_of(&task.id);
-    let artifacts = match deps.store.list_artifacts(run_id, true).await {
+    // Two independent reads, on two reader connections at once.
+    let (artifacts, inbox) = tokio::join!(
+        deps.store.list_artifacts(run_id, true),
+        load_inbox(deps, run_id)
+    );
+    let artifacts = match artifacts {
         Ok(a) => a,
         Err(e) => return failed(format!("could not load upstream artifacts: {e}"), true),
     };
@@ -434,7 +439,7 @@ async fn run_agent(
         .into_iter()
         .filter(|a| upstream_names.contains(&a.name.as_str()))
         .collect();
-    let inbox = match load_inbox(deps, run_id).await {
+    let inbox = match inbox {
         Ok(m) => m,
         Err(e) => {
             return failed(
