@@ -660,32 +660,54 @@ where
     }
 }
 
-/// The orchestrator loop and sweeper; with the in-process broker, every
-/// role's workers too. Runs until SIGINT or SIGTERM, then drains.
-async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
-    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
+/// The engine of a long-running process (`serve`, `worker`): the store and
+/// broker are waited for if they are down. `None` if stopped while waiting.
+async fn service_engine(
+    cfg: &Config,
+    provider: Option<&str>,
+    concurrency: Option<usize>,
+) -> Result<Option<Engine>> {
+    let provider = wiring::choose_provider(cfg, provider)?;
     let Some(store) = with_retry("database", || wiring::open_store(cfg)).await? else {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     };
     let Some(broker) = with_retry("queue broker", || wiring::open_broker(cfg)).await? else {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     };
-    let local = broker.backend() == "in-process";
     let mut opts = wiring::engine_options(cfg);
-    if let Some(n) = a.concurrency {
+    if let Some(n) = concurrency {
         opts.concurrency = n.max(1);
     }
-    let engine = wiring::engine(store.clone(), broker, provider, opts)?;
+    Ok(Some(wiring::engine(store, broker, provider, opts)?))
+}
+
+/// Run until SIGINT or SIGTERM, then drain.
+async fn run_until_stopped(runtime: Runtime) {
+    shutdown_signal().await;
+    eprintln!(
+        "shutting down: draining in-flight attempts (up to {:?})",
+        runtime.engine().options().drain_timeout
+    );
+    runtime.shutdown().await;
+}
+
+/// The orchestrator loop and sweeper; with the in-process broker, every
+/// role's workers too.
+async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
+    let Some(engine) = service_engine(cfg, a.provider.provider.as_deref(), a.concurrency).await?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let local = engine.deps().broker.backend() == "in-process";
     let roles: Vec<Role> = if local || a.with_workers {
         Role::SPECIALISTS.to_vec()
     } else {
         Vec::new()
     };
-    let runtime = Runtime::start(engine.clone(), &roles, true);
     eprintln!(
         "orchestrator serve: store {} ({}), queues {}, {} — stop with Ctrl-C or SIGTERM",
         wiring::redact_url(&cfg.database_url),
-        store.backend(),
+        engine.deps().store.backend(),
         engine.deps().broker.backend(),
         if roles.is_empty() {
             "no local workers".to_string()
@@ -693,12 +715,7 @@ async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
             format!("workers for {} roles", roles.len())
         }
     );
-    shutdown_signal().await;
-    eprintln!(
-        "shutting down: draining in-flight attempts (up to {:?})",
-        engine.options().drain_timeout
-    );
-    runtime.shutdown().await;
+    run_until_stopped(Runtime::start(engine, &roles, true)).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -710,19 +727,10 @@ async fn worker(cfg: &Config, a: WorkerArgs) -> Result<ExitCode> {
             "`orchestrator worker` needs shared queues: set REDIS_URL (and a shared DATABASE_URL). With the in-process broker, `orchestrator serve` or `orchestrator run` runs the workers itself"
         );
     }
-    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
-    let Some(store) = with_retry("database", || wiring::open_store(cfg)).await? else {
+    let Some(engine) = service_engine(cfg, a.provider.provider.as_deref(), a.concurrency).await?
+    else {
         return Ok(ExitCode::SUCCESS);
     };
-    let Some(broker) = with_retry("queue broker", || wiring::open_broker(cfg)).await? else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    let mut opts = wiring::engine_options(cfg);
-    if let Some(n) = a.concurrency {
-        opts.concurrency = n.max(1);
-    }
-    let engine = wiring::engine(store, broker, provider, opts)?;
-    let runtime = Runtime::start(engine.clone(), &roles, false);
     eprintln!(
         "orchestrator worker: {} ({} at once each) — stop with Ctrl-C or SIGTERM",
         roles
@@ -732,12 +740,7 @@ async fn worker(cfg: &Config, a: WorkerArgs) -> Result<ExitCode> {
             .join(", "),
         engine.options().concurrency
     );
-    shutdown_signal().await;
-    eprintln!(
-        "shutting down: draining in-flight attempts (up to {:?})",
-        engine.options().drain_timeout
-    );
-    runtime.shutdown().await;
+    run_until_stopped(Runtime::start(engine, &roles, false)).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -711,3 +711,38 @@ fn two_serve_processes_never_dispatch_a_task_twice() {
         );
     }
 }
+
+#[test]
+fn sigterm_lets_a_worker_finish_its_in_flight_attempt_before_it_exits() {
+    if !redis_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "1500"), ("LEASE_TTL_SECONDS", "30")]);
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker", &["worker"]);
+    let id = c.submit();
+    c.wait_until(
+        "a task to be running",
+        Duration::from_secs(30),
+        |s| running_task(s).is_some(),
+        &id,
+    );
+    let (_, mut child) = c.children.pop().unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The attempt in flight at SIGTERM was committed, not abandoned.
+    let s = c.status(&id);
+    let first = &s["tasks"][0];
+    assert_eq!(first["status"], "SUCCEEDED", "{s}");
+    assert_eq!(first["attempt"], 1);
+    let log = std::fs::read_to_string(c.dir.path().join("worker.log")).unwrap();
+    assert!(log.contains("draining"), "{log}");
+}
