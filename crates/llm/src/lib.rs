@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use orch_core::{ExpectedArtifact, GateKind, Role, RunId};
 use serde::{Deserialize, Serialize};
 
+pub mod retry;
 pub mod scripted;
 pub mod tokens;
 
