@@ -19,8 +19,8 @@ pub struct Config {
     pub queue_prefix: String,
     /// `LLM_PROVIDER`: `scripted` (or, later, `anthropic`, `openai`). No default.
     pub provider: Option<String>,
-    /// `LLM_MODEL` (default `claude-sonnet-4-20250514`).
-    pub model: String,
+    /// `LLM_MODEL` (default: the provider's own, `claude-sonnet-4-20250514` for Anthropic).
+    pub model: Option<String>,
     /// `MAX_ITERATIONS`: task attempts a run may dispatch (default 50).
     pub max_iterations: u32,
     /// `TASK_TIMEOUT_SECONDS` (default 300).
@@ -43,6 +43,8 @@ pub struct Config {
     pub scripted_fixture: Option<String>,
     /// `SCRIPTED_LATENCY_MS`: extra delay per scripted response (default 0).
     pub scripted_latency: Duration,
+    /// `LLM_MODEL_<ROLE>` (e.g. `LLM_MODEL_PROJECT_MANAGER`): a model for one role.
+    pub role_models: std::collections::HashMap<orch_core::Role, String>,
     /// `ANTHROPIC_API_KEY` is set (its value is never kept here).
     pub anthropic_key_set: bool,
     /// `OPENAI_BASE_URL` or `OPENAI_API_KEY` is set.
@@ -99,7 +101,7 @@ impl Config {
             redis_url: var("REDIS_URL"),
             queue_prefix: var("QUEUE_PREFIX").unwrap_or_default(),
             provider: var("LLM_PROVIDER"),
-            model: var("LLM_MODEL").unwrap_or_else(|| "claude-sonnet-4-20250514".into()),
+            model: var("LLM_MODEL"),
             max_iterations: parse_num("MAX_ITERATIONS", 50)?,
             task_timeout: Duration::from_secs(timeout_secs),
             require_code_review: parse_bool("REQUIRE_CODE_REVIEW", true)?,
@@ -115,6 +117,12 @@ impl Config {
             concurrency: parse_num::<usize>("WORKER_CONCURRENCY", 2)?.max(1),
             scripted_fixture: var("SCRIPTED_FIXTURE"),
             scripted_latency: Duration::from_millis(parse_num("SCRIPTED_LATENCY_MS", 0)?),
+            role_models: orch_core::Role::SPECIALISTS
+                .into_iter()
+                .filter_map(|r| {
+                    var(&format!("LLM_MODEL_{}", r.as_str().to_ascii_uppercase())).map(|m| (r, m))
+                })
+                .collect(),
             anthropic_key_set: var("ANTHROPIC_API_KEY").is_some(),
             openai_set: var("OPENAI_BASE_URL").is_some() || var("OPENAI_API_KEY").is_some(),
         })

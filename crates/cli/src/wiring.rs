@@ -32,17 +32,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-const HOW_TO_CHOOSE: &str = "choose an LLM provider: `--provider scripted` (deterministic fixture responses for demos and tests; no model is called) or set LLM_PROVIDER=scripted. Real providers (LLM_PROVIDER=anthropic with ANTHROPIC_API_KEY, or openai with OPENAI_BASE_URL) are the next milestone of this build";
+const HOW_TO_CHOOSE: &str = "choose an LLM provider: set ANTHROPIC_API_KEY (Anthropic), or OPENAI_BASE_URL and/or OPENAI_API_KEY (OpenAI, or a local Ollama, vLLM or llama.cpp server), or LLM_PROVIDER=anthropic|openai|scripted; `--provider scripted` runs deterministic fixture responses for demos and tests (no model is called)";
 
-/// The provider chosen with `--provider` or `LLM_PROVIDER`. Never chosen
-/// silently: with nothing chosen this is an error that says how to choose.
+/// The provider chosen with `--provider` or `LLM_PROVIDER`; else Anthropic if
+/// `ANTHROPIC_API_KEY` is set; else OpenAI-compatible if `OPENAI_BASE_URL` or
+/// `OPENAI_API_KEY` is set. The scripted provider is only ever chosen by
+/// name. With nothing configured this is an error that says how to choose.
 pub fn choose_provider(cfg: &Config, flag: Option<&str>) -> Result<Arc<dyn Provider>> {
     let name = flag.map(str::to_string).or_else(|| cfg.provider.clone());
     let name = match name {
         Some(n) => n.to_ascii_lowercase(),
-        None if cfg.anthropic_key_set || cfg.openai_set => bail!(
-            "ANTHROPIC_API_KEY / OPENAI_* is set, but this build has no real LLM provider yet; {HOW_TO_CHOOSE}"
-        ),
+        None if cfg.anthropic_key_set => "anthropic".to_string(),
+        None if cfg.openai_set => "openai".to_string(),
         None => bail!("no LLM provider configured; {HOW_TO_CHOOSE}"),
     };
     match name.as_str() {
@@ -54,9 +55,14 @@ pub fn choose_provider(cfg: &Config, flag: Option<&str>) -> Result<Arc<dyn Provi
             };
             Ok(Arc::new(p.with_latency(cfg.scripted_latency)))
         }
-        "anthropic" | "openai" => {
-            bail!("LLM provider {name:?} is not available in this build yet; {HOW_TO_CHOOSE}")
-        }
+        "anthropic" => Ok(Arc::new(
+            orch_llm::AnthropicProvider::from_env()
+                .context("configuring the Anthropic provider")?,
+        )),
+        "openai" | "ollama" | "vllm" | "llamacpp" | "llama.cpp" => Ok(Arc::new(
+            orch_llm::OpenAiProvider::from_env()
+                .context("configuring the OpenAI-compatible provider")?,
+        )),
         other => bail!("unknown LLM provider {other:?}; {HOW_TO_CHOOSE}"),
     }
 }
@@ -69,7 +75,9 @@ pub fn engine_options(cfg: &Config) -> EngineOptions {
         concurrency: cfg.concurrency,
         requeue_after: cfg.requeue_after,
         sweep_every: cfg.sweep_every,
-        model: cfg.model.clone(),
+        // Empty: the provider's default model (see `engine`).
+        model: cfg.model.clone().unwrap_or_default(),
+        role_models: cfg.role_models.clone(),
         ..EngineOptions::default()
     }
 }
@@ -89,8 +97,11 @@ pub fn engine(
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     provider: Arc<dyn Provider>,
-    opts: EngineOptions,
+    mut opts: EngineOptions,
 ) -> Result<Engine> {
+    if opts.model.is_empty() {
+        opts.model = provider.default_model().to_string();
+    }
     let agents = orch_agents::Agents::new().context("loading the agent prompt templates")?;
     let deps = Deps {
         store,

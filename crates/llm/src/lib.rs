@@ -16,10 +16,14 @@ use async_trait::async_trait;
 use orch_core::{ExpectedArtifact, GateKind, Role, RunId};
 use serde::{Deserialize, Serialize};
 
+pub mod anthropic;
+pub mod openai;
 pub mod retry;
 pub mod scripted;
 pub mod tokens;
 
+pub use anthropic::AnthropicProvider;
+pub use openai::OpenAiProvider;
 pub use scripted::ScriptedProvider;
 
 /// Provider errors, each saying whether a retry can help.
