@@ -1,11 +1,14 @@
 //! LLM providers: the [`Provider`] trait the agents call, the request and
-//! response types, and the implementations: `scripted` (deterministic
-//! responses from a fixture, for tests, benchmarks and dry runs; always
-//! labelled "scripted"), with Anthropic and OpenAI-compatible clients to come.
+//! response types, and the implementations: [`anthropic`] (the Messages API),
+//! [`openai`] (any OpenAI-compatible chat completions server: OpenAI, Ollama,
+//! vLLM, a llama.cpp server), and [`scripted`] (deterministic responses from
+//! a fixture, for tests, benchmarks and dry runs; always labelled "scripted").
 //!
-//! Parts: this file (types, trait, [`Error`] with its retry meaning),
-//! `scripted` (the scripted provider and its fixture format), `tokens` (a
-//! token estimate used before a call; the provider's usage is the truth).
+//! Parts: this file (types, trait, [`Error`] with its retry meaning, prices),
+//! [`retry`] (backoff with jitter and `retry-after` for the HTTP clients),
+//! `tokens` (a token estimate used before a call; the provider's usage is the
+//! truth). The HTTP clients are thin, on reqwest: we need exact control of
+//! `cache_control`, tool blocks and usage.
 //!
 //! This crate depends on `orch-core` only; it knows nothing of stores,
 //! brokers or the engine.
