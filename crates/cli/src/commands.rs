@@ -63,6 +63,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Cancel(a) => cancel(&cfg, a).await,
         Command::Dlq(cmd) => dlq(&cfg, cmd).await,
         Command::Export(a) => export(&cfg, a).await,
+        Command::Replay(a) => crate::replay::replay(&cfg, a).await,
         Command::Bench(a) => crate::bench::run(&cfg, a).await,
         Command::Serve(a) => serve(&cfg, a).await,
         Command::Worker(a) => worker(&cfg, a).await,
@@ -76,7 +77,7 @@ fn parse_run_id(s: &str) -> Result<RunId> {
 }
 
 /// Resolve a possibly abbreviated run id (a unique prefix) against the store.
-async fn resolve_run(store: &Arc<dyn Store>, s: &str) -> Result<RunId> {
+pub async fn resolve_run(store: &Arc<dyn Store>, s: &str) -> Result<RunId> {
     let id = parse_run_id(s)?;
     match store.get_run(&id).await {
         Ok(_) => Ok(id),
@@ -195,8 +196,27 @@ async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
 /// or needs input, showing progress.
 async fn drive(engine: &Engine, run_id: &RunId, quiet: bool, json: bool) -> Result<ExitCode> {
     let store = engine.deps().store.clone();
-    let run = store.get_run(run_id).await?;
     let show = !quiet && !json;
+    let started = std::time::Instant::now();
+    let run = follow_run(engine, run_id, show).await?;
+    let state = store.load_run(run_id).await?;
+    if json {
+        render::print_json(&render::status_json(
+            &state,
+            &store.list_dead_letters(Some(run_id), false).await?,
+        ));
+    } else {
+        progress::footer(&state, started.elapsed());
+    }
+    Ok(exit_for(run.status))
+}
+
+/// Take the run's first step and follow it (with every worker in this
+/// process unless the broker is shared) until it finishes or needs input,
+/// showing progress if `show`. Returns the run as it ended.
+pub async fn follow_run(engine: &Engine, run_id: &RunId, show: bool) -> Result<orch_core::Run> {
+    let store = engine.deps().store.clone();
+    let run = store.get_run(run_id).await?;
     if show {
         progress::header(&run, engine.deps().provider.as_ref());
     }
@@ -213,25 +233,14 @@ async fn drive(engine: &Engine, run_id: &RunId, quiet: bool, json: bool) -> Resu
     }
     engine.tick(run_id).await?;
     let follower = progress::Follower::new(store.clone(), run_id.clone(), show);
-    let started = std::time::Instant::now();
     let result = follower.follow(engine).await;
     if let Some(runtime) = runtime {
         runtime.shutdown().await;
     }
-    let run = result?;
-    let state = store.load_run(run_id).await?;
-    if json {
-        render::print_json(&render::status_json(
-            &state,
-            &store.list_dead_letters(Some(run_id), false).await?,
-        ));
-    } else {
-        progress::footer(&state, started.elapsed());
-    }
-    Ok(exit_for(run.status))
+    result
 }
 
-fn exit_for(status: RunStatus) -> ExitCode {
+pub fn exit_for(status: RunStatus) -> ExitCode {
     match status {
         RunStatus::Completed => ExitCode::SUCCESS,
         RunStatus::NeedsInput => ExitCode::from(3),

@@ -18,6 +18,7 @@ mod commands;
 mod config;
 mod progress;
 mod render;
+mod replay;
 mod wiring;
 
 /// Multi-agent workflow orchestrator: decomposes a goal into a role-based
@@ -61,6 +62,8 @@ enum Command {
     Workflows(WorkflowCommand),
     /// Write a run's code and documents to a folder.
     Export(ExportArgs),
+    /// Re-execute a run from its LLM call journal, calling no model, as a new run.
+    Replay(ReplayArgs),
     /// Run the benchmark scenarios (scripted provider, zero latency).
     Bench(bench::BenchArgs),
     /// Run the orchestrator loop and sweeper until stopped (in embedded mode also every worker).
@@ -280,6 +283,17 @@ struct ExportArgs {
     /// Folder to write into (created if missing).
     #[arg(long, short, default_value = "orchestrator-export")]
     out: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The run to replay (its id, or a unique prefix).
+    run: String,
+    /// Only the result, no progress.
+    #[arg(long, short)]
+    quiet: bool,
     #[arg(long)]
     json: bool,
 }

@@ -96,22 +96,29 @@ impl Engine {
         workflow: &Workflow,
         settings: RunSettings,
     ) -> Result<RunId> {
-        let now = self.deps.clock.now_ms();
-        let id = RunId::generate();
         let provider = if self.deps.provider.is_scripted() {
             format!("{} (scripted)", self.deps.provider.name())
         } else {
             self.deps.provider.name().to_string()
         };
-        let (state, mut events) = RunState::new_run(
-            id.clone(),
-            goal,
-            context,
-            workflow,
-            settings,
-            &provider,
-            now,
-        );
+        self.create_labelled(goal, context, workflow, settings, &provider)
+            .await
+    }
+
+    /// [`Engine::create`], recording `provider` as the run's provider label
+    /// (`replay of RUN` for a replayed run) instead of the provider's name.
+    pub async fn create_labelled(
+        &self,
+        goal: &str,
+        context: Value,
+        workflow: &Workflow,
+        settings: RunSettings,
+        provider: &str,
+    ) -> Result<RunId> {
+        let now = self.deps.clock.now_ms();
+        let id = RunId::generate();
+        let (state, mut events) =
+            RunState::new_run(id.clone(), goal, context, workflow, settings, provider, now);
         if self.deps.provider.is_scripted() {
             events.insert(
                 1,

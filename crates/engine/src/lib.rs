@@ -22,11 +22,13 @@ use std::time::Duration;
 use orch_core::{Millis, Role};
 
 mod driver;
+mod journal;
 mod runtime;
 mod sweeper;
 mod worker;
 
 pub use driver::{Engine, TickOutcome};
+pub use journal::JournalingProvider;
 pub use runtime::Runtime;
 pub use sweeper::SweepReport;
 pub use worker::{WorkerId, execute_delivery};

@@ -435,10 +435,16 @@ async fn run_agent(
         .filter(|t| upstream_ids.contains(&t.id))
         .flat_map(|t| t.expected.iter().map(|e| e.name.as_str()))
         .collect();
-    let upstream: Vec<orch_core::Artifact> = artifacts
+    let mut upstream: Vec<orch_core::Artifact> = artifacts
         .into_iter()
         .filter(|a| upstream_names.contains(&a.name.as_str()))
         .collect();
+    // Plan order, not the order concurrent tasks happened to finish in: the
+    // prompt must not depend on timing, or replays would not match the journal.
+    upstream.sort_by_cached_key(|a| {
+        let at = upstream_names.iter().position(|n| *n == a.name);
+        (at, a.path.clone())
+    });
     let inbox = match inbox {
         Ok(m) => m,
         Err(e) => {
@@ -462,7 +468,13 @@ async fn run_agent(
         model: &model,
     };
     let timeout = Duration::from_millis(task.timeout_ms.max(1) as u64);
-    let agent = deps.agents.run_task(input, deps.provider.as_ref(), sink);
+    let provider = crate::JournalingProvider::new(
+        deps.provider.clone(),
+        deps.store.clone(),
+        deps.clock.clone(),
+    )
+    .replay(!failed_on_output(task));
+    let agent = deps.agents.run_task(input, &provider, sink);
     tokio::select! {
         _ = lost.cancelled() => AttemptResult::LeaseLost,
         r = tokio::time::timeout(timeout, agent) => match r {
@@ -477,6 +489,19 @@ async fn run_agent(
         }
     }
 }
+
+/// Whether the task's previous attempt failed because its answers were
+/// unusable (`orch_agents::AgentError::InvalidOutput`): replaying them would fail again.
+fn failed_on_output(task: &orch_core::Task) -> bool {
+    task.attempt > 1
+        && task
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(INVALID_OUTPUT))
+}
+
+/// How the message of `orch_agents::AgentError::InvalidOutput` begins.
+const INVALID_OUTPUT: &str = "invalid output";
 
 /// Runs' plans as workers last loaded them. What a worker needs of a run
 /// besides its own task — the goal, the context, every task's `needs` and
@@ -541,5 +566,18 @@ pub(crate) fn spawn_workers(
                 cancel.clone(),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::INVALID_OUTPUT;
+
+    #[test]
+    fn invalid_output_errors_are_recognised() {
+        let e = orch_agents::AgentError::InvalidOutput {
+            problems: vec!["no artifact".into()],
+        };
+        assert!(e.to_string().starts_with(INVALID_OUTPUT));
     }
 }

@@ -228,3 +228,68 @@ pub fn cost_usd(model: &str, usage: &TokenUsage) -> f64 {
         + usage.cache_write_tokens as f64 * p.cache_write)
         / 1_000_000.0
 }
+
+/// The parts of a [`Request`] that decide its response, in a fixed order.
+#[derive(Serialize)]
+struct HashedRequest<'a> {
+    model: &'a str,
+    system: &'a str,
+    messages: &'a [Message],
+    max_tokens: u32,
+    temperature: Option<f32>,
+    tools: &'a [ToolSpec],
+}
+
+/// Hex SHA-256 of a request's prompt (model, system, messages, max tokens,
+/// temperature, tools; not its [`CallMeta`]), the journal's look-up key.
+pub fn request_hash(req: &Request) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = HashedRequest {
+        model: &req.model,
+        system: &req.system,
+        messages: &req.messages,
+        max_tokens: req.max_tokens,
+        temperature: req.temperature,
+        tools: &req.tools,
+    };
+    // Serializing plain strings, numbers and `Value`s cannot fail.
+    let json = serde_json::to_vec(&canonical).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    fn request(attempt: u32, text: &str) -> Request {
+        Request {
+            model: "m".into(),
+            system: "s".into(),
+            messages: vec![Message::user(text)],
+            max_tokens: 100,
+            temperature: None,
+            tools: vec![],
+            meta: CallMeta {
+                run_id: RunId("r".into()),
+                task_id: "t".into(),
+                role: Role::TechLead,
+                attempt,
+                round: 0,
+                step: 0,
+                expected: vec![],
+                gate: None,
+            },
+        }
+    }
+
+    #[test]
+    fn hash_ignores_meta_but_not_the_prompt() {
+        let a = request_hash(&request(1, "hi"));
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, request_hash(&request(2, "hi")));
+        assert_ne!(a, request_hash(&request(1, "ho")));
+    }
+}

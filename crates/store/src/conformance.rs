@@ -42,6 +42,80 @@ pub async fn run_all(store: &dyn Store) {
     list_runs_filters_and_pages(store).await;
     unknown_ids_are_not_found(store).await;
     events_filter_by_kind(store).await;
+    llm_journal_round_trip(store).await;
+}
+
+/// An LLM call as a worker would journal it.
+fn llm_call(run_id: &RunId, attempt: u32, hash: &str, response: &str) -> crate::LlmCallRecord {
+    crate::LlmCallRecord {
+        run_id: run_id.clone(),
+        task_id: FIRST.to_string(),
+        attempt,
+        step: 0,
+        request_hash: hash.to_string(),
+        provider: "scripted".to_string(),
+        model: "scripted-1".to_string(),
+        request: "{\"model\":\"scripted-1\"}".to_string(),
+        response: response.to_string(),
+        input_tokens: 10,
+        output_tokens: 20,
+        cache_read_tokens: 3,
+        cache_write_tokens: 4,
+        latency_ms: 7,
+        cost_usd: 0.25,
+        created_at: T0 + Millis::from(attempt),
+    }
+}
+
+/// Journaled LLM calls: recording is idempotent, look-ups find the latest.
+pub async fn llm_journal_round_trip(store: &dyn Store) {
+    let (state, events) = new_run(T0);
+    store
+        .create_run(&state, &events, T0)
+        .await
+        .expect("create_run");
+    let id = state.run.id.clone();
+    let first = llm_call(&id, 1, "h1", "{\"text\":\"one\"}");
+    store.record_llm_call(&first).await.expect("record");
+    let mut again = first.clone();
+    again.response = "{\"text\":\"changed\"}".to_string();
+    store
+        .record_llm_call(&again)
+        .await
+        .expect("recording twice is not an error");
+    let calls = store.list_llm_calls(&id).await.expect("list");
+    assert_eq!(
+        calls,
+        vec![first.clone()],
+        "a second record of one step is ignored"
+    );
+
+    let second = llm_call(&id, 2, "h1", "{\"text\":\"two\"}");
+    store
+        .record_llm_call(&second)
+        .await
+        .expect("record attempt 2");
+    let found = store.find_llm_call(&id, FIRST, "h1").await.expect("find");
+    assert_eq!(found, Some(second.clone()), "find returns the latest call");
+    assert_eq!(
+        store.find_llm_call(&id, FIRST, "nope").await.expect("find"),
+        None
+    );
+    assert_eq!(
+        store.find_llm_call(&id, "other", "h1").await.expect("find"),
+        None
+    );
+    assert_eq!(
+        store
+            .find_llm_call(&RunId::generate(), FIRST, "h1")
+            .await
+            .expect("find in an unknown run"),
+        None
+    );
+    assert_eq!(
+        store.list_llm_calls(&id).await.expect("list"),
+        vec![first, second]
+    );
 }
 
 /// An event query by kind returns exactly that kind, in order.

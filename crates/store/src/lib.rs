@@ -244,8 +244,50 @@ pub trait DeadLetterStore: Send + Sync {
     async fn mark_replayed(&self, id: i64, now: Millis) -> Result<DeadLetter>;
 }
 
+/// One journaled LLM call of a task attempt (the `llm_calls` table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmCallRecord {
+    pub run_id: RunId,
+    pub task_id: String,
+    pub attempt: u32,
+    pub step: u32,
+    /// Hash of the request's prompt (see `orch_llm::request_hash`).
+    pub request_hash: String,
+    pub provider: String,
+    pub model: String,
+    /// The request, as JSON.
+    pub request: String,
+    /// The response, as JSON (an `orch_llm::Response`).
+    pub response: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub latency_ms: i64,
+    pub cost_usd: f64,
+    pub created_at: Millis,
+}
+
+/// The journal of LLM calls, so retried attempts and replays need not pay again.
+#[async_trait]
+pub trait JournalStore: Send + Sync {
+    /// Record a call; a second record with the same run, task, attempt and step is ignored.
+    async fn record_llm_call(&self, call: &LlmCallRecord) -> Result<()>;
+    /// The most recent call of any attempt of this task with this request hash.
+    async fn find_llm_call(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        request_hash: &str,
+    ) -> Result<Option<LlmCallRecord>>;
+    /// Every journaled call of a run, in recording order.
+    async fn list_llm_calls(&self, run_id: &RunId) -> Result<Vec<LlmCallRecord>>;
+}
+
 /// Every capability: what the engine is given.
-pub trait Store: RunStore + TaskStore + EventStore + ArtifactStore + DeadLetterStore {
+pub trait Store:
+    RunStore + TaskStore + EventStore + ArtifactStore + DeadLetterStore + JournalStore
+{
     /// Backend name for logs and `status` (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 }

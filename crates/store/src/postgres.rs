@@ -62,8 +62,9 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Connection, PgConnection, Postgres, Row};
 
 use crate::{
-    ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, NewDeadLetter, Result,
-    RunFilter, RunStore, Store, TaskOutcome, TaskRef, TaskStore,
+    ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, JournalStore,
+    LlmCallRecord, NewDeadLetter, Result, RunFilter, RunStore, Store, TaskOutcome, TaskRef,
+    TaskStore,
 };
 
 /// Connections of one store's pool. Each operation holds one connection for
@@ -114,6 +115,9 @@ mod sql {
     // Single-statement writes.
     pub const HEARTBEAT: &str = file!("heartbeat.sql");
     pub const MARK_REPLAYED: &str = file!("mark_replayed.sql");
+    pub const RECORD_LLM_CALL: &str = file!("record_llm_call.sql");
+    pub const FIND_LLM_CALL: &str = file!("find_llm_call.sql");
+    pub const LIST_LLM_CALLS: &str = file!("list_llm_calls.sql");
     pub const APPEND_EVENTS: &str = file!("append_events.sql");
 
     // Statements of write transactions.
@@ -1141,6 +1145,37 @@ fn artifact_from_row(row: &PgRow) -> Result<Artifact> {
     })
 }
 
+fn u64_col(row: &PgRow, name: &str) -> Result<u64> {
+    let v: i64 = col(row, name)?;
+    u64::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
+}
+
+/// A token count as a column value (saturating: counts never get near `i64::MAX`).
+fn token_param(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn llm_call_from_row(row: &PgRow) -> Result<LlmCallRecord> {
+    Ok(LlmCallRecord {
+        run_id: RunId(col(row, "run_id")?),
+        task_id: col(row, "task_id")?,
+        attempt: u32_col(row, "attempt")?,
+        step: u32_col(row, "step")?,
+        request_hash: col(row, "request_hash")?,
+        provider: col(row, "provider")?,
+        model: col(row, "model")?,
+        request: col(row, "request")?,
+        response: col(row, "response")?,
+        input_tokens: u64_col(row, "input_tokens")?,
+        output_tokens: u64_col(row, "output_tokens")?,
+        cache_read_tokens: u64_col(row, "cache_read_tokens")?,
+        cache_write_tokens: u64_col(row, "cache_write_tokens")?,
+        latency_ms: col(row, "latency_ms")?,
+        cost_usd: col(row, "cost_usd")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
 fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: col(row, "id")?,
@@ -1514,6 +1549,60 @@ impl DeadLetterStore for PostgresStore {
             .map_err(|e| self.db_err(e))?
             .ok_or(Error::DeadLetterNotFound(id))?;
         dead_letter_from_row(&row)
+    }
+}
+
+#[async_trait]
+impl JournalStore for PostgresStore {
+    async fn record_llm_call(&self, call: &LlmCallRecord) -> Result<()> {
+        let query = sqlx::query(sql::RECORD_LLM_CALL)
+            .bind(call.run_id.as_str().to_string())
+            .bind(call.task_id.clone())
+            .bind(i64::from(call.attempt))
+            .bind(i64::from(call.step))
+            .bind(call.request_hash.clone())
+            .bind(call.provider.clone())
+            .bind(call.model.clone())
+            .bind(call.request.clone())
+            .bind(call.response.clone())
+            .bind(token_param(call.input_tokens))
+            .bind(token_param(call.output_tokens))
+            .bind(token_param(call.cache_read_tokens))
+            .bind(token_param(call.cache_write_tokens))
+            .bind(call.latency_ms)
+            .bind(call.cost_usd)
+            .bind(call.created_at);
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    async fn find_llm_call(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        request_hash: &str,
+    ) -> Result<Option<LlmCallRecord>> {
+        self.read_one(
+            sqlx::query(sql::FIND_LLM_CALL)
+                .bind(run_id.as_str().to_string())
+                .bind(task_id.to_string())
+                .bind(request_hash.to_string()),
+        )
+        .await?
+        .as_ref()
+        .map(llm_call_from_row)
+        .transpose()
+    }
+
+    async fn list_llm_calls(&self, run_id: &RunId) -> Result<Vec<LlmCallRecord>> {
+        self.read_all(sqlx::query(sql::LIST_LLM_CALLS).bind(run_id.as_str().to_string()))
+            .await?
+            .iter()
+            .map(llm_call_from_row)
+            .collect()
     }
 }
 

@@ -50,8 +50,9 @@ use sqlx::{Connection, Row, Sqlite};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{
-    ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, NewDeadLetter, Result,
-    RunFilter, RunStore, Store, TaskOutcome, TaskRef, TaskStore,
+    ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, JournalStore,
+    LlmCallRecord, NewDeadLetter, Result, RunFilter, RunStore, Store, TaskOutcome, TaskRef,
+    TaskStore,
 };
 
 /// How long a connection waits for another process's lock before failing with
@@ -92,6 +93,9 @@ mod sql {
     // Writes of single rows.
     pub const HEARTBEAT: &str = files!("heartbeat.sql");
     pub const MARK_REPLAYED: &str = files!("mark_replayed.sql");
+    pub const RECORD_LLM_CALL: &str = files!("record_llm_call.sql");
+    pub const FIND_LLM_CALL: &str = files!("find_llm_call.sql");
+    pub const LIST_LLM_CALLS: &str = files!("list_llm_calls.sql");
 
     /// The procedures, installed on the write connection.
     pub const PROCEDURES: &str = files!(
@@ -325,15 +329,20 @@ impl SqliteStore {
     pub async fn migrate(&self) -> Result<()> {
         let mut writer = self.conns.writer().await;
         let conn = conn(&mut writer)?;
-        match MIGRATOR.run(&mut *conn).await {
-            Ok(()) => Ok(()),
-            // Another process may have migrated the same fresh file at the
-            // same moment; its migration is recorded now, so try once more.
-            Err(first) => match MIGRATOR.run(&mut *conn).await {
-                Ok(()) => Ok(()),
-                Err(_) => Err(migrate_err(first)),
-            },
+        let first = match MIGRATOR.run(&mut *conn).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        // Another process may be migrating the same fresh file at the same
+        // moment (one transaction per migration): what it applied is recorded
+        // as it goes, so try again a few times while it finishes.
+        for pause_ms in [10, 25, 50, 100, 200, 400] {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            if MIGRATOR.run(&mut *conn).await.is_ok() {
+                return Ok(());
+            }
         }
+        Err(migrate_err(first))
     }
 
     /// The journal mode in effect (`wal` for files, `memory` in memory).
@@ -947,6 +956,37 @@ fn artifact_from_row(row: &SqliteRow) -> Result<Artifact> {
     })
 }
 
+fn u64_col(row: &SqliteRow, name: &str) -> Result<u64> {
+    let v: i64 = col(row, name)?;
+    u64::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
+}
+
+/// A token count as a column value (saturating: counts never get near `i64::MAX`).
+fn token_param(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn llm_call_from_row(row: &SqliteRow) -> Result<LlmCallRecord> {
+    Ok(LlmCallRecord {
+        run_id: RunId(col(row, "run_id")?),
+        task_id: col(row, "task_id")?,
+        attempt: u32_col(row, "attempt")?,
+        step: u32_col(row, "step")?,
+        request_hash: col(row, "request_hash")?,
+        provider: col(row, "provider")?,
+        model: col(row, "model")?,
+        request: col(row, "request")?,
+        response: col(row, "response")?,
+        input_tokens: u64_col(row, "input_tokens")?,
+        output_tokens: u64_col(row, "output_tokens")?,
+        cache_read_tokens: u64_col(row, "cache_read_tokens")?,
+        cache_write_tokens: u64_col(row, "cache_write_tokens")?,
+        latency_ms: col(row, "latency_ms")?,
+        cost_usd: col(row, "cost_usd")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
 fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: col(row, "id")?,
@@ -1412,6 +1452,57 @@ impl DeadLetterStore for SqliteStore {
             .await?;
         let row = rows.first().ok_or(Error::DeadLetterNotFound(id))?;
         dead_letter_from_row(row)
+    }
+}
+
+#[async_trait]
+impl JournalStore for SqliteStore {
+    async fn record_llm_call(&self, call: &LlmCallRecord) -> Result<()> {
+        let query = sqlx::query(sql::RECORD_LLM_CALL)
+            .bind(call.run_id.as_str().to_string())
+            .bind(call.task_id.clone())
+            .bind(i64::from(call.attempt))
+            .bind(i64::from(call.step))
+            .bind(call.request_hash.clone())
+            .bind(call.provider.clone())
+            .bind(call.model.clone())
+            .bind(call.request.clone())
+            .bind(call.response.clone())
+            .bind(token_param(call.input_tokens))
+            .bind(token_param(call.output_tokens))
+            .bind(token_param(call.cache_read_tokens))
+            .bind(token_param(call.cache_write_tokens))
+            .bind(call.latency_ms)
+            .bind(call.cost_usd)
+            .bind(call.created_at);
+        self.write_one(query).await?;
+        Ok(())
+    }
+
+    async fn find_llm_call(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        request_hash: &str,
+    ) -> Result<Option<LlmCallRecord>> {
+        self.read_one(
+            sqlx::query(sql::FIND_LLM_CALL)
+                .bind(run_id.as_str().to_string())
+                .bind(task_id.to_string())
+                .bind(request_hash.to_string()),
+        )
+        .await?
+        .as_ref()
+        .map(llm_call_from_row)
+        .transpose()
+    }
+
+    async fn list_llm_calls(&self, run_id: &RunId) -> Result<Vec<LlmCallRecord>> {
+        self.read_all(sqlx::query(sql::LIST_LLM_CALLS).bind(run_id.as_str().to_string()))
+            .await?
+            .iter()
+            .map(llm_call_from_row)
+            .collect()
     }
 }
 

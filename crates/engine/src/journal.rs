@@ -1,0 +1,149 @@
+//! The LLM call journal as a provider: [`JournalingProvider`] wraps the real
+//! provider for a task attempt, answers a request the task already paid for
+//! (in any attempt, by the same provider) from the store's journal, and
+//! journals every new call (DESIGN.md, "Execution is at-least-once").
+//!
+//! Replaying is right when an attempt failed for a reason other than its
+//! answers (a crash, a lost lease, a timeout, a transient error); when it
+//! failed because the answers were unusable, replaying them would fail again,
+//! so the worker turns replay off for that retry ([`JournalingProvider::replay`])
+//! and the new answers are journaled as usual.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use orch_llm::{Provider, Request, Response};
+use orch_store::{LlmCallRecord, Store};
+
+use crate::Clock;
+
+/// A provider that replays journaled responses and journals new calls.
+pub struct JournalingProvider {
+    inner: Arc<dyn Provider>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    replay: bool,
+}
+
+impl std::fmt::Debug for JournalingProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalingProvider")
+            .field("inner", &self.inner.name())
+            .field("store", &self.store.backend())
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JournalingProvider {
+    /// Wrap `inner`, journaling in `store` with times from `clock`.
+    pub fn new(inner: Arc<dyn Provider>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        JournalingProvider {
+            inner,
+            store,
+            clock,
+            replay: true,
+        }
+    }
+
+    /// Whether journaled responses are replayed (the default) or only new calls journaled.
+    pub fn replay(mut self, replay: bool) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// The journaled response to `request` by this provider, if any.
+    async fn journaled(&self, request: &Request, hash: &str) -> Option<Response> {
+        let meta = &request.meta;
+        let call = match self
+            .store
+            .find_llm_call(&meta.run_id, &meta.task_id, hash)
+            .await
+        {
+            Ok(Some(call)) if call.provider == self.inner.name() => call,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(run = %meta.run_id, task = %meta.task_id, error = %e, "could not read the LLM call journal; calling the provider");
+                return None;
+            }
+        };
+        match serde_json::from_str::<Response>(&call.response) {
+            Ok(response) => {
+                tracing::debug!(
+                    run = %meta.run_id,
+                    task = %meta.task_id,
+                    attempt = meta.attempt,
+                    step = meta.step,
+                    journaled_attempt = call.attempt,
+                    journal = "replayed",
+                    "LLM call answered from the journal"
+                );
+                Some(response)
+            }
+            Err(e) => {
+                tracing::warn!(run = %meta.run_id, task = %meta.task_id, error = %e, "unreadable journaled LLM response; calling the provider");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for JournalingProvider {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn is_scripted(&self) -> bool {
+        self.inner.is_scripted()
+    }
+
+    fn default_model(&self) -> &str {
+        self.inner.default_model()
+    }
+
+    async fn complete(&self, request: &Request) -> orch_llm::Result<Response> {
+        let hash = orch_llm::request_hash(request);
+        if self.replay
+            && let Some(response) = self.journaled(request, &hash).await
+        {
+            return Ok(response);
+        }
+        let started = Instant::now();
+        let response = self.inner.complete(request).await?;
+        let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let meta = &request.meta;
+        let record = match (
+            serde_json::to_string(request),
+            serde_json::to_string(&response),
+        ) {
+            (Ok(req), Ok(resp)) => LlmCallRecord {
+                run_id: meta.run_id.clone(),
+                task_id: meta.task_id.clone(),
+                attempt: meta.attempt,
+                step: meta.step,
+                request_hash: hash,
+                provider: self.inner.name().to_string(),
+                model: response.model.clone(),
+                request: req,
+                response: resp,
+                input_tokens: response.usage.input_tokens,
+                output_tokens: response.usage.output_tokens,
+                cache_read_tokens: response.usage.cache_read_tokens,
+                cache_write_tokens: response.usage.cache_write_tokens,
+                latency_ms,
+                cost_usd: orch_llm::cost_usd(&response.model, &response.usage),
+                created_at: self.clock.now_ms(),
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(run = %meta.run_id, task = %meta.task_id, error = %e, "could not encode an LLM call for the journal");
+                return Ok(response);
+            }
+        };
+        if let Err(e) = self.store.record_llm_call(&record).await {
+            tracing::warn!(run = %meta.run_id, task = %meta.task_id, error = %e, "could not journal an LLM call");
+        }
+        Ok(response)
+    }
+}

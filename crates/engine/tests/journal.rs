@@ -1,0 +1,123 @@
+//! The LLM call journal as a provider: a retried attempt's identical request
+//! is answered from the journal, without calling the provider again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use orch_core::Role;
+use orch_engine::{JournalingProvider, SystemClock};
+use orch_llm::{
+    CallMeta, Message, Provider, Request, Response, StopReason, TokenUsage, request_hash,
+};
+use orch_store::conformance;
+
+/// Answers every call with a fresh text and counts the calls.
+#[derive(Debug, Default)]
+struct Counting {
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Provider for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn is_scripted(&self) -> bool {
+        false
+    }
+    fn default_model(&self) -> &str {
+        "counting-1"
+    }
+    async fn complete(&self, _request: &Request) -> orch_llm::Result<Response> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Response {
+            text: format!("answer {n}"),
+            tool_calls: vec![],
+            usage: TokenUsage {
+                input_tokens: 5,
+                output_tokens: 7,
+                ..Default::default()
+            },
+            stop_reason: StopReason::EndTurn,
+            model: "counting-1".into(),
+        })
+    }
+}
+
+fn request(run_id: &orch_core::RunId, attempt: u32, prompt: &str) -> Request {
+    Request {
+        model: "counting-1".into(),
+        system: "You are a test.".into(),
+        messages: vec![Message::user(prompt)],
+        max_tokens: 100,
+        temperature: None,
+        tools: vec![],
+        meta: CallMeta {
+            run_id: run_id.clone(),
+            task_id: "requirements".into(),
+            role: Role::BusinessAnalyst,
+            attempt,
+            round: 0,
+            step: 0,
+            expected: vec![],
+            gate: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_retried_attempt_replays_the_journaled_response() {
+    let store = orch_store::connect("sqlite::memory:").await.unwrap();
+    let (state, events) = conformance::new_run(conformance::T0);
+    store
+        .create_run(&state, &events, conformance::T0)
+        .await
+        .unwrap();
+    let run = state.run.id.clone();
+    let inner = Arc::new(Counting::default());
+    let provider = JournalingProvider::new(inner.clone(), store.clone(), Arc::new(SystemClock));
+
+    let first = provider
+        .complete(&request(&run, 1, "write the requirements"))
+        .await
+        .unwrap();
+    let again = provider
+        .complete(&request(&run, 2, "write the requirements"))
+        .await
+        .unwrap();
+    assert_eq!(
+        inner.calls.load(Ordering::SeqCst),
+        1,
+        "attempt 2 was replayed"
+    );
+    assert_eq!(again, first);
+
+    let other = provider
+        .complete(&request(&run, 2, "something else"))
+        .await
+        .unwrap();
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    assert_ne!(other, first);
+
+    let calls = store.list_llm_calls(&run).await.unwrap();
+    assert_eq!(calls.len(), 2, "replayed calls are not journaled again");
+    assert_eq!(
+        calls[0].request_hash,
+        request_hash(&request(&run, 1, "write the requirements"))
+    );
+    assert_eq!(
+        (calls[0].attempt, calls[0].provider.as_str()),
+        (1, "counting")
+    );
+    assert_eq!((calls[0].input_tokens, calls[0].output_tokens), (5, 7));
+
+    // With replay off (a retry after unusable answers), the provider is called.
+    let fresh = JournalingProvider::new(inner.clone(), store.clone(), Arc::new(SystemClock))
+        .replay(false)
+        .complete(&request(&run, 3, "write the requirements"))
+        .await
+        .unwrap();
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+    assert_ne!(fresh, first);
+}
