@@ -24,6 +24,10 @@ pub struct JournalingProvider {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     replay: bool,
+    /// Journal writes still in flight: they overlap with parsing the answer,
+    /// and [`JournalingProvider::flush`] awaits them before the attempt's
+    /// outcome is committed.
+    pending: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for JournalingProvider {
@@ -44,6 +48,15 @@ impl JournalingProvider {
             store,
             clock,
             replay: true,
+            pending: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Wait for every journal write of this provider to finish.
+    pub async fn flush(&self) {
+        let handles = std::mem::take(&mut *self.pending.lock().await);
+        for h in handles {
+            let _ = h.await;
         }
     }
 
@@ -105,8 +118,13 @@ impl Provider for JournalingProvider {
 
     async fn complete(&self, request: &Request) -> orch_llm::Result<Response> {
         let hash = orch_llm::request_hash(request);
+        // A task's first attempt has nothing of its own in the journal yet.
         if self.replay
-            && let Some(response) = self.journaled(request, &hash).await
+            && request.meta.attempt > 1
+            && let Some(response) = {
+                self.flush().await;
+                self.journaled(request, &hash).await
+            }
         {
             return Ok(response);
         }
@@ -141,9 +159,13 @@ impl Provider for JournalingProvider {
                 return Ok(response);
             }
         };
-        if let Err(e) = self.store.record_llm_call(&record).await {
-            tracing::warn!(run = %meta.run_id, task = %meta.task_id, error = %e, "could not journal an LLM call");
-        }
+        let store = self.store.clone();
+        let write = tokio::spawn(async move {
+            if let Err(e) = store.record_llm_call(&record).await {
+                tracing::warn!(run = %record.run_id, task = %record.task_id, error = %e, "could not journal an LLM call");
+            }
+        });
+        self.pending.lock().await.push(write);
         Ok(response)
     }
 }

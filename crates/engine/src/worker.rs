@@ -475,7 +475,7 @@ async fn run_agent(
     )
     .replay(!failed_on_output(task));
     let agent = deps.agents.run_task(input, &provider, sink);
-    tokio::select! {
+    let result = tokio::select! {
         _ = lost.cancelled() => AttemptResult::LeaseLost,
         r = tokio::time::timeout(timeout, agent) => match r {
             Ok(Ok(out)) => AttemptResult::Done(out),
@@ -487,7 +487,10 @@ async fn run_agent(
             },
             Err(_) => failed(format!("timed out after {} s (TASK_TIMEOUT_SECONDS or the task's timeout_secs)", timeout.as_secs_f64()), true),
         }
-    }
+    };
+    // The journal is written before the outcome commits.
+    provider.flush().await;
+    result
 }
 
 /// Whether the task's previous attempt failed because its answers were

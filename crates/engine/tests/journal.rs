@@ -100,6 +100,9 @@ async fn a_retried_attempt_replays_the_journaled_response() {
     assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
     assert_ne!(other, first);
 
+    // Journal writes overlap with the caller's work; the worker flushes
+    // them before it commits an attempt's outcome.
+    provider.flush().await;
     let calls = store.list_llm_calls(&run).await.unwrap();
     assert_eq!(calls.len(), 2, "replayed calls are not journaled again");
     assert_eq!(
