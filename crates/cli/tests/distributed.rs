@@ -298,12 +298,9 @@ fn assert_nothing_done_twice(c: &Cluster, id: &str) {
     assert_eq!(keys.len(), n, "an artifact version was written twice");
 }
 
-#[test]
-fn a_worker_killed_mid_task_is_replaced_and_the_run_completes() {
-    if !redis_available() {
-        return;
-    }
-    let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "400")]);
+/// A worker holding a task is SIGKILLed; a fresh worker finishes the run,
+/// re-running the killed attempt, with nothing done twice.
+fn worker_kill_scenario(mut c: Cluster) {
     c.spawn("serve", &["serve"]);
     c.spawn("worker1", &["worker"]);
     let id = c.submit();
@@ -334,6 +331,14 @@ fn a_worker_killed_mid_task_is_replaced_and_the_run_completes() {
         "the killed attempt was re-run: {t}"
     );
     assert_nothing_done_twice(&c, &id);
+}
+
+#[test]
+fn a_worker_killed_mid_task_is_replaced_and_the_run_completes() {
+    if !redis_available() {
+        return;
+    }
+    worker_kill_scenario(Cluster::new(&[("SCRIPTED_LATENCY_MS", "400")]));
 }
 
 #[test]
@@ -578,34 +583,7 @@ fn a_worker_killed_mid_task_on_postgres_is_replaced_and_the_run_completes() {
         return;
     }
     let _shared = PG_LOCK.read().unwrap_or_else(|p| p.into_inner());
-    let mut c = Cluster::postgres(&[("SCRIPTED_LATENCY_MS", "400")]);
-    c.spawn("serve", &["serve"]);
-    c.spawn("worker1", &["worker"]);
-    let id = c.submit();
-    let s = c.wait_until(
-        "a task to be running",
-        Duration::from_secs(30),
-        |s| running_task(s).is_some(),
-        &id,
-    );
-    let victim = running_task(&s).unwrap();
-    c.kill("worker1");
-    c.spawn("worker2", &["worker"]);
-    let s = c.wait_until(
-        "the run to complete",
-        Duration::from_secs(60),
-        completed,
-        &id,
-    );
-    let t = s["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == victim.as_str())
-        .unwrap()
-        .clone();
-    assert!(t["attempt"].as_u64().unwrap() >= 2, "{t}");
-    assert_nothing_done_twice(&c, &id);
+    worker_kill_scenario(Cluster::postgres(&[("SCRIPTED_LATENCY_MS", "400")]));
 }
 
 #[test]
