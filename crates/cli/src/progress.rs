@@ -145,7 +145,10 @@ pub fn footer(state: &RunState, elapsed: Duration) {
         state.tasks.len(),
         r.cost_usd
     );
-    if let Some(reason) = &r.status_reason {
+    // A run that did not complete says why, and what to do next.
+    if r.status != orch_core::RunStatus::Completed
+        && let Some(reason) = &r.status_reason
+    {
         println!("{reason}");
     }
     println!(
