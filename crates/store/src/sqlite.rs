@@ -314,7 +314,12 @@ impl SqliteStore {
                 }
             }
         };
-        store.migrate().await?;
+        {
+            // Processes that open the same fresh file at once (`serve`,
+            // workers and the CLI starting together) take turns migrating it.
+            let _turn = migration_lock(&store.location).await?;
+            store.migrate().await?;
+        }
         let mut writer = store.conns.writer().await;
         sqlx::raw_sql(sql::PROCEDURES)
             .execute(conn(&mut writer)?)
@@ -432,6 +437,29 @@ impl SqliteStore {
             None => Err(Error::RunNotFound(id.to_string())),
         }
     }
+}
+
+/// An exclusive lock held while this process migrates the database at
+/// `location`, on a sidecar file `<database>.migrate-lock` (flock). Not on
+/// the database file itself: closing any extra descriptor of a SQLite file
+/// would release SQLite's own POSIX locks held by this process. In-memory
+/// databases need none.
+async fn migration_lock(location: &str) -> Result<Option<std::fs::File>> {
+    if location.starts_with("sqlite::memory:") {
+        return Ok(None);
+    }
+    let path = format!("{location}.migrate-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Migrate(format!("cannot open the migration lock {path}: {e}")))?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| Error::Migrate(format!("waiting for the migration lock: {e}")))?
+        .map(Some)
+        .map_err(|e| Error::Migrate(format!("cannot take the migration lock {path}: {e}")))
 }
 
 /// Options of every connection to a database file.
