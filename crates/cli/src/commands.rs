@@ -13,7 +13,7 @@ use orch_store::{EventQuery, RunFilter, Store};
 use crate::config::Config;
 use crate::wiring::{self, NoProvider};
 use crate::{
-    AnswerArgs, ArtifactsArgs, CancelArgs, Command, DlqCommand, EventsArgs, ExportArgs,
+    AnswerArgs, ArtifactsArgs, BudgetArgs, CancelArgs, Command, DlqCommand, EventsArgs, ExportArgs,
     GateCommand, ListArgs, RunArgs, RunRef, ServeArgs, TickArgs, WorkerArgs, WorkflowCommand,
     progress, render,
 };
@@ -60,6 +60,23 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             )
             .await
         }
+        Command::Budget(BudgetArgs {
+            run,
+            usd,
+            tokens,
+            provider,
+            json,
+        }) => {
+            check_budget(usd, tokens)?;
+            human_input(
+                &cfg,
+                &run,
+                Input::RaiseBudget { usd, tokens },
+                provider.provider.as_deref(),
+                json,
+            )
+            .await
+        }
         Command::Cancel(a) => cancel(&cfg, a).await,
         Command::Dlq(cmd) => dlq(&cfg, cmd).await,
         Command::Export(a) => export(&cfg, a).await,
@@ -69,6 +86,21 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Worker(a) => worker(&cfg, a).await,
         Command::Workflows(_) => unreachable!("handled above"),
     }
+}
+
+/// Budget limits must be positive numbers.
+fn check_budget(usd: Option<f64>, tokens: Option<i64>) -> Result<()> {
+    if let Some(u) = usd
+        && !(u.is_finite() && u > 0.0)
+    {
+        bail!("the USD budget must be a number above 0 (got {u})");
+    }
+    if let Some(t) = tokens
+        && t <= 0
+    {
+        bail!("the token budget must be above 0 (got {t})");
+    }
+    Ok(())
 }
 
 fn parse_run_id(s: &str) -> Result<RunId> {
@@ -148,6 +180,7 @@ fn parse_context(raw: Option<&str>) -> serde_json::Value {
 
 async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
     // Everything that can be refused is checked before anything is created.
+    check_budget(a.budget_usd, a.budget_tokens)?;
     let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
     let workflow = match &a.resume {
         Some(_) => None,
@@ -174,7 +207,11 @@ async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
                     &goal,
                     parse_context(a.context.as_deref()),
                     &wf,
-                    cfg.run_settings(),
+                    orch_core::RunSettings {
+                        budget_usd: a.budget_usd,
+                        budget_tokens: a.budget_tokens,
+                        ..cfg.run_settings()
+                    },
                 )
                 .await?
         }

@@ -52,6 +52,8 @@ enum Command {
     Gate(GateCommand),
     /// Answer a run that waits in NEEDS_INPUT, and continue it.
     Answer(AnswerArgs),
+    /// Raise a run's budget (USD or tokens) and continue it if the budget stopped it.
+    Budget(BudgetArgs),
     /// Cancel a run.
     Cancel(CancelArgs),
     /// The dead letter queue: tasks that failed every attempt.
@@ -133,6 +135,27 @@ struct RunArgs {
     #[arg(long, short)]
     quiet: bool,
     /// Print the final status as JSON (progress goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Spending limit of the run in USD: a call that would exceed it is not made and the run waits in NEEDS_INPUT.
+    #[arg(long, value_name = "USD", conflicts_with = "resume")]
+    budget_usd: Option<f64>,
+    /// Token limit of the run (input + output), checked like --budget-usd.
+    #[arg(long, value_name = "TOKENS", conflicts_with = "resume")]
+    budget_tokens: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+struct BudgetArgs {
+    run: String,
+    /// New spending limit in USD.
+    #[arg(long, value_name = "USD", required_unless_present = "tokens")]
+    usd: Option<f64>,
+    /// New token limit (input + output).
+    #[arg(long, value_name = "TOKENS")]
+    tokens: Option<i64>,
+    #[command(flatten)]
+    provider: ProviderArgs,
     #[arg(long)]
     json: bool,
 }

@@ -66,6 +66,16 @@ pub fn print_status(state: &RunState, dead: &[DeadLetter]) {
         "cost      ${:.4}  ({} tokens in, {} out; {} task attempts of at most {})",
         r.cost_usd, r.tokens_in, r.tokens_out, r.iterations, r.settings.max_iterations
     );
+    if r.settings.budget_usd.is_some() || r.settings.budget_tokens.is_some() {
+        let mut parts = Vec::new();
+        if let Some(u) = r.settings.budget_usd {
+            parts.push(format!("${:.4} of ${u:.4}", r.cost_usd));
+        }
+        if let Some(t) = r.settings.budget_tokens {
+            parts.push(format!("{} of {t} tokens", r.tokens_in + r.tokens_out));
+        }
+        println!("budget    {}", parts.join(", "));
+    }
     for g in &state.gates {
         println!(
             "gate      {:<16} {:<8} rework rounds {}{}",

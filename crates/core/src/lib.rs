@@ -22,7 +22,7 @@ pub mod validate;
 
 pub use dsl::{DslError, TaskSpec, Workflow};
 pub use error::{Error, Result};
-pub use machine::{Action, Input, RunState, StateDiff, TaskChange};
+pub use machine::{Action, BUDGET_EXCEEDED, Input, RunState, StateDiff, TaskChange};
 pub use model::*;
 pub use role::Role;
 pub use status::{GateStatus, RunStatus, TaskStatus};

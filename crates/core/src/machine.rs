@@ -46,6 +46,20 @@ pub enum Input {
     Cancel { reason: String },
     /// Put a dead task back in play (dead letter queue replay).
     ReplayDead { task_id: String },
+    /// A person raises the run's budget: tasks stopped by it get another attempt.
+    RaiseBudget {
+        usd: Option<f64>,
+        tokens: Option<i64>,
+    },
+}
+
+/// How the error of a task stopped by the run's budget begins.
+pub const BUDGET_EXCEEDED: &str = "budget exceeded";
+
+fn is_budget_error(task: &Task) -> bool {
+    task.last_error
+        .as_deref()
+        .is_some_and(|e| e.starts_with(BUDGET_EXCEEDED))
 }
 
 /// What the driver must do after a step, in order.
@@ -409,6 +423,58 @@ pub fn apply(state: &mut RunState, input: Input, now: Millis) -> Result<Vec<Acti
                 )));
             }
             replay_dead(task, None, now, &mut out);
+            if state.run.status == RunStatus::NeedsInput {
+                state.set_run_status(RunStatus::Running, None, now, &mut out);
+            }
+        }
+        Input::RaiseBudget { usd, tokens } => {
+            if state.run.status.is_terminal() {
+                return Err(Error::Conflict(format!(
+                    "run is {}; its budget cannot be raised",
+                    state.run.status
+                )));
+            }
+            if let Some(u) = usd {
+                state.run.settings.budget_usd = Some(u);
+            }
+            if let Some(t) = tokens {
+                state.run.settings.budget_tokens = Some(t);
+            }
+            let describe = |u: Option<f64>, t: Option<i64>| {
+                let mut parts = Vec::new();
+                if let Some(u) = u {
+                    parts.push(format!("${u}"));
+                }
+                if let Some(t) = t {
+                    parts.push(format!("{t} tokens"));
+                }
+                if parts.is_empty() {
+                    "unchanged".to_string()
+                } else {
+                    parts.join(", ")
+                }
+            };
+            let settings = &state.run.settings;
+            out.push(Action::Emit(
+                NewEvent::run(
+                    EventKind::HumanInput,
+                    format!(
+                        "budget raised to {}",
+                        describe(settings.budget_usd, settings.budget_tokens)
+                    ),
+                )
+                .with_data(serde_json::json!({
+                    "budget_usd": settings.budget_usd,
+                    "budget_tokens": settings.budget_tokens,
+                })),
+            ));
+            for t in state
+                .tasks
+                .iter_mut()
+                .filter(|t| t.status == TaskStatus::Dead && is_budget_error(t))
+            {
+                replay_dead(t, None, now, &mut out);
+            }
             if state.run.status == RunStatus::NeedsInput {
                 state.set_run_status(RunStatus::Running, None, now, &mut out);
             }
@@ -780,10 +846,21 @@ fn reconcile(state: &mut RunState, now: Millis, out: &mut Vec<Action>) {
         .map(|t| t.id.clone())
         .collect();
     if !dead.is_empty() {
-        let reason = format!(
-            "task(s) {} failed every attempt and are in the dead letter queue; replay (orchestrator dlq replay), answer with guidance, or cancel",
-            dead.join(", ")
-        );
+        let over_budget = state
+            .tasks
+            .iter()
+            .any(|t| t.status == TaskStatus::Dead && is_budget_error(t));
+        let reason = if over_budget {
+            format!(
+                "{BUDGET_EXCEEDED}: raise it with `orchestrator budget {} --usd N` (or --tokens N)",
+                state.run.id
+            )
+        } else {
+            format!(
+                "task(s) {} failed every attempt and are in the dead letter queue; replay (orchestrator dlq replay), answer with guidance, or cancel",
+                dead.join(", ")
+            )
+        };
         out.push(Action::Emit(
             NewEvent::run(EventKind::Escalated, reason.clone())
                 .with_data(serde_json::json!({"dead_tasks": dead})),

@@ -106,6 +106,12 @@ pub struct RunSettings {
     /// First retry delay; doubles each attempt, capped at `retry_backoff_max_ms`.
     pub retry_backoff_ms: i64,
     pub retry_backoff_max_ms: i64,
+    /// Spending limit of the run in USD, checked before every LLM call.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// Token limit of the run (input + output), checked before every LLM call.
+    #[serde(default)]
+    pub budget_tokens: Option<i64>,
 }
 
 impl Default for RunSettings {
@@ -118,6 +124,8 @@ impl Default for RunSettings {
             require_security_review: true,
             retry_backoff_ms: 1_000,
             retry_backoff_max_ms: 60_000,
+            budget_usd: None,
+            budget_tokens: None,
         }
     }
 }

@@ -21,12 +21,14 @@ use std::time::Duration;
 
 use orch_core::{Millis, Role};
 
+mod budget;
 mod driver;
 mod journal;
 mod runtime;
 mod sweeper;
 mod worker;
 
+pub use budget::BudgetedProvider;
 pub use driver::{Engine, TickOutcome};
 pub use journal::JournalingProvider;
 pub use runtime::Runtime;

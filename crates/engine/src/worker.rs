@@ -474,14 +474,33 @@ async fn run_agent(
         deps.clock.clone(),
     )
     .replay(!failed_on_output(task));
-    let agent = deps.agents.run_task(input, &provider, sink);
+    let provider = std::sync::Arc::new(provider);
+    // The run read now (the plan above may be cached): its limits, which a
+    // person may have raised, and what it has spent so far.
+    let run = match deps.store.get_run(run_id).await {
+        Ok(r) => r,
+        Err(e) => return failed(format!("could not load the run: {e}"), true),
+    };
+    let budgeted = crate::BudgetedProvider::new(
+        provider.clone(),
+        run.settings.budget_usd,
+        run.settings.budget_tokens,
+        run.cost_usd,
+        run.tokens_in.saturating_add(run.tokens_out),
+    );
+    let agent = deps.agents.run_task(input, &budgeted, sink);
     let result = tokio::select! {
         _ = lost.cancelled() => AttemptResult::LeaseLost,
         r = tokio::time::timeout(timeout, agent) => match r {
             Ok(Ok(out)) => AttemptResult::Done(out),
             Ok(Err(f)) => AttemptResult::Failed {
                 retryable: f.error.retryable(),
-                error: f.error.to_string(),
+                // A budget refusal is recorded as "budget exceeded: ..." (no
+                // "LLM call failed" prefix): the run's escalation keys on it.
+                error: match &f.error {
+                    orch_agents::AgentError::Provider(e @ orch_llm::Error::Budget(_)) => e.to_string(),
+                    e => e.to_string(),
+                },
                 events: f.events,
                 usage: f.usage,
             },

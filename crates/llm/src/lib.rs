@@ -45,6 +45,9 @@ pub enum Error {
     /// A fixture or configuration problem, found before any call.
     #[error("{0}")]
     Config(String),
+    /// The run's budget would be exceeded; the call was not made. Not retryable.
+    #[error("budget exceeded: {0}")]
+    Budget(String),
 }
 
 impl Error {

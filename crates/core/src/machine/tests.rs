@@ -1136,9 +1136,115 @@ fn inputs_round_trip_through_json() {
         Input::ReplayDead {
             task_id: "plan".into(),
         },
+        Input::RaiseBudget {
+            usd: Some(2.5),
+            tokens: None,
+        },
     ];
     for input in inputs {
         let text = serde_json::to_string(&input).unwrap();
         assert_eq!(serde_json::from_str::<Input>(&text).unwrap(), input);
     }
+}
+
+#[test]
+fn a_budget_failure_asks_for_a_bigger_budget() {
+    let mut state = new_state(settings());
+    step(&mut state, T0);
+    fail(
+        &mut state,
+        "requirements",
+        false,
+        "budget exceeded: the run has spent 0 of 1 tokens; this call needs about 900 more",
+        T0,
+    );
+    let out = step(&mut state, T0);
+    assert_eq!(status(&state, "requirements"), TaskStatus::Dead);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::DeadLetter { task_id, .. } if task_id == "requirements"))
+    );
+    assert_eq!(state.run.status, RunStatus::NeedsInput);
+    let reason = state.run.status_reason.clone().unwrap();
+    assert!(
+        reason.starts_with("budget exceeded: raise it with `orchestrator budget run-1 --usd N`"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn raising_the_budget_replays_only_budget_failures() {
+    let mut state = new_state(settings());
+    step(&mut state, T0);
+    fail(
+        &mut state,
+        "requirements",
+        false,
+        "budget exceeded: over",
+        T0,
+    );
+    step(&mut state, T0);
+    let out = apply(
+        &mut state,
+        Input::RaiseBudget {
+            usd: Some(5.0),
+            tokens: Some(1_000),
+        },
+        T0 + 1,
+    )
+    .unwrap();
+    assert_eq!(state.run.settings.budget_usd, Some(5.0));
+    assert_eq!(state.run.settings.budget_tokens, Some(1_000));
+    assert_eq!(state.run.status, RunStatus::Running);
+    assert_eq!(
+        dispatches(&out),
+        [("requirements".to_string(), Role::BusinessAnalyst, 2)]
+    );
+    assert!(
+        event(&out, EventKind::HumanInput)
+            .message
+            .starts_with("budget raised to $5")
+    );
+
+    // A task dead for another reason stays dead; the run still waits.
+    let mut state = new_state(settings());
+    step(&mut state, T0);
+    fail(&mut state, "requirements", false, "invalid API key", T0);
+    step(&mut state, T0);
+    apply(
+        &mut state,
+        Input::RaiseBudget {
+            usd: None,
+            tokens: Some(10),
+        },
+        T0 + 1,
+    )
+    .unwrap();
+    assert_eq!(status(&state, "requirements"), TaskStatus::Dead);
+    assert_eq!(state.run.status, RunStatus::NeedsInput);
+    assert_eq!(state.run.settings.budget_tokens, Some(10));
+}
+
+#[test]
+fn the_budget_of_a_finished_run_cannot_be_raised() {
+    let mut state = new_state(settings());
+    step(&mut state, T0);
+    apply(
+        &mut state,
+        Input::Cancel {
+            reason: "stop".into(),
+        },
+        T0,
+    )
+    .unwrap();
+    let err = apply(
+        &mut state,
+        Input::RaiseBudget {
+            usd: Some(1.0),
+            tokens: None,
+        },
+        T0 + 1,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
 }
