@@ -420,10 +420,13 @@ async fn run_agent(
         Err(e) => return failed(format!("could not load the run: {e}"), true),
     };
     let upstream_ids = state.upstream_of(&task.id);
-    // Two independent reads, on two reader connections at once.
-    let (artifacts, inbox) = tokio::join!(
+    // Three independent reads, on reader connections at once. The run row is
+    // read now (the plan above may be cached): its budget, which a person may
+    // have raised, and what it has spent so far.
+    let (artifacts, inbox, run) = tokio::join!(
         deps.store.list_artifacts(run_id, true),
-        load_inbox(deps, run_id)
+        load_inbox(deps, run_id),
+        deps.store.get_run(run_id)
     );
     let artifacts = match artifacts {
         Ok(a) => a,
@@ -475,9 +478,7 @@ async fn run_agent(
     )
     .replay(!failed_on_output(task));
     let provider = std::sync::Arc::new(provider);
-    // The run read now (the plan above may be cached): its limits, which a
-    // person may have raised, and what it has spent so far.
-    let run = match deps.store.get_run(run_id).await {
+    let run = match run {
         Ok(r) => r,
         Err(e) => return failed(format!("could not load the run: {e}"), true),
     };
