@@ -10,22 +10,27 @@ use std::time::{Duration, Instant};
 const GOAL: &str = "Build a small CRUD app for managing TODO items";
 const REDIS: &str = "redis://127.0.0.1:6379";
 
-fn redis_available() -> bool {
-    if std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:6379".parse().unwrap(),
-        Duration::from_secs(2),
-    )
-    .is_ok()
+/// Whether a local service answers on `addr`. If not: skip (false) when
+/// `skip_var=1`, else fail with how to start it.
+fn service_available(name: &str, addr: &str, skip_var: &str, start: &str) -> bool {
+    if std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
     {
         return true;
     }
-    if std::env::var("ORCH_SKIP_REDIS").as_deref() == Ok("1") {
-        eprintln!("skipped: Redis is not reachable and ORCH_SKIP_REDIS=1");
+    if std::env::var(skip_var).as_deref() == Ok("1") {
+        eprintln!("skipped: {name} is not reachable and {skip_var}=1");
         return false;
     }
-    panic!(
-        "Redis is not reachable on 127.0.0.1:6379; start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no` (or set ORCH_SKIP_REDIS=1)"
-    );
+    panic!("{name} is not reachable on {addr}; start it with `{start}` (or set {skip_var}=1)");
+}
+
+fn redis_available() -> bool {
+    service_available(
+        "Redis",
+        "127.0.0.1:6379",
+        "ORCH_SKIP_REDIS",
+        "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no",
+    )
 }
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -35,21 +40,12 @@ const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 static PG_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn pg_available() -> bool {
-    if std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5432".parse().unwrap(),
-        Duration::from_secs(2),
+    service_available(
+        "PostgreSQL",
+        "127.0.0.1:5432",
+        "ORCH_SKIP_PG",
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     )
-    .is_ok()
-    {
-        return true;
-    }
-    if std::env::var("ORCH_SKIP_PG").as_deref() == Ok("1") {
-        eprintln!("skipped: PostgreSQL is not reachable and ORCH_SKIP_PG=1");
-        return false;
-    }
-    panic!(
-        "PostgreSQL is not reachable on 127.0.0.1:5432; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` (or set ORCH_SKIP_PG=1)"
-    );
 }
 
 fn psql(sql: &str) -> Output {
