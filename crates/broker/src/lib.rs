@@ -229,6 +229,7 @@ impl ChannelSubscription {
     }
 }
 
+/// Role queues and engine wake-ups, as the engine and workers see them.
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Backend name for logs (`in-process`, `redis`).

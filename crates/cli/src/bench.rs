@@ -21,6 +21,7 @@ use orch_llm::ScriptedProvider;
 use crate::config::Config;
 use crate::wiring;
 
+/// Options of `orchestrator bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Which scenario: s1, s2, s3 or all.

@@ -249,6 +249,7 @@ pub struct Verdict {
     pub findings: Vec<String>,
 }
 
+/// A reviewer's decision: the gate passes or fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum VerdictKind {

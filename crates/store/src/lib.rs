@@ -206,6 +206,7 @@ pub struct EventQuery {
     pub kind: Option<orch_core::EventKind>,
 }
 
+/// The append-only, per-run ordered event log.
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Append events to a run's log; returns their sequence numbers.
@@ -219,6 +220,7 @@ pub trait EventStore: Send + Sync {
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>>;
 }
 
+/// Versioned artifacts of runs.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
     /// Artifacts of a run: every version, or only the latest of each name.
@@ -232,6 +234,7 @@ pub trait ArtifactStore: Send + Sync {
     ) -> Result<Artifact>;
 }
 
+/// Tasks that failed every attempt, kept for replay.
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync {
     /// Dead letters, newest first; of one run, or all; replayed ones too if asked.
