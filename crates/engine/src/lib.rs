@@ -28,6 +28,9 @@ mod runtime;
 mod sweeper;
 mod worker;
 
+pub use orch_broker as broker;
+pub use orch_store as store;
+
 pub use budget::BudgetedProvider;
 pub use driver::{Engine, TickOutcome};
 pub use journal::JournalingProvider;

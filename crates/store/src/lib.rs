@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orch_core::{
-    Artifact, DeadLetter, Event, Millis, NewArtifact, NewEvent, Role, Run, RunId, RunState,
-    RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict,
+    Artifact, DeadLetter, Event, GateKind, GateStatus, Millis, NewArtifact, NewEvent, Role, Run,
+    RunId, RunState, RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict,
 };
 
 pub mod conformance;
@@ -46,6 +46,8 @@ pub enum Error {
     ArtifactNotFound { run: String, name: String },
     #[error("no dead letter {0}; list them with `orchestrator dlq list`")]
     DeadLetterNotFound(i64),
+    #[error("no API token {0}; list them with `orchestrator token list`")]
+    TokenNotFound(String),
     /// Someone else changed the run since it was loaded: reload and retry.
     #[error("concurrent update of run {0}; reload and retry")]
     Conflict(String),
@@ -287,9 +289,95 @@ pub trait JournalStore: Send + Sync {
     async fn list_llm_calls(&self, run_id: &RunId) -> Result<Vec<LlmCallRecord>>;
 }
 
+/// An API bearer token as stored: never the secret itself, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Public identifier (the token's second part, `orch_<id>_<secret>`).
+    pub id: String,
+    /// A label for people (`ci`, `dashboard`).
+    pub name: String,
+    /// Scope names (`read`, `write`, `admin`).
+    pub scopes: Vec<String>,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_hash: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// Bearer tokens of the HTTP API (the `api_tokens` table).
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Insert a token; an existing id is [`Error::Conflict`].
+    async fn create_token(&self, token: &ApiToken) -> Result<()>;
+    /// One token by id, revoked or not.
+    async fn get_token(&self, id: &str) -> Result<Option<ApiToken>>;
+    /// Tokens, oldest first; revoked ones too if asked.
+    async fn list_tokens(&self, include_revoked: bool) -> Result<Vec<ApiToken>>;
+    /// Revoke a token (idempotent: revoking twice keeps the first time).
+    /// [`Error::TokenNotFound`] if there is no such id.
+    async fn revoke_token(&self, id: &str, now: Millis) -> Result<ApiToken>;
+}
+
+/// Upper bounds (milliseconds, inclusive) of the task duration histogram
+/// buckets in [`Stats::task_durations`]; a last, implicit bucket is `+Inf`.
+pub const TASK_DURATION_BUCKETS_MS: [i64; 12] = [
+    10, 50, 100, 500, 1_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 3_600_000,
+];
+
+/// Durations of finished task attempts of one role (finished_at - started_at
+/// of tasks in a final status).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DurationHistogram {
+    /// Count per bucket of [`TASK_DURATION_BUCKETS_MS`] plus the `+Inf`
+    /// bucket (length 13); NOT cumulative.
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_ms: i64,
+}
+
+/// LLM call totals of one provider and model, from the call journal.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LlmTotals {
+    pub provider: String,
+    pub model: String,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Aggregates over the whole store, for `/metrics`: computed by the
+/// database, so a `serve` process reports the work of workers elsewhere.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stats {
+    pub runs_by_status: Vec<(RunStatus, u64)>,
+    pub tasks_by_role_status: Vec<(Role, TaskStatus, u64)>,
+    pub task_durations: Vec<(Role, DurationHistogram)>,
+    pub gates_by_kind_status: Vec<(GateKind, GateStatus, u64)>,
+    /// Dead letters not yet replayed.
+    pub dead_letters: u64,
+    pub llm: Vec<LlmTotals>,
+}
+
+/// Aggregates for monitoring.
+#[async_trait]
+pub trait StatsStore: Send + Sync {
+    /// Counts and totals over every run (only non-zero groups are listed).
+    async fn stats(&self) -> Result<Stats>;
+}
+
 /// Every capability: what the engine is given.
 pub trait Store:
-    RunStore + TaskStore + EventStore + ArtifactStore + DeadLetterStore + JournalStore
+    RunStore
+    + TaskStore
+    + EventStore
+    + ArtifactStore
+    + DeadLetterStore
+    + JournalStore
+    + TokenStore
+    + StatsStore
 {
     /// Backend name for logs and `status` (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;

@@ -50,9 +50,9 @@ use sqlx::{Connection, Row, Sqlite};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{
-    ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, JournalStore,
-    LlmCallRecord, NewDeadLetter, Result, RunFilter, RunStore, Store, TaskOutcome, TaskRef,
-    TaskStore,
+    ApiToken, ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, JournalStore,
+    LlmCallRecord, NewDeadLetter, Result, RunFilter, RunStore, Stats, StatsStore, Store,
+    TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
 /// How long a connection waits for another process's lock before failing with
@@ -1531,6 +1531,30 @@ impl JournalStore for SqliteStore {
             .iter()
             .map(llm_call_from_row)
             .collect()
+    }
+}
+
+// Filled in with the api_tokens migration.
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn create_token(&self, _token: &ApiToken) -> Result<()> {
+        Err(Error::Database("api tokens are not implemented yet".into()))
+    }
+    async fn get_token(&self, _id: &str) -> Result<Option<ApiToken>> {
+        Err(Error::Database("api tokens are not implemented yet".into()))
+    }
+    async fn list_tokens(&self, _include_revoked: bool) -> Result<Vec<ApiToken>> {
+        Err(Error::Database("api tokens are not implemented yet".into()))
+    }
+    async fn revoke_token(&self, _id: &str, _now: Millis) -> Result<ApiToken> {
+        Err(Error::Database("api tokens are not implemented yet".into()))
+    }
+}
+
+#[async_trait]
+impl StatsStore for SqliteStore {
+    async fn stats(&self) -> Result<Stats> {
+        Err(Error::Database("stats are not implemented yet".into()))
     }
 }
 
