@@ -124,7 +124,9 @@ impl From<orch_engine::store::Error> for ApiError {
             | E::ArtifactNotFound { .. }
             | E::DeadLetterNotFound(_)
             | E::TokenNotFound(_) => ApiError::NotFound(e.to_string()),
-            E::Conflict(_) | E::LeaseLost { .. } => ApiError::Conflict(e.to_string()),
+            E::Conflict(_) | E::LeaseLost { .. } | E::TokenExists(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             E::Locked(_) | E::Connect { .. } | E::Database(_) => {
                 ApiError::Unavailable(format!("database: {e}; retry later"))
             }

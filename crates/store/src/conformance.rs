@@ -8,6 +8,7 @@
 //! on the built-in `sdlc` workflow), as the engine would produce them.
 //! Failures panic with a message naming what the backend got wrong.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use orch_core::{
@@ -16,7 +17,10 @@ use orch_core::{
 };
 use serde_json::json;
 
-use crate::{Error, EventQuery, Fence, NewDeadLetter, RunFilter, Store, TaskOutcome, TaskRef};
+use crate::{
+    ApiToken, Error, EventQuery, Fence, LlmTotals, NewDeadLetter, RunFilter, Stats, Store,
+    TASK_DURATION_BUCKETS_MS, TaskOutcome, TaskRef,
+};
 
 /// Base time of the suite (the clock is the suite's, never the system's).
 pub const T0: Millis = 1_700_000_000_000;
@@ -43,6 +47,8 @@ pub async fn run_all(store: &dyn Store) {
     unknown_ids_are_not_found(store).await;
     events_filter_by_kind(store).await;
     llm_journal_round_trip(store).await;
+    api_tokens_round_trip(store).await;
+    stats_count_what_is_stored(store).await;
 }
 
 /// An LLM call as a worker would journal it.
@@ -151,6 +157,434 @@ pub async fn events_filter_by_kind(store: &dyn Store) {
         .await
         .expect("all");
     assert_eq!(all.len(), events.len() + 3);
+}
+
+/// A token as the API would mint it (the hash is of nothing in particular).
+fn api_token(id: &str, name: &str, scopes: &[&str], created_at: Millis) -> ApiToken {
+    ApiToken {
+        id: id.to_string(),
+        name: name.to_string(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        secret_hash: format!("{:064x}", created_at),
+        created_at,
+        revoked_at: None,
+    }
+}
+
+/// API tokens: create, get, list (oldest first, revoked ones on request),
+/// revoke (idempotent); duplicate and unknown ids.
+pub async fn api_tokens_round_trip(store: &dyn Store) {
+    // Ids of this check's own: the database may hold other tokens.
+    let prefix = RunId::generate().to_string();
+    let older = api_token(&format!("{prefix}a"), "ci", &["read", "write"], T0);
+    let newer = api_token(&format!("{prefix}b"), "dashboard", &[], T0 + 5);
+    let ours = |tokens: Vec<ApiToken>| -> Vec<ApiToken> {
+        tokens
+            .into_iter()
+            .filter(|t| t.id.starts_with(&prefix))
+            .collect()
+    };
+
+    // The newer one first: listing goes by creation time, not insertion.
+    store.create_token(&newer).await.expect("create newer");
+    store.create_token(&older).await.expect("create older");
+    let mut imposter = api_token(&older.id, "imposter", &["admin"], T0 + 9);
+    imposter.secret_hash = "0".repeat(64);
+    assert!(
+        matches!(store.create_token(&imposter).await, Err(Error::TokenExists(ref id)) if *id == older.id),
+        "creating a token with an existing id is refused"
+    );
+    assert_eq!(
+        store.get_token(&older.id).await.expect("get"),
+        Some(older.clone()),
+        "a token round-trips, and a refused duplicate changed nothing"
+    );
+    assert_eq!(
+        store.get_token(&newer.id).await.expect("get"),
+        Some(newer.clone()),
+        "empty scopes round-trip"
+    );
+    assert_eq!(
+        store
+            .get_token(&format!("{prefix}none"))
+            .await
+            .expect("get unknown"),
+        None
+    );
+    assert_eq!(
+        ours(store.list_tokens(false).await.expect("list")),
+        vec![older.clone(), newer.clone()],
+        "oldest first"
+    );
+
+    let unknown = format!("{prefix}none");
+    match store.revoke_token(&unknown, T0 + 10).await {
+        Err(Error::TokenNotFound(id)) => assert_eq!(id, unknown),
+        other => panic!("revoking an unknown token: expected TokenNotFound, got {other:?}"),
+    }
+
+    let revoked = store
+        .revoke_token(&older.id, T0 + 10)
+        .await
+        .expect("revoke");
+    assert_eq!(
+        revoked,
+        ApiToken {
+            revoked_at: Some(T0 + 10),
+            ..older.clone()
+        },
+        "revoke returns the revoked token"
+    );
+    assert_eq!(
+        store
+            .revoke_token(&older.id, T0 + 20)
+            .await
+            .expect("revoke again"),
+        revoked,
+        "revoking twice keeps the first time"
+    );
+    assert_eq!(
+        store.get_token(&older.id).await.expect("get revoked"),
+        Some(revoked.clone()),
+        "a revoked token is still found by id"
+    );
+    assert_eq!(
+        ours(store.list_tokens(false).await.expect("list")),
+        vec![newer.clone()],
+        "revoked tokens are left out by default"
+    );
+    assert_eq!(
+        ours(store.list_tokens(true).await.expect("list all")),
+        vec![revoked, newer],
+        "revoked tokens are listed on request, in creation order"
+    );
+}
+
+/// The stats of a store that holds nothing: every list empty, no dead
+/// letters. Needs a fresh database (it is not part of [`run_all`]).
+pub async fn stats_of_an_empty_store(store: &dyn Store) {
+    assert_eq!(store.stats().await.expect("stats"), Stats::default());
+}
+
+/// The histogram bucket of a duration, as `stats` must compute it.
+fn bucket_of(duration: Millis) -> usize {
+    TASK_DURATION_BUCKETS_MS
+        .iter()
+        .position(|&bound| duration <= bound)
+        .unwrap_or(TASK_DURATION_BUCKETS_MS.len())
+}
+
+/// Counts keyed by text forms, for comparing stats taken at two times.
+type Counts = BTreeMap<String, i64>;
+
+fn counts<'a>(pairs: impl IntoIterator<Item = (String, &'a u64)>) -> Counts {
+    pairs
+        .into_iter()
+        .map(|(k, n)| (k, i64::try_from(*n).expect("a count fits i64")))
+        .collect()
+}
+
+/// `after - before`, without the keys that did not change.
+fn delta(before: &Counts, after: &Counts) -> Counts {
+    after
+        .iter()
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .chain(
+            before
+                .iter()
+                .filter(|(k, _)| !after.contains_key(*k))
+                .map(|(k, n)| (k.clone(), -n)),
+        )
+        .filter(|(_, n)| *n != 0)
+        .collect()
+}
+
+fn run_counts(stats: &Stats) -> Counts {
+    counts(
+        stats
+            .runs_by_status
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), n)),
+    )
+}
+
+fn task_counts(stats: &Stats) -> Counts {
+    counts(
+        stats
+            .tasks_by_role_status
+            .iter()
+            .map(|(r, s, n)| (format!("{} {}", r.as_str(), s.as_str()), n)),
+    )
+}
+
+fn gate_counts(stats: &Stats) -> Counts {
+    counts(
+        stats
+            .gates_by_kind_status
+            .iter()
+            .map(|(k, s, n)| (format!("{} {}", k.as_str(), s.as_str()), n)),
+    )
+}
+
+/// Histograms by role: `(buckets, count, sum_ms)` as signed numbers.
+type Histograms = BTreeMap<String, (Vec<i64>, i64, i64)>;
+
+fn histograms(stats: &Stats) -> Histograms {
+    stats
+        .task_durations
+        .iter()
+        .map(|(role, h)| {
+            assert_eq!(
+                h.buckets.len(),
+                TASK_DURATION_BUCKETS_MS.len() + 1,
+                "the histogram of {role} has a bucket per bound and +Inf"
+            );
+            assert_eq!(
+                h.buckets.iter().sum::<u64>(),
+                h.count,
+                "the buckets of {role} are not cumulative and add up to the count"
+            );
+            assert!(h.count > 0, "only roles with durations are listed");
+            let buckets = h.buckets.iter().map(|&n| n as i64).collect();
+            (
+                role.as_str().to_string(),
+                (buckets, h.count as i64, h.sum_ms),
+            )
+        })
+        .collect()
+}
+
+fn histogram_delta(before: &Histograms, after: &Histograms) -> Histograms {
+    let empty = (vec![0; TASK_DURATION_BUCKETS_MS.len() + 1], 0, 0);
+    after
+        .iter()
+        .map(|(role, (buckets, count, sum))| {
+            let (b0, c0, s0) = before.get(role).unwrap_or(&empty);
+            let buckets = buckets.iter().zip(b0).map(|(a, b)| a - b).collect();
+            (role.clone(), (buckets, count - c0, sum - s0))
+        })
+        .filter(|(_, (_, count, sum))| *count != 0 || *sum != 0)
+        .collect()
+}
+
+/// Every list of the stats is sorted by its text forms, without duplicates.
+fn assert_sorted(stats: &Stats) {
+    fn strictly_sorted(keys: &[String], what: &str) {
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "{what} are sorted by their text forms: {keys:?}"
+        );
+    }
+    let runs: Vec<String> = stats
+        .runs_by_status
+        .iter()
+        .map(|(s, _)| s.as_str().into())
+        .collect();
+    strictly_sorted(&runs, "runs by status");
+    let tasks: Vec<String> = stats
+        .tasks_by_role_status
+        .iter()
+        .map(|(r, s, _)| format!("{}\0{}", r.as_str(), s.as_str()))
+        .collect();
+    strictly_sorted(&tasks, "tasks by role and status");
+    let roles: Vec<String> = stats
+        .task_durations
+        .iter()
+        .map(|(r, _)| r.as_str().into())
+        .collect();
+    strictly_sorted(&roles, "task durations");
+    let gates: Vec<String> = stats
+        .gates_by_kind_status
+        .iter()
+        .map(|(k, s, _)| format!("{}\0{}", k.as_str(), s.as_str()))
+        .collect();
+    strictly_sorted(&gates, "gates by kind and status");
+    let llm: Vec<String> = stats
+        .llm
+        .iter()
+        .map(|t| format!("{}\0{}", t.provider, t.model))
+        .collect();
+    strictly_sorted(&llm, "LLM totals");
+    for (what, counts) in [
+        ("runs", run_counts(stats)),
+        ("tasks", task_counts(stats)),
+        ("gates", gate_counts(stats)),
+    ] {
+        assert!(
+            counts.values().all(|&n| n > 0),
+            "only non-zero groups of {what} are listed: {counts:?}"
+        );
+    }
+}
+
+/// Run, task, gate, dead letter and LLM call aggregates count exactly what
+/// was stored, and task durations land in their buckets. Compares the stats
+/// before and after, so other runs in the database do not matter (as long
+/// as nothing else writes meanwhile).
+pub async fn stats_count_what_is_stored(store: &dyn Store) {
+    let before = store.stats().await.expect("stats before");
+    assert_sorted(&before);
+
+    // Run A: the first task succeeds after 700 ms (bucket 4, 500 < d <= 1000).
+    let a = create_queued(store, T0).await.run.id;
+    store
+        .claim_task(&a, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    store
+        .complete_task(
+            &fence(&a, FIRST, 1, "w1"),
+            &succeeded(FIRST, vec![]),
+            T0 + 720,
+        )
+        .await
+        .expect("complete");
+    let a_state = store.load_run(&a).await.expect("load_run");
+    step(store, &a_state, Input::Reconcile, T0 + 730)
+        .await
+        .expect("reconcile after success");
+
+    // Run B: the first task fails for good after exactly 10 s (a bound is
+    // inclusive: bucket 6), and goes to the dead letter queue.
+    let b = create_queued(store, T0).await.run.id;
+    store
+        .claim_task(&b, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    store
+        .complete_task(
+            &fence(&b, FIRST, 1, "w1"),
+            &failed(FIRST, false, vec![]),
+            T0 + 10_020,
+        )
+        .await
+        .expect("fail");
+    let b_state = store.load_run(&b).await.expect("load_run");
+    let b_state = step(store, &b_state, Input::Reconcile, T0 + 10_030)
+        .await
+        .expect("dead letter saved");
+    assert_eq!(b_state.task(FIRST).unwrap().status, TaskStatus::Dead);
+
+    // Run C: the first task succeeds after more than an hour (+Inf).
+    let c = create_queued(store, T0).await.run.id;
+    let long = TASK_DURATION_BUCKETS_MS[TASK_DURATION_BUCKETS_MS.len() - 1] + 1;
+    store
+        .claim_task(&c, FIRST, 1, "w1", T0 + 20 + 2 * long, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    store
+        .complete_task(
+            &fence(&c, FIRST, 1, "w1"),
+            &succeeded(FIRST, vec![]),
+            T0 + 20 + long,
+        )
+        .await
+        .expect("complete");
+
+    // LLM calls of a provider of this check's own: two of one model, one of another.
+    let provider = format!("stats-{a}");
+    for (attempt, model) in [(1, "model-a"), (2, "model-a"), (3, "model-b")] {
+        let mut call = llm_call(&a, attempt, "h", "{}");
+        call.provider = provider.clone();
+        call.model = model.to_string();
+        store.record_llm_call(&call).await.expect("record");
+    }
+
+    let after = store.stats().await.expect("stats after");
+    assert_sorted(&after);
+
+    // What the three runs hold, counted here.
+    let mut runs = Counts::new();
+    let mut tasks = Counts::new();
+    let mut gates = Counts::new();
+    let mut durations = Histograms::new();
+    for id in [&a, &b, &c] {
+        let state = store.load_run(id).await.expect("load_run");
+        *runs.entry(state.run.status.as_str().into()).or_default() += 1;
+        for t in &state.tasks {
+            let key = format!("{} {}", t.role.as_str(), t.status.as_str());
+            *tasks.entry(key).or_default() += 1;
+            if let (true, Some(started), Some(finished)) =
+                (t.status.is_terminal(), t.started_at, t.finished_at)
+            {
+                let d = finished - started;
+                let h = durations
+                    .entry(t.role.as_str().into())
+                    .or_insert_with(|| (vec![0; TASK_DURATION_BUCKETS_MS.len() + 1], 0, 0));
+                h.0[bucket_of(d)] += 1;
+                h.1 += 1;
+                h.2 += d;
+            }
+        }
+        for g in &state.gates {
+            *gates
+                .entry(format!("{} {}", g.kind.as_str(), g.status.as_str()))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(delta(&run_counts(&before), &run_counts(&after)), runs);
+    assert_eq!(runs.values().sum::<i64>(), 3);
+    assert_eq!(delta(&task_counts(&before), &task_counts(&after)), tasks);
+    let first_role = a_state.task(FIRST).unwrap().role.as_str();
+    assert_eq!(tasks[&format!("{first_role} SUCCEEDED")], 2);
+    assert_eq!(tasks[&format!("{first_role} DEAD")], 1);
+    assert_eq!(delta(&gate_counts(&before), &gate_counts(&after)), gates);
+    assert!(!gates.is_empty(), "the sdlc workflow has gates");
+
+    // Durations: exactly the three first tasks, in buckets 4, 6 and +Inf.
+    let mut expected = vec![0; TASK_DURATION_BUCKETS_MS.len() + 1];
+    expected[4] = 1;
+    expected[6] = 1;
+    expected[TASK_DURATION_BUCKETS_MS.len()] = 1;
+    assert_eq!(
+        durations,
+        BTreeMap::from([(first_role.to_string(), (expected, 3, 700 + 10_000 + long))]),
+        "only the three finished tasks have durations"
+    );
+    assert_eq!(
+        histogram_delta(&histograms(&before), &histograms(&after)),
+        durations
+    );
+
+    // Dead letters: B's, until it is replayed.
+    assert_eq!(after.dead_letters, before.dead_letters + 1);
+    let letter = store
+        .list_dead_letters(Some(&b), false)
+        .await
+        .expect("list_dead_letters")
+        .into_iter()
+        .next()
+        .expect("B has a dead letter");
+    store
+        .mark_replayed(letter.id, T0 + 20_000)
+        .await
+        .expect("mark_replayed");
+    assert_eq!(
+        store.stats().await.expect("stats").dead_letters,
+        before.dead_letters,
+        "a replayed dead letter is not counted"
+    );
+
+    // LLM totals of this check's provider, by model.
+    let ours: Vec<LlmTotals> = after
+        .llm
+        .into_iter()
+        .filter(|t| t.provider == provider)
+        .collect();
+    let totals = |model: &str, calls: u64| LlmTotals {
+        provider: provider.clone(),
+        model: model.to_string(),
+        calls,
+        input_tokens: 10 * calls,
+        output_tokens: 20 * calls,
+        cache_read_tokens: 3 * calls,
+        cache_write_tokens: 4 * calls,
+        cost_usd: 0.25 * calls as f64,
+    };
+    assert_eq!(ours, vec![totals("model-a", 2), totals("model-b", 1)]);
 }
 
 // ---------------------------------------------------------------------------

@@ -48,6 +48,8 @@ pub enum Error {
     DeadLetterNotFound(i64),
     #[error("no API token {0}; list them with `orchestrator token list`")]
     TokenNotFound(String),
+    #[error("an API token with id {0} already exists; create another")]
+    TokenExists(String),
     /// Someone else changed the run since it was loaded: reload and retry.
     #[error("concurrent update of run {0}; reload and retry")]
     Conflict(String),
@@ -307,7 +309,7 @@ pub struct ApiToken {
 /// Bearer tokens of the HTTP API (the `api_tokens` table).
 #[async_trait]
 pub trait TokenStore: Send + Sync {
-    /// Insert a token; an existing id is [`Error::Conflict`].
+    /// Insert a token; an existing id is [`Error::TokenExists`].
     async fn create_token(&self, token: &ApiToken) -> Result<()>;
     /// One token by id, revoked or not.
     async fn get_token(&self, id: &str) -> Result<Option<ApiToken>>;
@@ -359,6 +361,39 @@ pub struct Stats {
     /// Dead letters not yet replayed.
     pub dead_letters: u64,
     pub llm: Vec<LlmTotals>,
+}
+
+impl Stats {
+    /// Add a row of a backend's duration query: `n` tasks of `role` whose
+    /// durations fall in bucket `bucket` and add up to `sum_ms`. The rows
+    /// come grouped by role (sorted), so a role's histogram is the last one
+    /// or a new one.
+    pub(crate) fn add_durations(
+        &mut self,
+        role: Role,
+        bucket: i64,
+        n: u64,
+        sum_ms: i64,
+    ) -> Result<()> {
+        let index = usize::try_from(bucket)
+            .ok()
+            .filter(|&i| i <= TASK_DURATION_BUCKETS_MS.len())
+            .ok_or_else(|| Error::Decode(format!("duration bucket {bucket} is out of range")))?;
+        if self.task_durations.last().is_none_or(|(r, _)| *r != role) {
+            let histogram = DurationHistogram {
+                buckets: vec![0; TASK_DURATION_BUCKETS_MS.len() + 1],
+                count: 0,
+                sum_ms: 0,
+            };
+            self.task_durations.push((role, histogram));
+        }
+        if let Some((_, histogram)) = self.task_durations.last_mut() {
+            histogram.buckets[index] += n;
+            histogram.count += n;
+            histogram.sum_ms += sum_ms;
+        }
+        Ok(())
+    }
 }
 
 /// Aggregates for monitoring.

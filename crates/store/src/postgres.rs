@@ -63,7 +63,7 @@ use sqlx::{Connection, PgConnection, Postgres, Row};
 
 use crate::{
     ApiToken, ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, JournalStore,
-    LlmCallRecord, NewDeadLetter, Result, RunFilter, RunStore, Stats, StatsStore, Store,
+    LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats, StatsStore, Store,
     TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
@@ -119,6 +119,20 @@ mod sql {
     pub const FIND_LLM_CALL: &str = file!("find_llm_call.sql");
     pub const LIST_LLM_CALLS: &str = file!("list_llm_calls.sql");
     pub const APPEND_EVENTS: &str = file!("append_events.sql");
+
+    // API tokens.
+    pub const INSERT_TOKEN: &str = file!("insert_token.sql");
+    pub const GET_TOKEN: &str = file!("get_token.sql");
+    pub const LIST_TOKENS: &str = file!("list_tokens.sql");
+    pub const REVOKE_TOKEN: &str = file!("revoke_token.sql");
+
+    // The aggregates of `stats`.
+    pub const STATS_RUNS: &str = file!("stats_runs.sql");
+    pub const STATS_TASKS: &str = file!("stats_tasks.sql");
+    pub const STATS_DURATIONS: &str = file!("stats_durations.sql");
+    pub const STATS_GATES: &str = file!("stats_gates.sql");
+    pub const STATS_DEAD_LETTERS: &str = file!("stats_dead_letters.sql");
+    pub const STATS_LLM: &str = file!("stats_llm.sql");
 
     // Statements of write transactions.
     pub const INSERT_RUN: &str = file!("insert_run.sql");
@@ -1176,6 +1190,17 @@ fn llm_call_from_row(row: &PgRow) -> Result<LlmCallRecord> {
     })
 }
 
+fn token_from_row(row: &PgRow) -> Result<ApiToken> {
+    Ok(ApiToken {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        scopes: json_col(row, "scopes")?,
+        secret_hash: col(row, "secret_hash")?,
+        created_at: col(row, "created_at")?,
+        revoked_at: col(row, "revoked_at")?,
+    })
+}
+
 fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: col(row, "id")?,
@@ -1606,27 +1631,104 @@ impl JournalStore for PostgresStore {
     }
 }
 
-// Filled in with the api_tokens migration.
 #[async_trait]
 impl TokenStore for PostgresStore {
-    async fn create_token(&self, _token: &ApiToken) -> Result<()> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+    async fn create_token(&self, token: &ApiToken) -> Result<()> {
+        let inserted = sqlx::query(sql::INSERT_TOKEN)
+            .bind(token.id.as_str())
+            .bind(token.name.as_str())
+            .bind(to_json(&token.scopes)?)
+            .bind(token.secret_hash.as_str())
+            .bind(token.created_at)
+            .bind(token.revoked_at)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::TokenExists(token.id.clone())),
+            Err(e) => Err(self.db_err(e)),
+        }
     }
-    async fn get_token(&self, _id: &str) -> Result<Option<ApiToken>> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+
+    async fn get_token(&self, id: &str) -> Result<Option<ApiToken>> {
+        self.read_one(sqlx::query(sql::GET_TOKEN).bind(id))
+            .await?
+            .as_ref()
+            .map(token_from_row)
+            .transpose()
     }
-    async fn list_tokens(&self, _include_revoked: bool) -> Result<Vec<ApiToken>> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+
+    async fn list_tokens(&self, include_revoked: bool) -> Result<Vec<ApiToken>> {
+        self.read_all(sqlx::query(sql::LIST_TOKENS).bind(include_revoked))
+            .await?
+            .iter()
+            .map(token_from_row)
+            .collect()
     }
-    async fn revoke_token(&self, _id: &str, _now: Millis) -> Result<ApiToken> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+
+    async fn revoke_token(&self, id: &str, now: Millis) -> Result<ApiToken> {
+        let row = sqlx::query(sql::REVOKE_TOKEN)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))?
+            .ok_or_else(|| Error::TokenNotFound(id.to_string()))?;
+        token_from_row(&row)
     }
 }
 
 #[async_trait]
 impl StatsStore for PostgresStore {
     async fn stats(&self) -> Result<Stats> {
-        Err(Error::Database("stats are not implemented yet".into()))
+        // One statement per aggregate, one after the other on the pool: no
+        // snapshot across them (a scrape need not be exact to the row), and
+        // no more than one connection held at a time.
+        let mut stats = Stats::default();
+        for row in &self.read_all(sqlx::query(sql::STATS_RUNS)).await? {
+            stats
+                .runs_by_status
+                .push((parse_col(row, "status")?, u64_col(row, "n")?));
+        }
+        for row in &self.read_all(sqlx::query(sql::STATS_TASKS)).await? {
+            stats.tasks_by_role_status.push((
+                parse_col(row, "role")?,
+                parse_col(row, "status")?,
+                u64_col(row, "n")?,
+            ));
+        }
+        for row in &self.read_all(sqlx::query(sql::STATS_DURATIONS)).await? {
+            let bucket: i32 = col(row, "bucket")?;
+            stats.add_durations(
+                parse_col(row, "role")?,
+                i64::from(bucket),
+                u64_col(row, "n")?,
+                col(row, "sum_ms")?,
+            )?;
+        }
+        for row in &self.read_all(sqlx::query(sql::STATS_GATES)).await? {
+            stats.gates_by_kind_status.push((
+                parse_col(row, "kind")?,
+                parse_col(row, "status")?,
+                u64_col(row, "n")?,
+            ));
+        }
+        if let Some(row) = self.read_one(sqlx::query(sql::STATS_DEAD_LETTERS)).await? {
+            stats.dead_letters = u64_col(&row, "n")?;
+        }
+        for row in &self.read_all(sqlx::query(sql::STATS_LLM)).await? {
+            stats.llm.push(LlmTotals {
+                provider: col(row, "provider")?,
+                model: col(row, "model")?,
+                calls: u64_col(row, "n")?,
+                input_tokens: u64_col(row, "input_tokens")?,
+                output_tokens: u64_col(row, "output_tokens")?,
+                cache_read_tokens: u64_col(row, "cache_read_tokens")?,
+                cache_write_tokens: u64_col(row, "cache_write_tokens")?,
+                cost_usd: col(row, "cost_usd")?,
+            });
+        }
+        Ok(stats)
     }
 }
 
@@ -1639,6 +1741,26 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bucket bounds and terminal statuses written out in the duration
+    /// query are those of `TASK_DURATION_BUCKETS_MS` and `TaskStatus`.
+    #[test]
+    fn the_duration_query_matches_the_buckets_and_statuses() {
+        let sql = sql::STATS_DURATIONS;
+        for (i, bound) in crate::TASK_DURATION_BUCKETS_MS.iter().enumerate() {
+            let arm = format!("WHEN duration <= {bound} THEN {i}\n");
+            assert!(sql.contains(&arm), "missing {arm:?}");
+        }
+        let inf = format!("ELSE {}\n", crate::TASK_DURATION_BUCKETS_MS.len());
+        assert!(sql.contains(&inf), "missing {inf:?}");
+        let terminal: Vec<String> = TaskStatus::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{s}'"))
+            .collect();
+        let filter = format!("status IN ({})", terminal.join(", "));
+        assert!(sql.contains(&filter), "missing {filter:?}");
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -51,7 +51,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{
     ApiToken, ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, JournalStore,
-    LlmCallRecord, NewDeadLetter, Result, RunFilter, RunStore, Stats, StatsStore, Store,
+    LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats, StatsStore, Store,
     TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
@@ -96,6 +96,22 @@ mod sql {
     pub const RECORD_LLM_CALL: &str = files!("record_llm_call.sql");
     pub const FIND_LLM_CALL: &str = files!("find_llm_call.sql");
     pub const LIST_LLM_CALLS: &str = files!("list_llm_calls.sql");
+
+    // API tokens: reads, and single-row writes.
+    pub const INSERT_TOKEN: &str = files!("insert_token.sql");
+    pub const GET_TOKEN: &str = files!("get_token.sql");
+    pub const LIST_TOKENS: &str = files!("list_tokens.sql");
+    pub const REVOKE_TOKEN: &str = files!("revoke_token.sql");
+
+    /// Every aggregate of `stats` in one round trip (`part` tells rows apart).
+    pub const STATS: &str = files!(
+        "stats_runs.sql",
+        "stats_tasks.sql",
+        "stats_durations.sql",
+        "stats_gates.sql",
+        "stats_dead_letters.sql",
+        "stats_llm.sql",
+    );
 
     /// The procedures, installed on the write connection.
     pub const PROCEDURES: &str = files!(
@@ -1015,6 +1031,59 @@ fn llm_call_from_row(row: &SqliteRow) -> Result<LlmCallRecord> {
     })
 }
 
+fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
+    Ok(ApiToken {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        scopes: json_col(row, "scopes")?,
+        secret_hash: col(row, "secret_hash")?,
+        created_at: col(row, "created_at")?,
+        revoked_at: col(row, "revoked_at")?,
+    })
+}
+
+/// Fill `stats` from the rows of [`sql::STATS`].
+fn stats_from_rows(rows: &[SqliteRow]) -> Result<Stats> {
+    let mut stats = Stats::default();
+    for row in rows {
+        let part: String = col(row, "part")?;
+        match part.as_str() {
+            "runs" => stats
+                .runs_by_status
+                .push((parse_col(row, "status")?, u64_col(row, "n")?)),
+            "tasks" => stats.tasks_by_role_status.push((
+                parse_col(row, "role")?,
+                parse_col(row, "status")?,
+                u64_col(row, "n")?,
+            )),
+            "durations" => stats.add_durations(
+                parse_col(row, "role")?,
+                col(row, "bucket")?,
+                u64_col(row, "n")?,
+                col(row, "sum_ms")?,
+            )?,
+            "gates" => stats.gates_by_kind_status.push((
+                parse_col(row, "kind")?,
+                parse_col(row, "status")?,
+                u64_col(row, "n")?,
+            )),
+            "dead_letters" => stats.dead_letters = u64_col(row, "n")?,
+            "llm" => stats.llm.push(LlmTotals {
+                provider: col(row, "provider")?,
+                model: col(row, "model")?,
+                calls: u64_col(row, "n")?,
+                input_tokens: u64_col(row, "input_tokens")?,
+                output_tokens: u64_col(row, "output_tokens")?,
+                cache_read_tokens: u64_col(row, "cache_read_tokens")?,
+                cache_write_tokens: u64_col(row, "cache_write_tokens")?,
+                cost_usd: col(row, "cost_usd")?,
+            }),
+            other => return Err(Error::Decode(format!("unexpected row part {other:?}"))),
+        }
+    }
+    Ok(stats)
+}
+
 fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: col(row, "id")?,
@@ -1534,27 +1603,55 @@ impl JournalStore for SqliteStore {
     }
 }
 
-// Filled in with the api_tokens migration.
 #[async_trait]
 impl TokenStore for SqliteStore {
-    async fn create_token(&self, _token: &ApiToken) -> Result<()> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+    async fn create_token(&self, token: &ApiToken) -> Result<()> {
+        let query = sqlx::query(sql::INSERT_TOKEN)
+            .bind(token.id.as_str())
+            .bind(token.name.as_str())
+            .bind(to_json(&token.scopes)?)
+            .bind(token.secret_hash.as_str())
+            .bind(token.created_at)
+            .bind(token.revoked_at);
+        let mut writer = self.conns.writer().await;
+        match query.execute(conn(&mut writer)?).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::TokenExists(token.id.clone())),
+            Err(e) => Err(db_err(e)),
+        }
     }
-    async fn get_token(&self, _id: &str) -> Result<Option<ApiToken>> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+
+    async fn get_token(&self, id: &str) -> Result<Option<ApiToken>> {
+        self.read_one(sqlx::query(sql::GET_TOKEN).bind(id))
+            .await?
+            .as_ref()
+            .map(token_from_row)
+            .transpose()
     }
-    async fn list_tokens(&self, _include_revoked: bool) -> Result<Vec<ApiToken>> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+
+    async fn list_tokens(&self, include_revoked: bool) -> Result<Vec<ApiToken>> {
+        self.read_all(sqlx::query(sql::LIST_TOKENS).bind(include_revoked))
+            .await?
+            .iter()
+            .map(token_from_row)
+            .collect()
     }
-    async fn revoke_token(&self, _id: &str, _now: Millis) -> Result<ApiToken> {
-        Err(Error::Database("api tokens are not implemented yet".into()))
+
+    async fn revoke_token(&self, id: &str, now: Millis) -> Result<ApiToken> {
+        let rows = self
+            .write_one(sqlx::query(sql::REVOKE_TOKEN).bind(id).bind(now))
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::TokenNotFound(id.to_string()))?;
+        token_from_row(row)
     }
 }
 
 #[async_trait]
 impl StatsStore for SqliteStore {
     async fn stats(&self) -> Result<Stats> {
-        Err(Error::Database("stats are not implemented yet".into()))
+        stats_from_rows(&self.read_all(sqlx::query(sql::STATS)).await?)
     }
 }
 
@@ -1567,6 +1664,26 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bucket bounds and terminal statuses written out in the duration
+    /// query are those of `TASK_DURATION_BUCKETS_MS` and `TaskStatus`.
+    #[test]
+    fn the_duration_query_matches_the_buckets_and_statuses() {
+        let sql = sql::STATS;
+        for (i, bound) in crate::TASK_DURATION_BUCKETS_MS.iter().enumerate() {
+            let arm = format!("WHEN duration <= {bound} THEN {i}\n");
+            assert!(sql.contains(&arm), "missing {arm:?}");
+        }
+        let inf = format!("ELSE {}\n", crate::TASK_DURATION_BUCKETS_MS.len());
+        assert!(sql.contains(&inf), "missing {inf:?}");
+        let terminal: Vec<String> = TaskStatus::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{s}'"))
+            .collect();
+        let filter = format!("status IN ({})", terminal.join(", "));
+        assert!(sql.contains(&filter), "missing {filter:?}");
+    }
 
     #[test]
     fn urls_parse_to_targets() {

@@ -151,6 +151,16 @@ async fn conformance() {
     store.close().await;
 }
 
+#[tokio::test]
+async fn stats_of_an_empty_store() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    conformance::stats_of_an_empty_store(&store).await;
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_have_one_winner() {
     let Some(db) = TestDb::create().await else {

@@ -28,6 +28,15 @@ async fn conformance_in_memory() {
 }
 
 #[tokio::test]
+async fn stats_of_an_empty_store() {
+    let (_dir, url) = temp_db();
+    let store = SqliteStore::open(&url).await.expect("open");
+    conformance::stats_of_an_empty_store(&store).await;
+    let memory = SqliteStore::open("sqlite::memory:").await.expect("open");
+    conformance::stats_of_an_empty_store(&memory).await;
+}
+
+#[tokio::test]
 async fn in_memory_stores_are_separate() {
     let a = SqliteStore::open("sqlite::memory:").await.expect("open a");
     let b = SqliteStore::open("sqlite::memory:").await.expect("open b");

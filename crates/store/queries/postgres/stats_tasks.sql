@@ -1,0 +1,5 @@
+-- Tasks per role and status (from the index tasks_by_role_status). Part of stats.
+SELECT role, status, COUNT(*) AS n
+FROM tasks
+GROUP BY role, status
+ORDER BY role COLLATE "C", status COLLATE "C";
