@@ -16,14 +16,23 @@
 
 use std::sync::Arc;
 
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use orch_core::RunSettings;
 use orch_engine::Engine;
+use tower_http::catch_panic::CatchPanicLayer;
 
 pub mod auth;
+pub mod docs;
+pub mod dto;
 pub mod error;
 pub mod metrics;
+pub mod routes;
+pub mod sse;
 
 pub use error::ApiError;
+pub use routes::ROUTES;
 
 /// Whether requests must carry a bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,4 +91,56 @@ impl AppState {
             metrics: Arc::new(metrics::Metrics::new()),
         }
     }
+}
+
+/// The API's router: every route of [`ROUTES`] and the docs pages, with
+/// [`finish`]'s layers: problem+json for unknown routes, wrong methods,
+/// rejected bodies and panics, the body size limit and the HTTP metrics.
+pub fn app(state: AppState) -> Router {
+    finish(router(), state)
+}
+
+/// The routes of [`ROUTES`] and the docs pages (`/openapi.json`, `/docs`,
+/// `/redoc`), without layers.
+pub fn router() -> Router<AppState> {
+    use routes as r;
+    Router::new()
+        .route("/health", get(r::health))
+        .route("/metrics", get(r::metrics))
+        .route("/runs", post(r::create_run).get(r::list_runs))
+        .route("/runs/{id}", get(r::get_run))
+        .route("/runs/{id}/status", get(r::run_status))
+        .route("/runs/{id}/tasks", get(r::list_tasks))
+        .route("/runs/{id}/events", get(r::list_events))
+        .route("/runs/{id}/events/stream", get(sse::stream))
+        .route("/runs/{id}/artifacts", get(r::list_artifacts))
+        .route("/runs/{id}/artifacts/{name}", get(r::get_artifact))
+        .route("/runs/{id}/tick", post(r::tick))
+        .route("/runs/{id}/cancel", post(r::cancel))
+        .route("/runs/{id}/answer", post(r::answer))
+        .route("/runs/{id}/gates/{gate}/waive", post(r::waive_gate))
+        .route("/runs/{id}/budget", post(r::raise_budget))
+        .route("/dlq", get(r::list_dlq))
+        .route("/dlq/{id}/replay", post(r::replay_dlq))
+        .route("/workflows", get(r::list_workflows))
+        .route("/workflows/{name}", get(r::get_workflow))
+        .route("/workflows/validate", post(r::validate_workflow))
+        .merge(docs::router())
+}
+
+/// Add the layers and fallbacks to `router` (the API's routes, or more in
+/// tests): the metrics middleware on every route (it sees the matched route
+/// template), 404/405 problems, the body limit (413 problem) and a panic
+/// catcher (500 problem; the server keeps serving).
+pub fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(CatchPanicLayer::custom(routes::panic_response))
+        .with_state(state)
 }
