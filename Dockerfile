@@ -22,4 +22,5 @@ WORKDIR /var/lib/orchestrator
 # Embedded default when nothing else is configured: a SQLite file here.
 ENV DATABASE_URL=sqlite:///var/lib/orchestrator/orchestrator.db
 ENTRYPOINT ["orchestrator"]
-CMD ["serve"]
+EXPOSE 8000
+CMD ["serve", "--bind", "0.0.0.0:8000"]

@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::wiring::{self, NoProvider};
 use crate::{
     AnswerArgs, ArtifactsArgs, BudgetArgs, CancelArgs, Command, DlqCommand, EventsArgs, ExportArgs,
-    GateCommand, ListArgs, RunArgs, RunRef, ServeArgs, TickArgs, WorkerArgs, WorkflowCommand,
-    progress, render,
+    GateCommand, ListArgs, RunArgs, RunRef, ServeArgs, TickArgs, TokenCommand, WorkerArgs,
+    WorkflowCommand, progress, render,
 };
 
 pub async fn dispatch(command: Command) -> Result<ExitCode> {
@@ -84,6 +84,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Bench(a) => crate::bench::run(&cfg, a).await,
         Command::Serve(a) => serve(&cfg, a).await,
         Command::Worker(a) => worker(&cfg, a).await,
+        Command::Token(cmd) => tokens(&cfg, cmd).await,
         Command::Workflows(_) => unreachable!("handled above"),
     }
 }
@@ -737,9 +738,17 @@ async fn run_until_stopped(runtime: Runtime) {
     runtime.shutdown().await;
 }
 
-/// The orchestrator loop and sweeper; with the in-process broker, every
-/// role's workers too.
+/// The orchestrator loop, the sweeper and the HTTP API; with the in-process
+/// broker, every role's workers too.
 async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
+    let bind = a.bind.clone().unwrap_or_else(|| cfg.api_bind.clone());
+    // Refuse a bad address before waiting for any server.
+    let addr: std::net::SocketAddr = match a.no_api {
+        true => "127.0.0.1:0".parse().expect("valid"),
+        false => bind.parse().with_context(|| {
+            format!("API address {bind:?} is not HOST:PORT (e.g. 127.0.0.1:8000 or 0.0.0.0:8000); fix --bind or API_BIND")
+        })?,
+    };
     let Some(engine) = service_engine(cfg, a.provider.provider.as_deref(), a.concurrency).await?
     else {
         return Ok(ExitCode::SUCCESS);
@@ -761,7 +770,165 @@ async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
             format!("workers for {} roles", roles.len())
         }
     );
-    run_until_stopped(Runtime::start(engine, &roles, true)).await;
+    let api = if a.no_api {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr}: is another server using the port? Choose another with --bind or API_BIND")
+        })?;
+        let auth = if a.insecure_no_auth {
+            orch_api::AuthMode::Disabled
+        } else {
+            orch_api::AuthMode::Required
+        };
+        warn_about_auth(&engine, auth, addr).await;
+        let metrics_public = a.metrics_public || cfg.metrics_public;
+        let state = orch_api::AppState::new(
+            engine.clone(),
+            orch_api::ApiConfig {
+                auth,
+                metrics_public,
+                body_limit: cfg.api_body_limit,
+                run_settings: cfg.run_settings(),
+            },
+        );
+        let local = listener.local_addr().unwrap_or(addr);
+        eprintln!(
+            "HTTP API on http://{local} (docs: http://{local}/docs, metrics: http://{local}/metrics{})",
+            if metrics_public {
+                ", open"
+            } else {
+                ", read token"
+            }
+        );
+        Some((listener, orch_api::app(state)))
+    };
+    let runtime = Runtime::start(engine, &roles, true);
+    match api {
+        None => run_until_stopped(runtime).await,
+        Some((listener, app)) => {
+            let stop = runtime.cancellation();
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            let server = tokio::spawn(async move { server.await });
+            shutdown_signal().await;
+            eprintln!(
+                "shutting down: closing the HTTP API, draining in-flight attempts (up to {:?})",
+                runtime.engine().options().drain_timeout
+            );
+            let drain = runtime.engine().options().drain_timeout;
+            // Cancelling the runtime also stops accepting HTTP connections;
+            // open streams (SSE) get until the drain timeout.
+            let shutdown = runtime.shutdown();
+            let (_, served) = tokio::join!(shutdown, tokio::time::timeout(drain, server));
+            if let Ok(Ok(Err(e))) = served {
+                eprintln!("HTTP server ended with an error: {e}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Say loudly when the API is open to anyone, and when no token exists yet.
+async fn warn_about_auth(engine: &Engine, auth: orch_api::AuthMode, addr: std::net::SocketAddr) {
+    if auth == orch_api::AuthMode::Disabled {
+        if addr.ip().is_loopback() {
+            eprintln!(
+                "WARNING: authentication is OFF (--insecure-no-auth); only this machine can reach {addr}"
+            );
+        } else {
+            eprintln!(
+                "WARNING: AUTHENTICATION IS OFF on {addr}, which is NOT a loopback address: anyone who can reach this port can create, cancel and read every run. Remove --insecure-no-auth and use `orchestrator token create`."
+            );
+            tracing::warn!(%addr, "HTTP API without authentication on a non-loopback address");
+        }
+        return;
+    }
+    match engine.deps().store.list_tokens(false).await {
+        Ok(t) if t.is_empty() => eprintln!(
+            "note: no API token exists yet; every request but /health and the docs will get 401. Create one with `orchestrator token create --scope write`"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("note: could not list API tokens: {e}"),
+    }
+}
+
+/// `orchestrator token create|list|revoke`.
+async fn tokens(cfg: &Config, cmd: TokenCommand) -> Result<ExitCode> {
+    let store = wiring::open_store(cfg).await?;
+    use orch_engine::Clock as _;
+    let now = orch_engine::SystemClock.now_ms();
+    let show = |t: &orch_store::ApiToken| {
+        serde_json::json!({
+            "id": t.id,
+            "name": t.name,
+            "scopes": t.scopes,
+            "created_at": t.created_at,
+            "revoked_at": t.revoked_at,
+        })
+    };
+    match cmd {
+        TokenCommand::Create { scope, name, json } => {
+            let scopes = orch_api::auth::Scope::parse_list(&scope).map_err(anyhow::Error::msg)?;
+            if name.trim().is_empty() {
+                bail!("the token name is empty; give a label such as --name ci");
+            }
+            let new = orch_api::auth::generate(name.trim(), &scopes, now);
+            store.create_token(&new.record).await?;
+            if json {
+                let mut v = show(&new.record);
+                v["token"] = serde_json::Value::String(new.token.clone());
+                render::print_json(&v);
+            } else {
+                println!("{}", new.token);
+                eprintln!(
+                    "token {} ({}) created with scopes {}; it is shown only now — send it as `Authorization: Bearer <token>`",
+                    new.record.id,
+                    new.record.name,
+                    new.record.scopes.join(",")
+                );
+            }
+        }
+        TokenCommand::List { all, json } => {
+            let list = store.list_tokens(all).await?;
+            if json {
+                render::print_json(&list.iter().map(show).collect::<Vec<_>>());
+            } else if list.is_empty() {
+                println!("no tokens; create one with `orchestrator token create --scope read`");
+            } else {
+                println!(
+                    "{:<14} {:<20} {:<18} {:<20} REVOKED",
+                    "ID", "NAME", "SCOPES", "CREATED"
+                );
+                for t in &list {
+                    println!(
+                        "{:<14} {:<20} {:<18} {:<20} {}",
+                        t.id,
+                        render::truncate(&t.name, 20),
+                        t.scopes.join(","),
+                        render::fmt_time(t.created_at),
+                        t.revoked_at
+                            .map(render::fmt_time)
+                            .unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { id, json } => {
+            let id = id.trim();
+            // Accept the whole token too: its id is the part after `orch_`.
+            let id = id
+                .strip_prefix("orch_")
+                .and_then(|rest| rest.split('_').next())
+                .unwrap_or(id);
+            let t = store.revoke_token(id, now).await?;
+            if json {
+                render::print_json(&show(&t));
+            } else {
+                println!("token {} ({}) revoked", t.id, t.name);
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

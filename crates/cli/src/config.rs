@@ -49,6 +49,12 @@ pub struct Config {
     pub anthropic_key_set: bool,
     /// `OPENAI_BASE_URL` or `OPENAI_API_KEY` is set.
     pub openai_set: bool,
+    /// `API_BIND`: address `serve` listens on for HTTP (default `127.0.0.1:8000`).
+    pub api_bind: String,
+    /// `METRICS_PUBLIC`: `/metrics` needs no token (default false: a `read` token).
+    pub metrics_public: bool,
+    /// `API_BODY_LIMIT_BYTES`: largest request body (default 1 MiB).
+    pub api_body_limit: usize,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -125,6 +131,9 @@ impl Config {
                 .collect(),
             anthropic_key_set: var("ANTHROPIC_API_KEY").is_some(),
             openai_set: var("OPENAI_BASE_URL").is_some() || var("OPENAI_API_KEY").is_some(),
+            api_bind: var("API_BIND").unwrap_or_else(|| "127.0.0.1:8000".into()),
+            metrics_public: parse_bool("METRICS_PUBLIC", false)?,
+            api_body_limit: parse_num::<usize>("API_BODY_LIMIT_BYTES", 1024 * 1024)?.max(1024),
         })
     }
 

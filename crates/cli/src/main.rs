@@ -72,6 +72,38 @@ enum Command {
     Serve(ServeArgs),
     /// Run role workers until stopped (distributed mode: needs REDIS_URL).
     Worker(WorkerArgs),
+    /// Bearer tokens of the HTTP API: create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (the only time it is shown; only its hash is stored).
+    Create {
+        /// Scopes, comma-separated: read, write, admin (each covers the ones before it).
+        #[arg(long, value_name = "SCOPES")]
+        scope: String,
+        /// A label for people (who or what uses the token).
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Include revoked tokens.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (`orch_<id>_...`); every `serve` refuses it within seconds.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +116,18 @@ struct ServeArgs {
     /// Attempts per role at once (overrides WORKER_CONCURRENCY).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Address the HTTP API listens on (overrides API_BIND; default 127.0.0.1:8000).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Serve the API without any authentication. Only for a trusted network: anyone who reaches the port can create and cancel runs.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Serve /metrics without a token (overrides METRICS_PUBLIC).
+    #[arg(long)]
+    metrics_public: bool,
+    /// Run the orchestrator loop and workers only, without the HTTP API.
+    #[arg(long, conflicts_with_all = ["bind", "insecure_no_auth", "metrics_public"])]
+    no_api: bool,
 }
 
 #[derive(Debug, Args)]

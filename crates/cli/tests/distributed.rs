@@ -84,6 +84,8 @@ impl Cluster {
             ("REQUEUE_AFTER_SECONDS".to_string(), "1".to_string()),
             ("SWEEP_INTERVAL_MS".to_string(), "200".to_string()),
             ("ORCH_LOG".to_string(), "warn".to_string()),
+            // Several `serve` processes run at once: each takes a free port.
+            ("API_BIND".to_string(), "127.0.0.1:0".to_string()),
         ];
         for (k, v) in extra {
             env.push((k.to_string(), v.to_string()));
