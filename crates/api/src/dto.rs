@@ -127,7 +127,7 @@ pub struct CreateRunRequest {
     pub goal: String,
     /// Free-form context given to every agent (any JSON).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub context: Option<Value>,
     /// A built-in workflow's name (default `sdlc`). Not with `workflow_yaml`.
     #[serde(default)]
@@ -224,7 +224,8 @@ pub struct RunDto {
     #[schema(example = "0193a1b2-0000-7000-8000-000000000000")]
     pub id: String,
     pub goal: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value given at creation (`null` if none).
+    #[schema(value_type = Value)]
     pub context: Value,
     pub workflow: String,
     #[schema(value_type = RunStatusSchema)]
@@ -526,7 +527,7 @@ pub struct EventDto {
     pub kind: EventKind,
     pub task_id: Option<String>,
     pub message: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub data: Value,
     pub created_at: i64,
 }
@@ -596,7 +597,7 @@ pub struct ArtifactList {
 pub struct ArtifactContent {
     #[serde(flatten)]
     pub meta: ArtifactMeta,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub metadata: Value,
     pub content: String,
 }

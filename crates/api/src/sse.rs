@@ -47,6 +47,19 @@ pub struct StreamQuery {
     pub after: Option<i64>,
 }
 
+/// One server-sent event of the stream, as its fields.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SseFrame {
+    /// The event's `seq` (resume after it with `Last-Event-ID`).
+    #[schema(example = "17")]
+    pub id: String,
+    /// The event's kind, e.g. `task_succeeded`.
+    #[schema(example = "task_succeeded")]
+    pub event: String,
+    /// The event as JSON (an `EventDto`).
+    pub data: String,
+}
+
 /// A run's events, live, as server-sent events.
 #[utoipa::path(
     get, path = "/runs/{id}/events/stream", tag = "events",
@@ -56,7 +69,7 @@ pub struct StreamQuery {
         StreamQuery,
     ),
     responses(
-        (status = 200, description = "`id:` is the event's seq, `event:` its kind, `data:` the event as JSON (EventDto). Ends once the run is finished and every event was sent.", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "`id:` is the event's seq, `event:` its kind, `data:` the event as JSON (EventDto). Ends once the run is finished and every event was sent.", body = SseFrame, content_type = "text/event-stream"),
         (status = 400, description = "Not a run id; bad Last-Event-ID or after", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = crate::error::Problem, content_type = "application/problem+json"),
     ),

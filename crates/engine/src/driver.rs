@@ -96,7 +96,9 @@ impl Engine {
         workflow: &Workflow,
         settings: RunSettings,
     ) -> Result<RunId> {
-        let provider = if self.deps.provider.is_scripted() {
+        let provider = if self.deps.provider.is_scripted()
+            && !self.deps.provider.name().contains("scripted")
+        {
             format!("{} (scripted)", self.deps.provider.name())
         } else {
             self.deps.provider.name().to_string()
