@@ -722,3 +722,92 @@ fn sigterm_lets_a_worker_finish_its_in_flight_attempt_before_it_exits() {
     let log = std::fs::read_to_string(c.dir.path().join("worker.log")).unwrap();
     assert!(log.contains("draining"), "{log}");
 }
+
+impl Cluster {
+    /// The base URL of a spawned `serve`'s HTTP API (from its log).
+    fn api_base(&self, name: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                .unwrap_or_default();
+            if let Some(rest) = log.split("HTTP API on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                return format!("http://{addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never served HTTP:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_run_submitted_over_http_streams_the_events_of_workers_in_other_processes() {
+    if !redis_available() || !pg_available() {
+        return;
+    }
+    let _shared = PG_LOCK.read().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::postgres(&[("SCRIPTED_LATENCY_MS", "20")]);
+    c.ok(&["init-db"]);
+    let token = c
+        .ok(&["token", "create", "--scope", "write", "--name", "e2e"])
+        .trim()
+        .to_string();
+    c.spawn("serve", &["serve"]);
+    let base = c.api_base("serve");
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let resp = http
+        .post(format!("{base}/runs"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"goal": GOAL}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    let id = resp.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The workers start after the stream is open: every step it reports is
+    // taken by another process.
+    let stream = http
+        .get(format!("{base}/runs/{id}/events/stream"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(stream.status(), reqwest::StatusCode::OK);
+    c.spawn("workers", &["worker"]);
+    let body = stream.text().unwrap();
+    let mut ids = Vec::new();
+    let mut last_data = serde_json::Value::Null;
+    for frame in body.split("\n\n") {
+        let mut id_field = None;
+        for line in frame.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id_field = Some(v.trim().parse::<i64>().unwrap());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                last_data = serde_json::from_str(v.trim()).unwrap();
+            }
+        }
+        ids.extend(id_field);
+    }
+    assert_eq!(
+        ids,
+        (1..=ids.len() as i64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(last_data["data"]["to"], "COMPLETED", "{last_data}");
+    let status: serde_json::Value = http
+        .get(format!("{base}/runs/{id}/status"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(status["status"], "COMPLETED", "{status}");
+    assert_nothing_done_twice(&c, &id);
+}
