@@ -191,5 +191,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .route("/redoc", get(redoc_page))
+        .route("/redoc/", get(redoc_page))
         .route("/redoc/redoc.standalone.js", get(redoc_js))
 }
