@@ -34,10 +34,11 @@ done
 curl -sf -o /dev/null -X POST "http://$ADDR/runs" -H "Authorization: Bearer $TOKEN" \
   -H 'content-type: application/json' -d '{"goal":"Build a small CRUD app for managing TODO items"}'
 status=0
-"$VENV/bin/schemathesis" run "http://$ADDR/openapi.json" \
+# schemathesis keeps its state in .schemathesis/ of the current folder: keep it out of the tree.
+(cd "$WORK" && "$VENV/bin/schemathesis" run "http://$ADDR/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --max-time "$MAX_TIME" --request-timeout 10 --workers 2 || status=$?
+  --max-time "$MAX_TIME" --request-timeout 10 --workers 2) || status=$?
 kill -TERM $SERVE_PID; wait $SERVE_PID || true
 if grep -q "panicked" "$WORK/serve.log"; then
   echo "serve panicked during the fuzz run:" >&2; grep -A3 panicked "$WORK/serve.log" >&2; status=1
