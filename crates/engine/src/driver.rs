@@ -20,6 +20,25 @@ pub struct Engine {
     /// Bumped after every saved step, so in-process waiters ([`Engine::wait`])
     /// wake at once instead of polling.
     changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The steps this engine saved: how many, and the run and status of the
+    /// last one, so a waiter can tell whether its run may have changed.
+    steps: std::sync::Arc<tokio::sync::watch::Sender<Steps>>,
+    /// Runs as this engine last saved them: the next step of a run that no
+    /// other engine saved since reads only what workers changed of its tasks
+    /// ([`orch_store::RunStore::load_run_from`]) instead of decoding them all.
+    saved: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<RunId, std::sync::Arc<RunState>>>,
+    >,
+}
+
+/// Bound on the runs kept in `Engine::saved`; the map is cleared when reached.
+const MAX_SAVED_RUNS: usize = 4096;
+
+/// What [`Engine`]'s `steps` channel carries.
+#[derive(Debug, Clone, Default)]
+struct Steps {
+    count: u64,
+    last: Option<(RunId, RunStatus)>,
 }
 
 /// What a tick did.
@@ -36,6 +55,8 @@ impl Engine {
             deps,
             opts,
             changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            steps: std::sync::Arc::new(tokio::sync::watch::channel(Steps::default()).0),
+            saved: Default::default(),
         }
     }
 
@@ -46,24 +67,46 @@ impl Engine {
 
     /// Wait until the run is terminal or needs input (or `timeout` passes);
     /// returns the run as it is then. Wakes on this process's own steps and
-    /// polls the store every `poll` for steps taken elsewhere.
+    /// polls the store every `poll` for steps taken elsewhere. The run is
+    /// read again only when it may have reached such a status: not after a
+    /// single step of this engine that left it running or was another run's.
     pub async fn wait(
         &self,
         run_id: &RunId,
         poll: std::time::Duration,
         timeout: Option<std::time::Duration>,
     ) -> Result<Run> {
-        let mut rx = self.changes();
+        let mut rx = self.steps.subscribe();
+        let mut seen = rx.borrow_and_update().count;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let done = |s: RunStatus| s.is_terminal() || s == RunStatus::NeedsInput;
         loop {
             let run = self.deps.store.get_run(run_id).await?;
-            if run.status.is_terminal() || run.status == RunStatus::NeedsInput {
+            if done(run.status) {
                 return Ok(run);
             }
-            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                return Ok(run);
+            loop {
+                let left =
+                    deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+                if left.is_some_and(|l| l.is_zero()) {
+                    return Ok(self.deps.store.get_run(run_id).await?);
+                }
+                let wait = left.map_or(poll, |l| l.min(poll));
+                if !matches!(tokio::time::timeout(wait, rx.changed()).await, Ok(Ok(()))) {
+                    break; // polled: steps may have been taken elsewhere
+                }
+                let steps = rx.borrow_and_update().clone();
+                let one_more = steps.count == seen + 1;
+                seen = steps.count;
+                let unchanged = one_more
+                    && steps
+                        .last
+                        .as_ref()
+                        .is_some_and(|(id, status)| id != run_id || !done(*status));
+                if !unchanged {
+                    break;
+                }
             }
-            let _ = tokio::time::timeout(poll, rx.changed()).await;
         }
     }
 
@@ -150,7 +193,16 @@ impl Engine {
     /// Load, apply, save (retrying on concurrent updates), then publish.
     async fn step(&self, run_id: &RunId, input: impl Fn() -> Input) -> Result<TickOutcome> {
         for retry in 0..MAX_CONFLICT_RETRIES {
-            let before = self.deps.store.load_run(run_id).await?;
+            let known = self
+                .saved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(run_id)
+                .cloned();
+            let before = match known {
+                Some(known) => self.deps.store.load_run_from(run_id, &known).await?,
+                None => self.deps.store.load_run(run_id).await?,
+            };
             let mut after = before.clone();
             let now = self.deps.clock.now_ms();
             let actions = machine::apply(&mut after, input(), now)?;
@@ -206,7 +258,19 @@ impl Engine {
                 )
                 .await
             {
-                Ok(_) => {}
+                Ok(version) => {
+                    let mut saved = after.clone();
+                    saved.run.version = version;
+                    let mut runs = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+                    if saved.run.status.is_terminal() {
+                        runs.remove(run_id);
+                    } else {
+                        if runs.len() >= MAX_SAVED_RUNS {
+                            runs.clear();
+                        }
+                        runs.insert(run_id.clone(), std::sync::Arc::new(saved));
+                    }
+                }
                 Err(orch_store::Error::Conflict(_)) => {
                     debug!(run = %run_id, retry, "concurrent update; reloading");
                     tokio::task::yield_now().await;
@@ -214,6 +278,10 @@ impl Engine {
                 }
                 Err(e) => return Err(e.into()),
             }
+            self.steps.send_modify(|s| {
+                s.count += 1;
+                s.last = Some((run_id.clone(), after.run.status));
+            });
             self.changed.send_modify(|n| *n += 1);
             // Published only after the commit: a crash here leaves QUEUED
             // tasks that the sweeper publishes again.

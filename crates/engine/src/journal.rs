@@ -8,9 +8,16 @@
 //! failed because the answers were unusable, replaying them would fail again,
 //! so the worker turns replay off for that retry ([`JournalingProvider::replay`])
 //! and the new answers are journaled as usual.
+//!
+//! A worker may buffer the records of fast calls
+//! ([`JournalingProvider::buffered`]) to commit them with the attempt's
+//! outcome, one write less per call: a record waits at most the buffer window,
+//! then is written on its own, and a call that itself took longer than the
+//! window is written at once, so an expensive answer is never held where a
+//! dying worker would lose it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use orch_llm::{Provider, Request, Response};
@@ -28,6 +35,13 @@ pub struct JournalingProvider {
     /// and [`JournalingProvider::flush`] awaits them before the attempt's
     /// outcome is committed.
     pending: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// How long a fast call's record may wait to commit with the outcome;
+    /// `None`: every record is written at once.
+    window: Option<Duration>,
+    /// Records held for the outcome ([`JournalingProvider::take_buffered`]).
+    /// Held across the flusher's write, so the outcome never takes records
+    /// that are being written on their own.
+    buffered: Arc<tokio::sync::Mutex<Vec<LlmCallRecord>>>,
 }
 
 impl std::fmt::Debug for JournalingProvider {
@@ -49,7 +63,23 @@ impl JournalingProvider {
             clock,
             replay: true,
             pending: tokio::sync::Mutex::new(Vec::new()),
+            window: None,
+            buffered: Arc::new(tokio::sync::Mutex::new(Vec::new())),
         }
+    }
+
+    /// Hold the records of calls faster than `window` for up to `window`, to
+    /// be committed with the attempt's outcome ([`JournalingProvider::take_buffered`]);
+    /// what is still held after `window` is written on its own.
+    pub fn buffered(mut self, window: Duration) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// The records held for the outcome (and no longer held). The caller
+    /// commits them with the outcome, or on their own if it cannot.
+    pub async fn take_buffered(&self) -> Vec<LlmCallRecord> {
+        std::mem::take(&mut *self.buffered.lock().await)
     }
 
     /// Wait for every journal write of this provider to finish.
@@ -69,11 +99,29 @@ impl JournalingProvider {
     /// The journaled response to `request` by this provider, if any.
     async fn journaled(&self, request: &Request, hash: &str) -> Option<Response> {
         let meta = &request.meta;
-        let call = match self
-            .store
-            .find_llm_call(&meta.run_id, &meta.task_id, hash)
+        // Records still held are the most recent.
+        let held = self
+            .buffered
+            .lock()
             .await
-        {
+            .iter()
+            .rev()
+            .find(|c| {
+                c.request_hash == hash
+                    && c.task_id == meta.task_id
+                    && c.run_id == meta.run_id
+                    && c.provider == self.inner.name()
+            })
+            .cloned();
+        let found = match held {
+            Some(call) => Ok(Some(call)),
+            None => {
+                self.store
+                    .find_llm_call(&meta.run_id, &meta.task_id, hash)
+                    .await
+            }
+        };
+        let call = match found {
             Ok(Some(call)) if call.provider == self.inner.name() => call,
             Ok(_) => return None,
             Err(e) => {
@@ -159,6 +207,27 @@ impl Provider for JournalingProvider {
                 return Ok(response);
             }
         };
+        if let Some(window) = self.window
+            && started.elapsed() < window
+        {
+            let mut held = self.buffered.lock().await;
+            let first = held.is_empty();
+            held.push(record);
+            drop(held);
+            if first {
+                let (store, held) = (self.store.clone(), self.buffered.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(window).await;
+                    let mut held = held.lock().await;
+                    for record in std::mem::take(&mut *held) {
+                        if let Err(e) = store.record_llm_call(&record).await {
+                            tracing::warn!(run = %record.run_id, task = %record.task_id, error = %e, "could not journal an LLM call");
+                        }
+                    }
+                });
+            }
+            return Ok(response);
+        }
         let store = self.store.clone();
         let write = tokio::spawn(async move {
             if let Err(e) = store.record_llm_call(&record).await {

@@ -239,12 +239,29 @@ pub async fn execute_delivery(
     };
 
     let sink = StoreSink::new(deps.clone(), d.run_id.clone());
-    let result = run_agent(deps, opts, &d.run_id, &task, &lost, &sink).await;
+    // Journal records of fast calls, like LLM events, wait to commit with the outcome.
+    let provider = Arc::new(
+        crate::JournalingProvider::new(
+            deps.provider.clone(),
+            deps.store.clone(),
+            deps.clock.clone(),
+        )
+        .replay(!failed_on_output(&task))
+        .buffered(LLM_EVENT_FLUSH),
+    );
+    let result = run_agent(deps, opts, &d.run_id, &task, &lost, &sink, &provider).await;
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     // LLM events not yet written commit with the outcome, before its own events.
     let llm_events = sink.take().await;
-    let record_alone = |events: Vec<NewEvent>| async move {
+    let llm_calls = provider.take_buffered().await;
+    // What commits with the outcome, written on its own when the outcome cannot be.
+    let record_alone = |events: Vec<NewEvent>, calls: Vec<orch_store::LlmCallRecord>| async move {
+        for call in &calls {
+            if let Err(e) = deps.store.record_llm_call(call).await {
+                warn!(run = %d.run_id, task = %call.task_id, error = %e, "could not journal an LLM call");
+            }
+        }
         if !events.is_empty()
             && let Err(e) = deps
                 .store
@@ -276,6 +293,7 @@ pub async fn execute_delivery(
             },
             artifacts: out.artifacts,
             usage: out.usage,
+            llm_calls: Vec::new(),
         },
         AttemptResult::Failed {
             error,
@@ -298,15 +316,17 @@ pub async fn execute_delivery(
                 ev
             },
             usage,
+            llm_calls: Vec::new(),
         },
         AttemptResult::LeaseLost => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost while running; result discarded");
-            record_alone(llm_events).await;
+            record_alone(llm_events, llm_calls).await;
             return Ok(());
         }
     };
     let n_llm = llm_events.len();
     outcome.events.splice(0..0, llm_events);
+    outcome.llm_calls = llm_calls;
     match deps
         .store
         .complete_task(&fence, &outcome, deps.clock.now_ms())
@@ -315,11 +335,19 @@ pub async fn execute_delivery(
         Ok(()) => {}
         Err(orch_store::Error::LeaseLost { .. }) => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost before commit; result discarded");
-            record_alone(outcome.events.drain(..n_llm).collect()).await;
+            record_alone(
+                outcome.events.drain(..n_llm).collect(),
+                std::mem::take(&mut outcome.llm_calls),
+            )
+            .await;
             return Ok(());
         }
         Err(e) => {
-            record_alone(outcome.events.drain(..n_llm).collect()).await;
+            record_alone(
+                outcome.events.drain(..n_llm).collect(),
+                std::mem::take(&mut outcome.llm_calls),
+            )
+            .await;
             return Err(e.into());
         }
     }
@@ -414,34 +442,31 @@ async fn run_agent(
     task: &orch_core::Task,
     lost: &CancellationToken,
     sink: &StoreSink,
+    provider: &Arc<crate::JournalingProvider>,
 ) -> AttemptResult {
     let state = match plan_of(deps, run_id, &task.id).await {
         Ok(s) => s,
         Err(e) => return failed(format!("could not load the run: {e}"), true),
     };
     let upstream_ids = state.upstream_of(&task.id);
+    let upstream_names: Vec<String> = state
+        .tasks
+        .iter()
+        .filter(|t| upstream_ids.contains(&t.id))
+        .flat_map(|t| t.expected.iter().map(|e| e.name.clone()))
+        .collect();
     // Three independent reads, on reader connections at once. The run row is
     // read now (the plan above may be cached): its budget, which a person may
     // have raised, and what it has spent so far.
     let (artifacts, inbox, run) = tokio::join!(
-        deps.store.list_artifacts(run_id, true),
+        deps.store.latest_artifacts_named(run_id, &upstream_names),
         load_inbox(deps, run_id),
         deps.store.get_run(run_id)
     );
-    let artifacts = match artifacts {
+    let mut upstream = match artifacts {
         Ok(a) => a,
         Err(e) => return failed(format!("could not load upstream artifacts: {e}"), true),
     };
-    let upstream_names: Vec<&str> = state
-        .tasks
-        .iter()
-        .filter(|t| upstream_ids.contains(&t.id))
-        .flat_map(|t| t.expected.iter().map(|e| e.name.as_str()))
-        .collect();
-    let mut upstream: Vec<orch_core::Artifact> = artifacts
-        .into_iter()
-        .filter(|a| upstream_names.contains(&a.name.as_str()))
-        .collect();
     // Plan order, not the order concurrent tasks happened to finish in: the
     // prompt must not depend on timing, or replays would not match the journal.
     upstream.sort_by_cached_key(|a| {
@@ -471,13 +496,6 @@ async fn run_agent(
         model: &model,
     };
     let timeout = Duration::from_millis(task.timeout_ms.max(1) as u64);
-    let provider = crate::JournalingProvider::new(
-        deps.provider.clone(),
-        deps.store.clone(),
-        deps.clock.clone(),
-    )
-    .replay(!failed_on_output(task));
-    let provider = std::sync::Arc::new(provider);
     let run = match run {
         Ok(r) => r,
         Err(e) => return failed(format!("could not load the run: {e}"), true),
@@ -508,7 +526,7 @@ async fn run_agent(
             Err(_) => failed(format!("timed out after {} s (TASK_TIMEOUT_SECONDS or the task's timeout_secs)", timeout.as_secs_f64()), true),
         }
     };
-    // The journal is written before the outcome commits.
+    // Records written on their own are written before the outcome commits.
     provider.flush().await;
     result
 }

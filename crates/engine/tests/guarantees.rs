@@ -180,6 +180,7 @@ async fn a_worker_that_lost_its_lease_cannot_commit() {
         }],
         events: vec![],
         usage: Default::default(),
+        llm_calls: Vec::new(),
     };
     let err = h
         .store

@@ -47,6 +47,8 @@ pub async fn run_all(store: &dyn Store) {
     unknown_ids_are_not_found(store).await;
     events_filter_by_kind(store).await;
     llm_journal_round_trip(store).await;
+    journal_commits_with_the_outcome(store).await;
+    load_run_from_a_known_state(store).await;
     api_tokens_round_trip(store).await;
     stats_count_what_is_stored(store).await;
 }
@@ -71,6 +73,109 @@ fn llm_call(run_id: &RunId, attempt: u32, hash: &str, response: &str) -> crate::
         cost_usd: 0.25,
         created_at: T0 + Millis::from(attempt),
     }
+}
+
+/// `load_run_from` reads what `load_run` reads, whether the known state is
+/// current (workers changed tasks since) or stale (an engine saved since).
+pub async fn load_run_from_a_known_state(store: &dyn Store) {
+    let saved = create_queued(store, T0).await;
+    let id = saved.run.id.clone();
+    let same = |a: RunState, b: RunState, what: &str| assert_eq!(a, b, "{what}");
+    same(
+        store
+            .load_run_from(&id, &saved)
+            .await
+            .expect("load_run_from"),
+        store.load_run(&id).await.expect("load_run"),
+        "nothing changed",
+    );
+    store
+        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, "w1"),
+            &succeeded(FIRST, vec![artifact("requirements", "x")]),
+            T0 + 30,
+        )
+        .await
+        .expect("complete");
+    same(
+        store
+            .load_run_from(&id, &saved)
+            .await
+            .expect("load_run_from"),
+        store.load_run(&id).await.expect("load_run"),
+        "a worker completed a task",
+    );
+    let loaded = store.load_run(&id).await.expect("load_run");
+    let next = step(store, &loaded, Input::Reconcile, T0 + 40)
+        .await
+        .expect("reconcile");
+    same(
+        store
+            .load_run_from(&id, &saved)
+            .await
+            .expect("load_run_from"),
+        store.load_run(&id).await.expect("load_run"),
+        "an engine saved since (stale known state)",
+    );
+    same(
+        store
+            .load_run_from(&id, &next)
+            .await
+            .expect("load_run_from"),
+        store.load_run(&id).await.expect("load_run"),
+        "as saved",
+    );
+    match store.load_run_from(&RunId::generate(), &next).await {
+        Err(Error::RunNotFound(_)) => {}
+        other => panic!("unknown run: expected RunNotFound, got {other:?}"),
+    }
+}
+
+/// Journal records carried by an outcome commit with it, behind its fence: a
+/// refused completion writes none; one already journaled is kept as it was.
+pub async fn journal_commits_with_the_outcome(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    let lease_until = T0 + 20 + LEASE_MS;
+    store
+        .claim_task(&id, FIRST, 1, "w1", lease_until, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let written = llm_call(&id, 1, "h0", "{\"text\":\"zero\"}");
+    store.record_llm_call(&written).await.expect("record");
+    let mut again = llm_call(&id, 1, "h0", "{\"text\":\"changed\"}");
+    again.created_at = T0 + 50;
+    let mut next = llm_call(&id, 1, "h1", "{\"text\":\"one\"}");
+    next.step = 1;
+    let mut outcome = succeeded(FIRST, vec![artifact("requirements", "x")]);
+    outcome.llm_calls = vec![again, next.clone()];
+
+    assert_lease_lost(
+        store
+            .complete_task(&fence(&id, FIRST, 1, "w2"), &outcome, T0 + 30)
+            .await,
+        "wrong owner",
+    );
+    assert_eq!(
+        store.list_llm_calls(&id).await.expect("list"),
+        vec![written.clone()],
+        "a refused completion journals nothing"
+    );
+    store
+        .complete_task(&fence(&id, FIRST, 1, "w1"), &outcome, T0 + 30)
+        .await
+        .expect("complete");
+    assert_eq!(
+        store.list_llm_calls(&id).await.expect("list"),
+        vec![written, next],
+        "committed with the outcome; the step already journaled is kept"
+    );
 }
 
 /// Journaled LLM calls: recording is idempotent, look-ups find the latest.
@@ -152,6 +257,23 @@ pub async fn events_filter_by_kind(store: &dyn Store) {
     let messages: Vec<&str> = got.iter().map(|e| e.message.as_str()).collect();
     assert_eq!(messages, ["to team", "again"]);
     assert!(got[0].seq < got[1].seq);
+    let after = EventQuery {
+        after_seq: got[1].seq,
+        ..query
+    };
+    assert!(
+        store
+            .list_events(&id, after)
+            .await
+            .expect("none of that kind after")
+            .is_empty()
+    );
+    let one = EventQuery { limit: 1, ..query };
+    assert_eq!(store.list_events(&id, one).await.expect("limit").len(), 1);
+    match store.list_events(&RunId::generate(), query).await {
+        Err(Error::RunNotFound(_)) => {}
+        other => panic!("unknown run by kind: expected RunNotFound, got {other:?}"),
+    }
     let all = store
         .list_events(&id, EventQuery::default())
         .await
@@ -706,6 +828,7 @@ fn succeeded(task: &str, artifacts: Vec<NewArtifact>) -> TaskOutcome {
             cache_write_tokens: 0,
             cost_usd: 0.25,
         },
+        llm_calls: Vec::new(),
     }
 }
 
@@ -728,6 +851,7 @@ fn failed(task: &str, retryable: bool, artifacts: Vec<NewArtifact>) -> TaskOutco
             cost_usd: 0.125,
             ..Usage::default()
         },
+        llm_calls: Vec::new(),
     }
 }
 
@@ -1511,6 +1635,22 @@ pub async fn artifacts_are_versioned(store: &dyn Store) {
         .map(|a| (a.name.as_str(), a.version))
         .collect();
     assert_eq!(listed, vec![("glossary", 1), ("requirements", 2)]);
+    let named = store
+        .latest_artifacts_named(&id, &["requirements".into(), "nothing".into()])
+        .await
+        .expect("latest artifacts named");
+    let listed: Vec<(&str, i64, &str)> = named
+        .iter()
+        .map(|a| (a.name.as_str(), a.version, a.content.as_str()))
+        .collect();
+    assert_eq!(listed, vec![("requirements", 2, "final requirements")]);
+    assert!(
+        store
+            .latest_artifacts_named(&id, &[])
+            .await
+            .expect("no names")
+            .is_empty()
+    );
 
     let a = store
         .get_artifact(&id, "requirements", None)

@@ -125,6 +125,12 @@ pub struct TaskOutcome {
     pub events: Vec<NewEvent>,
     /// Added to the task's and the run's totals.
     pub usage: Usage,
+    /// Journal records of the attempt's LLM calls not yet written, committed
+    /// with the outcome (behind the same fence; a record already journaled
+    /// for the same run, task, attempt and step is kept as it is). If the
+    /// outcome is refused, nothing of them is written: the caller records
+    /// them on their own ([`JournalStore::record_llm_call`]).
+    pub llm_calls: Vec<LlmCallRecord>,
 }
 
 /// A queued or running task the sweeper looks at.
@@ -144,6 +150,15 @@ pub trait RunStore: Send + Sync {
     async fn create_run(&self, state: &RunState, events: &[NewEvent], now: Millis) -> Result<()>;
     /// The run with all its tasks (plan order: creation order) and gates.
     async fn load_run(&self, id: &RunId) -> Result<RunState>;
+    /// [`RunStore::load_run`] for a caller that holds the run as it was at
+    /// `known.run.version` (e.g. as it last saved it): when the run is still
+    /// at that version (no engine saved it since), only what workers change
+    /// of the tasks is read and the rest is taken from `known`; else the run
+    /// is loaded whole. The result is the same either way.
+    async fn load_run_from(&self, id: &RunId, known: &RunState) -> Result<RunState> {
+        let _ = known;
+        self.load_run(id).await
+    }
     /// The run row alone.
     async fn get_run(&self, id: &RunId) -> Result<Run>;
     /// Save what the engine changed, the events it emitted and dead letters,
@@ -229,6 +244,23 @@ pub trait EventStore: Send + Sync {
 pub trait ArtifactStore: Send + Sync {
     /// Artifacts of a run: every version, or only the latest of each name.
     async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>>;
+    /// The latest version of each artifact (of each file) of a run whose name
+    /// is one of `names`: what a task reads of its upstream, without reading
+    /// the rest of the run. An unknown run has none.
+    async fn latest_artifacts_named(
+        &self,
+        run_id: &RunId,
+        names: &[String],
+    ) -> Result<Vec<Artifact>> {
+        match self.list_artifacts(run_id, true).await {
+            Ok(all) => Ok(all
+                .into_iter()
+                .filter(|a| names.contains(&a.name))
+                .collect()),
+            Err(Error::RunNotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
     /// One artifact: the given version or the latest.
     async fn get_artifact(
         &self,

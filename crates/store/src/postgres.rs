@@ -108,6 +108,8 @@ mod sql {
     pub const RUNNING_TASKS: &str = file!("running_tasks.sql");
     pub const STALE_QUEUED: &str = file!("stale_queued.sql");
     pub const LIST_EVENTS: &str = file!("list_events.sql");
+    pub const LIST_EVENTS_OF_KIND: &str = file!("list_events_of_kind.sql");
+    pub const LIST_LATEST_ARTIFACTS_NAMED: &str = file!("list_latest_artifacts_named.sql");
     pub const LIST_ARTIFACTS: &str = file!("list_artifacts.sql");
     pub const GET_ARTIFACT: &str = file!("get_artifact.sql");
     pub const LIST_DEAD_LETTERS: &str = file!("list_dead_letters.sql");
@@ -548,6 +550,7 @@ impl PostgresStore {
         };
         let last_seq: i64 = col(&seq, "last_seq")?;
         let e = &cols.events;
+        let j = &cols.llm_calls;
         let done = sqlx::query(sql::COMPLETE_TASK)
             .bind(fence.run_id.as_str())
             .bind(&fence.task_id)
@@ -570,6 +573,22 @@ impl PostgresStore {
             .bind(&e.task_id)
             .bind(&e.message)
             .bind(&e.data)
+            .bind(&j.run_id)
+            .bind(&j.task_id)
+            .bind(&j.attempt)
+            .bind(&j.step)
+            .bind(&j.request_hash)
+            .bind(&j.provider)
+            .bind(&j.model)
+            .bind(&j.request)
+            .bind(&j.response)
+            .bind(&j.input_tokens)
+            .bind(&j.output_tokens)
+            .bind(&j.cache_read_tokens)
+            .bind(&j.cache_write_tokens)
+            .bind(&j.latency_ms)
+            .bind(&j.cost_usd)
+            .bind(&j.created_at)
             .fetch_one(&mut *tx)
             .await?;
         let completed: i64 = col(&done, "completed")?;
@@ -835,6 +854,53 @@ struct CompleteColumns<'a> {
     verdict: Option<String>,
     artifacts: ArtifactColumns<'a>,
     events: EventColumns<'a>,
+    llm_calls: LlmCallColumns<'a>,
+}
+
+/// Journal records committed with an outcome, one array per column.
+#[derive(Debug, Default)]
+struct LlmCallColumns<'a> {
+    run_id: Vec<&'a str>,
+    task_id: Vec<&'a str>,
+    attempt: Vec<i64>,
+    step: Vec<i64>,
+    request_hash: Vec<&'a str>,
+    provider: Vec<&'a str>,
+    model: Vec<&'a str>,
+    request: Vec<&'a str>,
+    response: Vec<&'a str>,
+    input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    cache_read_tokens: Vec<i64>,
+    cache_write_tokens: Vec<i64>,
+    latency_ms: Vec<i64>,
+    cost_usd: Vec<f64>,
+    created_at: Vec<i64>,
+}
+
+impl<'a> LlmCallColumns<'a> {
+    fn of(calls: &'a [LlmCallRecord]) -> Self {
+        let mut c = LlmCallColumns::default();
+        for r in calls {
+            c.run_id.push(r.run_id.as_str());
+            c.task_id.push(&r.task_id);
+            c.attempt.push(i64::from(r.attempt));
+            c.step.push(i64::from(r.step));
+            c.request_hash.push(&r.request_hash);
+            c.provider.push(&r.provider);
+            c.model.push(&r.model);
+            c.request.push(&r.request);
+            c.response.push(&r.response);
+            c.input_tokens.push(token_param(r.input_tokens));
+            c.output_tokens.push(token_param(r.output_tokens));
+            c.cache_read_tokens.push(token_param(r.cache_read_tokens));
+            c.cache_write_tokens.push(token_param(r.cache_write_tokens));
+            c.latency_ms.push(r.latency_ms);
+            c.cost_usd.push(r.cost_usd);
+            c.created_at.push(r.created_at);
+        }
+        c
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1395,6 +1461,7 @@ impl TaskStore for PostgresStore {
             verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
             artifacts,
             events: EventColumns::of(&outcome.events)?,
+            llm_calls: LlmCallColumns::of(&outcome.llm_calls),
         };
         self.retrying(&fence.run_id, || {
             self.complete_task_once(fence, outcome, &cols, now)
@@ -1481,11 +1548,15 @@ impl EventStore for PostgresStore {
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>> {
         let events = self
             .read_all(
-                sqlx::query(sql::LIST_EVENTS)
-                    .bind(run_id.as_str())
-                    .bind(query.after_seq)
-                    .bind(limit(query.limit))
-                    .bind(query.kind.map(|k| k.as_str())),
+                sqlx::query(if query.kind.is_some() {
+                    sql::LIST_EVENTS_OF_KIND
+                } else {
+                    sql::LIST_EVENTS
+                })
+                .bind(run_id.as_str())
+                .bind(query.after_seq)
+                .bind(limit(query.limit))
+                .bind(query.kind.map(|k| k.as_str())),
             )
             .await?
             .iter()
@@ -1515,6 +1586,25 @@ impl ArtifactStore for PostgresStore {
             self.require_run(run_id).await?;
         }
         Ok(artifacts)
+    }
+
+    async fn latest_artifacts_named(
+        &self,
+        run_id: &RunId,
+        names: &[String],
+    ) -> Result<Vec<Artifact>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read_all(
+            sqlx::query(sql::LIST_LATEST_ARTIFACTS_NAMED)
+                .bind(run_id.as_str().to_string())
+                .bind(names.to_vec()),
+        )
+        .await?
+        .iter()
+        .map(artifact_from_row)
+        .collect()
     }
 
     async fn get_artifact(

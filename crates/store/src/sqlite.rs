@@ -84,11 +84,18 @@ mod sql {
     pub const RUNNING_TASKS: &str = files!("running_tasks.sql");
     pub const STALE_QUEUED: &str = files!("stale_queued.sql");
     pub const LIST_EVENTS: &str = files!("list_events.sql");
+    /// `LIST_EVENTS` of one kind: a form the planner can serve from the kind index.
+    pub const LIST_EVENTS_OF_KIND: &str = files!("list_events_of_kind.sql");
     pub const LIST_ARTIFACTS: &str = files!("list_artifacts.sql");
     pub const GET_ARTIFACT: &str = files!("get_artifact.sql");
+    pub const LIST_LATEST_ARTIFACTS_NAMED: &str = files!("list_latest_artifacts_named.sql");
     pub const LIST_DEAD_LETTERS: &str = files!("list_dead_letters.sql");
     /// The run, its tasks and its gates (?1: the run id) in one round trip.
     pub const LOAD_RUN: &str = files!("get_run.sql", "list_tasks.sql", "list_gates.sql");
+    /// The run, what workers change of its tasks, and its gates (?1: the run
+    /// id) in one round trip.
+    pub const LOAD_RUN_PROGRESS: &str =
+        files!("get_run.sql", "list_task_progress.sql", "list_gates.sql");
 
     // Writes of single rows.
     pub const HEARTBEAT: &str = files!("heartbeat.sql");
@@ -749,6 +756,51 @@ struct CompleteDoc<'a> {
     cost_usd: f64,
     input_tokens: i64,
     output_tokens: i64,
+    llm_calls: Vec<LlmCallDoc<'a>>,
+}
+
+/// A journal record committed with an outcome (`proc_complete_task`).
+#[derive(Debug, Serialize)]
+struct LlmCallDoc<'a> {
+    run_id: &'a str,
+    task_id: &'a str,
+    attempt: u32,
+    step: u32,
+    request_hash: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    request: &'a str,
+    response: &'a str,
+    input_tokens: i64,
+    output_tokens: i64,
+    cache_read_tokens: i64,
+    cache_write_tokens: i64,
+    latency_ms: i64,
+    cost_usd: f64,
+    created_at: Millis,
+}
+
+impl<'a> LlmCallDoc<'a> {
+    fn new(c: &'a LlmCallRecord) -> Self {
+        LlmCallDoc {
+            run_id: c.run_id.as_str(),
+            task_id: &c.task_id,
+            attempt: c.attempt,
+            step: c.step,
+            request_hash: &c.request_hash,
+            provider: &c.provider,
+            model: &c.model,
+            request: &c.request,
+            response: &c.response,
+            input_tokens: token_param(c.input_tokens),
+            output_tokens: token_param(c.output_tokens),
+            cache_read_tokens: token_param(c.cache_read_tokens),
+            cache_write_tokens: token_param(c.cache_write_tokens),
+            latency_ms: c.latency_ms,
+            cost_usd: c.cost_usd,
+            created_at: c.created_at,
+        }
+    }
 }
 
 /// No fields of its own.
@@ -1174,6 +1226,61 @@ impl RunStore for SqliteStore {
         Ok(RunState { run, tasks, gates })
     }
 
+    async fn load_run_from(&self, id: &RunId, known: &RunState) -> Result<RunState> {
+        // As load_run: one round trip, statements with snapshots of their
+        // own (a save in between fails its version check).
+        let rows = self
+            .read_all(sqlx::query(sql::LOAD_RUN_PROGRESS).bind(id.as_str()))
+            .await?;
+        let mut run = None;
+        let mut tasks = Vec::with_capacity(known.tasks.len());
+        let mut gates = Vec::new();
+        let mut known_tasks = known.tasks.iter();
+        for row in &rows {
+            let part: String = col(row, "part")?;
+            match part.as_str() {
+                "run" => {
+                    let r = run_from_row(row)?;
+                    if r.version != known.run.version {
+                        return self.load_run(id).await;
+                    }
+                    run = Some(r);
+                }
+                "progress" => {
+                    let task_id: String = col(row, "id")?;
+                    let attempt = u32_col(row, "attempt")?;
+                    let Some(k) = known_tasks
+                        .next()
+                        .filter(|k| k.id == task_id && k.attempt == attempt)
+                    else {
+                        return self.load_run(id).await;
+                    };
+                    tasks.push(Task {
+                        status: parse_col(row, "status")?,
+                        lease_owner: col(row, "lease_owner")?,
+                        lease_expires_at: col(row, "lease_expires_at")?,
+                        last_error: col(row, "last_error")?,
+                        retryable: col(row, "retryable")?,
+                        result_summary: col(row, "result_summary")?,
+                        verdict: opt_json_col(row, "verdict")?,
+                        started_at: col(row, "started_at")?,
+                        finished_at: col(row, "finished_at")?,
+                        cost_usd: col(row, "cost_usd")?,
+                        ..k.clone()
+                    });
+                }
+                "gate" => gates.push(gate_from_row(row)?),
+                other => return Err(Error::Decode(format!("unexpected row part {other:?}"))),
+            }
+        }
+        let run = run.ok_or_else(|| Error::RunNotFound(id.to_string()))?;
+        if known_tasks.next().is_some() {
+            return self.load_run(id).await;
+        }
+        gates.sort_by_key(|g: &Gate| g.kind.order());
+        Ok(RunState { run, tasks, gates })
+    }
+
     async fn get_run(&self, id: &RunId) -> Result<Run> {
         let row = self
             .read_one(sqlx::query(sql::GET_RUN).bind(id.as_str()))
@@ -1366,6 +1473,7 @@ impl TaskStore for SqliteStore {
             cost_usd: usage.cost_usd,
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
+            llm_calls: outcome.llm_calls.iter().map(LlmCallDoc::new).collect(),
         };
         let doc = Doc::new(&fence.run_id, now, &outcome.events, op)?;
         // `[name, kind, path, content, metadata, earlier entries of the same name and path]`.
@@ -1457,13 +1565,36 @@ impl EventStore for SqliteStore {
     }
 
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>> {
+        if let Some(kind) = query.kind {
+            // One read: the run's row comes with its events of that kind.
+            let rows = self
+                .read_all(
+                    sqlx::query(sql::LIST_EVENTS_OF_KIND)
+                        .bind(run_id.as_str())
+                        .bind(query.after_seq)
+                        .bind(limit(query.limit))
+                        .bind(kind.as_str()),
+                )
+                .await?;
+            if rows.is_empty() {
+                return Err(Error::RunNotFound(run_id.to_string()));
+            }
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let seq: Option<i64> = col(row, "seq")?;
+                if seq.is_some() {
+                    events.push(event_from_row(row)?);
+                }
+            }
+            return Ok(events);
+        }
         let events = self
             .read_all(
                 sqlx::query(sql::LIST_EVENTS)
                     .bind(run_id.as_str())
                     .bind(query.after_seq)
                     .bind(limit(query.limit))
-                    .bind(query.kind.map(|k| k.as_str())),
+                    .bind(None::<&str>),
             )
             .await?
             .iter()
@@ -1493,6 +1624,25 @@ impl ArtifactStore for SqliteStore {
             self.require_run(run_id).await?;
         }
         Ok(artifacts)
+    }
+
+    async fn latest_artifacts_named(
+        &self,
+        run_id: &RunId,
+        names: &[String],
+    ) -> Result<Vec<Artifact>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read_all(
+            sqlx::query(sql::LIST_LATEST_ARTIFACTS_NAMED)
+                .bind(run_id.as_str())
+                .bind(to_json(names)?),
+        )
+        .await?
+        .iter()
+        .map(artifact_from_row)
+        .collect()
     }
 
     async fn get_artifact(

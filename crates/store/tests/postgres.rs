@@ -416,6 +416,7 @@ async fn completion_racing_a_reclaim_has_one_winner() {
                         "done",
                     )],
                     usage: orch_core::Usage::default(),
+                    llm_calls: Vec::new(),
                 };
                 worker.complete_task(&fence, &outcome, T0 + 500).await
             })

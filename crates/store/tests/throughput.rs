@@ -104,6 +104,7 @@ async fn drive(store: Arc<dyn Store>, tasks: usize) -> usize {
                 cost_usd: 0.01,
                 ..Usage::default()
             },
+            llm_calls: Vec::new(),
         };
         let fence = Fence {
             run_id: id.clone(),

@@ -5,7 +5,9 @@
 -- kinds $13, paths $14, contents $15, metadata $16), versioned from 1 per
 -- (name, path): one code artifact is several files, each with its own
 -- history; and the events (numbered up to $17: kinds $18, task ids $19,
--- messages $20, data $21). Returns the number of tasks completed (0 or 1);
+-- messages $20, data $21), and the journal records of the attempt's LLM calls
+-- ($22..$37, one array per llm_calls column; one already journaled for the
+-- same run, task, attempt and step is kept). Returns the number of tasks completed (0 or 1);
 -- the caller rolls back on 0. The caller holds the run's row lock, so no
 -- other completion of this run can version the same artifact meanwhile (and
 -- the statement's snapshot includes every earlier completion).
@@ -42,5 +44,20 @@ WITH done AS (
     FROM done,
          UNNEST($18::text[], $19::text[], $20::text[], $21::text[]) WITH ORDINALITY
          AS e(kind, task_id, message, data, ord)
+), journaled AS (
+    INSERT INTO llm_calls (run_id, task_id, attempt, step, request_hash, provider, model, request,
+                           response, input_tokens, output_tokens, cache_read_tokens,
+                           cache_write_tokens, latency_ms, cost_usd, created_at)
+    SELECT c.run_id, c.task_id, c.attempt, c.step, c.request_hash, c.provider, c.model,
+           c.request, c.response, c.input_tokens, c.output_tokens, c.cache_read_tokens,
+           c.cache_write_tokens, c.latency_ms, c.cost_usd, c.created_at
+    FROM done,
+         UNNEST($22::text[], $23::text[], $24::int8[], $25::int8[], $26::text[], $27::text[],
+                $28::text[], $29::text[], $30::text[], $31::int8[], $32::int8[], $33::int8[],
+                $34::int8[], $35::int8[], $36::float8[], $37::int8[])
+         AS c(run_id, task_id, attempt, step, request_hash, provider, model, request, response,
+              input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, latency_ms,
+              cost_usd, created_at)
+    ON CONFLICT (run_id, task_id, attempt, step) DO NOTHING
 )
 SELECT count(*) AS completed FROM done;

@@ -4,7 +4,9 @@
 -- one code artifact is several files, each with its own history
 -- (artifacts: [[name, kind, path, content, metadata, n], ...] where n counts
 -- earlier entries of the same name and path in this list), the usage added to the
--- run's totals (workers own those columns), and doc's events.
+-- run's totals (workers own those columns), doc's events, and doc's journal
+-- records of LLM calls (doc -> 'llm_calls': [{run_id, task_id, ...}, ...]; one
+-- already journaled for the same run, task, attempt and step is kept).
 CREATE TEMP VIEW proc_complete_task (doc, artifacts) AS SELECT NULL, NULL WHERE 0;
 CREATE TEMP TRIGGER proc_complete_task INSTEAD OF INSERT ON proc_complete_task
 BEGIN
@@ -37,4 +39,16 @@ BEGIN
         tokens_out = tokens_out + (NEW.doc ->> 'output_tokens')
     WHERE id = NEW.doc ->> 'run_id';
     INSERT INTO proc_add_events (doc) VALUES (NEW.doc);
+    INSERT INTO llm_calls (run_id, task_id, attempt, step, request_hash, provider, model, request,
+                           response, input_tokens, output_tokens, cache_read_tokens,
+                           cache_write_tokens, latency_ms, cost_usd, created_at)
+    SELECT c.value ->> 'run_id', c.value ->> 'task_id', c.value ->> 'attempt', c.value ->> 'step',
+           c.value ->> 'request_hash', c.value ->> 'provider', c.value ->> 'model',
+           c.value ->> 'request', c.value ->> 'response', c.value ->> 'input_tokens',
+           c.value ->> 'output_tokens', c.value ->> 'cache_read_tokens',
+           c.value ->> 'cache_write_tokens', c.value ->> 'latency_ms', c.value ->> 'cost_usd',
+           c.value ->> 'created_at'
+    FROM jsonb_each(NEW.doc, '$.llm_calls') AS c
+    WHERE true
+    ON CONFLICT (run_id, task_id, attempt, step) DO NOTHING;
 END;

@@ -1,0 +1,11 @@
+-- The latest version of each (name, path) of the artifacts of run $1 whose
+-- name is in $2: an indexed read of those names only.
+SELECT a.run_id, a.name, a.version, a.kind, a.path, a.task_id, a.attempt, a.content, a.metadata,
+       a.created_at
+FROM artifacts a
+WHERE a.run_id = $1
+  AND a.name = ANY($2::text[])
+  AND a.version = (SELECT MAX(b.version) FROM artifacts b
+                   WHERE b.run_id = a.run_id AND b.name = a.name
+                     AND COALESCE(b.path, '') = COALESCE(a.path, ''))
+ORDER BY a.created_at, a.name, a.version, a.id;
