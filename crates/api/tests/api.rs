@@ -11,21 +11,23 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use orch_api::auth::{self, Scope};
 use orch_api::{ApiConfig, AppState, AuthMode, ROUTES, app};
-use orch_broker::{Broker, MemoryBroker};
-use orch_core::{Role, RunId, RunSettings, RunStatus};
-use orch_engine::{Deps, Engine, EngineOptions, Runtime, SystemClock};
+use orch_core::{Role, RunId, RunStatus};
+use orch_engine::store::Store;
+use orch_engine::testing::{TestEngine, fast_settings};
+use orch_engine::{Engine, Runtime};
 use orch_llm::{Provider, ScriptedProvider};
-use orch_store::Store;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const GOAL: &str = "Build a small CRUD app for managing TODO items";
 
+/// An embedded engine (SQLite in a temp dir, in-process broker) and the API over it.
 struct Harness {
+    /// Owns the database folder.
+    _embedded: TestEngine,
     engine: Engine,
     store: Arc<dyn Store>,
     state: AppState,
-    _dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -34,33 +36,16 @@ impl Harness {
     }
 }
 
-fn fast_settings() -> RunSettings {
-    RunSettings {
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
-        ..RunSettings::default()
-    }
-}
-
 async fn harness_with(provider: Arc<dyn Provider>, config: ApiConfig) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("api.db").display());
-    let store = orch_store::connect(&url).await.unwrap();
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let deps = Deps {
-        store: store.clone(),
-        broker,
-        provider,
-        agents: Arc::new(orch_agents::Agents::new().unwrap()),
-        clock: Arc::new(SystemClock),
-    };
-    let engine = Engine::new(deps, EngineOptions::default());
+    let embedded = TestEngine::new(provider).await;
+    let engine = embedded.engine.clone();
+    let store = embedded.store.clone();
     let state = AppState::new(engine.clone(), config);
     Harness {
+        _embedded: embedded,
         engine,
         store,
         state,
-        _dir: dir,
     }
 }
 

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_api::metrics::{Metrics, check_exposition};
-use orch_core::{Role, RunSettings, RunStatus, Workflow};
-use orch_engine::broker::MemoryBroker;
-use orch_engine::store::SqliteStore;
-use orch_engine::{Deps, Engine, EngineOptions, Runtime, SystemClock};
+use orch_core::{Role, RunStatus, Workflow};
+use orch_engine::Runtime;
+use orch_engine::testing::{TestEngine, fast_settings};
 use orch_llm::ScriptedProvider;
 
 const GOAL: &str = "Build a small CRUD app for managing TODO items";
@@ -26,25 +25,11 @@ fn value_of(page: &str, prefix: &str) -> f64 {
 
 #[tokio::test]
 async fn a_completed_run_shows_on_the_metrics_page() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("metrics.db").display());
-    let store = Arc::new(SqliteStore::open(&url).await.unwrap());
-    let deps = Deps {
-        store,
-        broker: Arc::new(MemoryBroker::new()),
-        provider: Arc::new(ScriptedProvider::builtin()),
-        agents: Arc::new(orch_agents::Agents::new().unwrap()),
-        clock: Arc::new(SystemClock),
-    };
-    let engine = Engine::new(deps, EngineOptions::default());
-
+    let h = TestEngine::new(Arc::new(ScriptedProvider::builtin())).await;
+    let engine = &h.engine;
     let rt = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
     let wf = Workflow::builtin("sdlc").unwrap();
-    let settings = RunSettings {
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
-        ..RunSettings::default()
-    };
+    let settings = fast_settings();
     let run = engine
         .submit(GOAL, serde_json::Value::Null, &wf, settings)
         .await
@@ -67,7 +52,7 @@ async fn a_completed_run_shows_on_the_metrics_page() {
 
     let metrics = Metrics::new();
     metrics.record_http("GET", "/runs/{id}", 200, Duration::from_millis(4));
-    let page = metrics.render(&engine).await.unwrap();
+    let page = metrics.render(engine).await.unwrap();
     check_exposition(&page).unwrap_or_else(|e| panic!("{e}\n{page}"));
 
     assert!(

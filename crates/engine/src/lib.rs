@@ -9,7 +9,8 @@
 //! lost, retries whose backoff ran out), [`Runtime`] (owns the spawned engine
 //! loop and workers, each with a cancellation token, and drains them on
 //! shutdown), [`Clock`] (injected time, so leases and backoff are tested
-//! without sleeping).
+//! without sleeping), `testing` (feature `testing`: an embedded engine on a
+//! temporary SQLite file for integration tests, here and in the crates above).
 //!
 //! The engine sees only the traits of the store, broker, provider and agents;
 //! it never names SQLite, Redis or an HTTP client.
@@ -26,6 +27,8 @@ mod driver;
 mod journal;
 mod runtime;
 mod sweeper;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod worker;
 
 pub use orch_broker as broker;

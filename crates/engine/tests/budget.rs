@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_broker::{Broker, MemoryBroker};
 use orch_core::{Input, Role, RunSettings, RunStatus, TaskStatus, Workflow};
-use orch_engine::{Deps, Engine, EngineOptions, Runtime, SystemClock};
+use orch_engine::Runtime;
+use orch_engine::testing::{TestEngine, fast_settings, generic_provider};
 use orch_llm::{Provider, Request, Response, ScriptedProvider};
 
 const GOAL: &str = "Build a small CRUD app for managing TODO items";
@@ -40,28 +40,16 @@ impl Provider for Counting {
 
 #[tokio::test]
 async fn a_call_over_budget_is_not_made_and_raising_the_budget_finishes_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = orch_store::connect(&url).await.unwrap();
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     let provider = Arc::new(Counting {
-        inner: ScriptedProvider::from_yaml("generic", "roles: {}").unwrap(),
+        inner: generic_provider(),
         calls: AtomicU32::new(0),
     });
-    let deps = Deps {
-        store: store.clone(),
-        broker,
-        provider: provider.clone(),
-        agents: Arc::new(orch_agents::Agents::new().unwrap()),
-        clock: Arc::new(SystemClock),
-    };
-    let engine = Engine::new(deps, EngineOptions::default());
+    let h = TestEngine::new(provider.clone()).await;
+    let (engine, store) = (&h.engine, &h.store);
     let wf = Workflow::builtin("sdlc").unwrap();
     let settings = RunSettings {
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
         budget_tokens: Some(1),
-        ..RunSettings::default()
+        ..fast_settings()
     };
     let run = engine
         .submit(GOAL, serde_json::Value::Null, &wf, settings)

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_broker::{Broker, MemoryBroker};
-use orch_core::{Event, EventKind, Role, RunSettings, RunStatus, Workflow};
-use orch_engine::{Deps, Engine, EngineOptions, Runtime, SystemClock};
+use orch_core::{Event, EventKind, Role, RunStatus, Workflow};
+use orch_engine::Runtime;
+use orch_engine::testing::{TestEngine, fast_settings, generic_provider};
 use orch_llm::{Provider, Request, Response, ScriptedProvider, StopReason, TokenUsage};
 use orch_store::EventQuery;
 
@@ -67,27 +67,13 @@ fn prompt(e: &Event) -> &str {
 
 #[tokio::test]
 async fn a_posted_message_is_an_event_reaches_subscribers_and_later_prompts() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = orch_store::connect(&url).await.unwrap();
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let provider = BackendPosts {
-        generic: ScriptedProvider::from_yaml("generic", "roles: {}").unwrap(),
-    };
-    let deps = Deps {
-        store: store.clone(),
-        broker: broker.clone(),
-        provider: Arc::new(provider),
-        agents: Arc::new(orch_agents::Agents::new().unwrap()),
-        clock: Arc::new(SystemClock),
-    };
-    let engine = Engine::new(deps, EngineOptions::default());
+    let h = TestEngine::new(Arc::new(BackendPosts {
+        generic: generic_provider(),
+    }))
+    .await;
+    let (engine, store, broker) = (&h.engine, &h.store, &h.broker);
     let wf = Workflow::builtin("sdlc").unwrap();
-    let settings = RunSettings {
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
-        ..RunSettings::default()
-    };
+    let settings = fast_settings();
     let run = engine
         .submit(GOAL, serde_json::Value::Null, &wf, settings)
         .await

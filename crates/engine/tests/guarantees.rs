@@ -4,61 +4,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch_broker::{Broker, Delivery, MemoryBroker};
+use orch_broker::{Broker, Delivery};
 use orch_core::machine::Input;
 use orch_core::{
     EventKind, GateKind, GateStatus, Role, RunId, RunSettings, RunStatus, TaskStatus, Workflow,
 };
 use orch_engine::{
-    Clock, Deps, Engine, EngineOptions, ManualClock, Runtime, SystemClock, WorkerId,
-    execute_delivery,
+    Clock, EngineOptions, ManualClock, Runtime, SystemClock, WorkerId, execute_delivery,
 };
 use orch_llm::{Provider, ScriptedProvider};
 use orch_store::{EventQuery, Fence, Store, TaskOutcome};
 
 const GOAL: &str = "Build a small CRUD app for managing TODO items";
 
-struct Harness {
-    engine: Engine,
-    store: Arc<dyn Store>,
-    broker: Arc<dyn Broker>,
-    _dir: tempfile::TempDir,
-}
+use orch_engine::testing::{TestEngine as Harness, fast_settings, generic_provider};
 
 async fn harness(
     provider: Arc<dyn Provider>,
     clock: Arc<dyn Clock>,
     opts: EngineOptions,
 ) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = orch_store::connect(&url).await.unwrap();
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let deps = Deps {
-        store: store.clone(),
-        broker: broker.clone(),
-        provider,
-        agents: Arc::new(orch_agents::Agents::new().unwrap()),
-        clock,
-    };
-    Harness {
-        engine: Engine::new(deps, opts),
-        store,
-        broker,
-        _dir: dir,
-    }
+    Harness::with(provider, clock, opts).await
 }
 
 fn generic() -> Arc<dyn Provider> {
-    Arc::new(ScriptedProvider::from_yaml("generic", "roles: {}").unwrap())
-}
-
-fn fast_settings() -> RunSettings {
-    RunSettings {
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
-        ..RunSettings::default()
-    }
+    Arc::new(generic_provider())
 }
 
 async fn next_delivery(broker: &Arc<dyn Broker>, role: Role) -> Delivery {

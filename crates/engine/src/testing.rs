@@ -1,0 +1,92 @@
+//! Test support (feature `testing`): an engine on a SQLite file in a
+//! temporary folder with the in-process broker — the embedded mode, with
+//! real components — for the integration tests of this crate and of the
+//! crates above it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_broker::{Broker, MemoryBroker};
+use orch_core::{Run, RunId, RunSettings};
+use orch_llm::{Provider, ScriptedProvider};
+use orch_store::Store;
+
+use crate::{Clock, Deps, Engine, EngineOptions, SystemClock};
+
+/// An embedded engine and the handles a test inspects. The database lives
+/// as long as this value.
+pub struct TestEngine {
+    pub engine: Engine,
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for TestEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestEngine")
+            .field("dir", &self._dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestEngine {
+    /// An engine with this provider, clock and options on a fresh database.
+    pub async fn with(
+        provider: Arc<dyn Provider>,
+        clock: Arc<dyn Clock>,
+        opts: EngineOptions,
+    ) -> TestEngine {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store = orch_store::connect(&url)
+            .await
+            .expect("a fresh SQLite store");
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+        let deps = Deps {
+            store: store.clone(),
+            broker: broker.clone(),
+            provider,
+            agents: Arc::new(orch_agents::Agents::new().expect("the agents' templates")),
+            clock,
+        };
+        TestEngine {
+            engine: Engine::new(deps, opts),
+            store,
+            broker,
+            _dir: dir,
+        }
+    }
+
+    /// An engine with this provider, the system clock and default options.
+    pub async fn new(provider: Arc<dyn Provider>) -> TestEngine {
+        TestEngine::with(provider, Arc::new(SystemClock), EngineOptions::default()).await
+    }
+
+    /// Wait until `run` is terminal or needs input (at most a minute).
+    pub async fn wait(&self, run: &RunId) -> Run {
+        self.engine
+            .wait(
+                run,
+                Duration::from_millis(20),
+                Some(Duration::from_secs(60)),
+            )
+            .await
+            .expect("the run can be read")
+    }
+}
+
+/// The scripted provider with no fixture entries: a generic valid answer
+/// for every role.
+pub fn generic_provider() -> ScriptedProvider {
+    ScriptedProvider::from_yaml("generic", "roles: {}").expect("an empty fixture parses")
+}
+
+/// Run settings with millisecond retry backoff.
+pub fn fast_settings() -> RunSettings {
+    RunSettings {
+        retry_backoff_ms: 5,
+        retry_backoff_max_ms: 20,
+        ..RunSettings::default()
+    }
+}
