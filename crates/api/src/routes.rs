@@ -528,6 +528,7 @@ pub struct EventsQuery {
     pub kind: Option<String>,
 }
 
+/// An event kind from a query parameter (400 naming the known kinds if unknown).
 pub fn parse_event_kind(raw: &str) -> Result<orch_core::EventKind, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::BadRequest(format!(
