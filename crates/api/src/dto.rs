@@ -74,47 +74,8 @@ string_schema!(
     EventKindSchema,
     "EventKind",
     "What an event records.",
-    event_kind_names()
+    EventKind::NAMES.to_vec()
 );
-
-/// Every event kind's name (the core has no public list; probe serde).
-pub fn event_kind_names() -> Vec<&'static str> {
-    const NAMES: [&str; 29] = [
-        "run_created",
-        "run_status_changed",
-        "task_created",
-        "task_queued",
-        "task_started",
-        "task_succeeded",
-        "task_failed",
-        "task_retry_scheduled",
-        "task_dead",
-        "task_cancelled",
-        "task_skipped",
-        "lease_expired",
-        "llm_request",
-        "llm_response",
-        "llm_error",
-        "tool_call",
-        "tool_denied",
-        "artifact_written",
-        "validation_failed",
-        "gate_opened",
-        "gate_passed",
-        "gate_failed",
-        "gate_waived",
-        "rework_opened",
-        "escalated",
-        "human_input",
-        "dlq_replayed",
-        "channel_message",
-        "checkpoint",
-    ];
-    NAMES
-        .into_iter()
-        .filter(|n| n.parse::<EventKind>().is_ok())
-        .collect()
-}
 
 // ---------------------------------------------------------------- requests
 

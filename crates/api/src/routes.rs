@@ -265,21 +265,7 @@ fn parse_workflow(yaml: &str) -> Result<Workflow, ApiError> {
 }
 
 fn check_budget(usd: Option<f64>, tokens: Option<i64>) -> Result<(), ApiError> {
-    if let Some(u) = usd
-        && !(u.is_finite() && u > 0.0)
-    {
-        return Err(ApiError::Unprocessable(format!(
-            "the USD budget must be a number above 0 (got {u})"
-        )));
-    }
-    if let Some(t) = tokens
-        && t <= 0
-    {
-        return Err(ApiError::Unprocessable(format!(
-            "the token budget must be above 0 (got {t})"
-        )));
-    }
-    Ok(())
+    orch_core::RunSettings::check_budget(usd, tokens).map_err(ApiError::Unprocessable)
 }
 
 /// Start a run: create it and take its first step (tasks are queued for the workers).
@@ -533,7 +519,7 @@ pub fn parse_event_kind(raw: &str) -> Result<orch_core::EventKind, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::BadRequest(format!(
             "unknown event kind {raw:?}; use one of {}",
-            event_kind_names().join(", ")
+            orch_core::EventKind::NAMES.join(", ")
         ))
     })
 }

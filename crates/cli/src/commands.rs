@@ -91,17 +91,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
 
 /// Budget limits must be positive numbers.
 fn check_budget(usd: Option<f64>, tokens: Option<i64>) -> Result<()> {
-    if let Some(u) = usd
-        && !(u.is_finite() && u > 0.0)
-    {
-        bail!("the USD budget must be a number above 0 (got {u})");
-    }
-    if let Some(t) = tokens
-        && t <= 0
-    {
-        bail!("the token budget must be above 0 (got {t})");
-    }
-    Ok(())
+    orch_core::RunSettings::check_budget(usd, tokens).map_err(anyhow::Error::msg)
 }
 
 fn parse_run_id(s: &str) -> Result<RunId> {

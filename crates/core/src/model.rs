@@ -114,6 +114,24 @@ pub struct RunSettings {
     pub budget_tokens: Option<i64>,
 }
 
+impl RunSettings {
+    /// Check budget limits a person gives (a new run's or a raised one):
+    /// each, if given, must be above 0. The error says which and why.
+    pub fn check_budget(usd: Option<f64>, tokens: Option<i64>) -> Result<(), String> {
+        if let Some(u) = usd
+            && !(u.is_finite() && u > 0.0)
+        {
+            return Err(format!("the USD budget must be a number above 0 (got {u})"));
+        }
+        if let Some(t) = tokens
+            && t <= 0
+        {
+            return Err(format!("the token budget must be above 0 (got {t})"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RunSettings {
     fn default() -> Self {
         RunSettings {
@@ -395,6 +413,9 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind's name, in declaration order.
+    pub const NAMES: &'static [&'static str] = &EVENT_KIND_NAMES;
+
     pub fn as_str(self) -> &'static str {
         // Kept in step with serde's snake_case names by `event_kind_names_match_serde`.
         EVENT_KIND_NAMES[self as usize]
@@ -582,6 +603,17 @@ mod tests {
         let v = Verdict::parse("{\"verdict\":\"PASS\",\"findings\":[\"use {x}\"]}").unwrap();
         assert!(v.passed());
         assert_eq!(v.findings, vec!["use {x}"]);
+    }
+
+    #[test]
+    fn budget_limits_must_be_above_zero() {
+        assert!(RunSettings::check_budget(None, None).is_ok());
+        assert!(RunSettings::check_budget(Some(0.5), Some(10)).is_ok());
+        let e = RunSettings::check_budget(Some(0.0), None).unwrap_err();
+        assert!(e.contains("USD budget") && e.contains("above 0"), "{e}");
+        assert!(RunSettings::check_budget(Some(f64::NAN), None).is_err());
+        let e = RunSettings::check_budget(None, Some(-3)).unwrap_err();
+        assert!(e.contains("token budget") && e.contains("-3"), "{e}");
     }
 
     #[test]
