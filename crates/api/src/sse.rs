@@ -109,7 +109,7 @@ struct Cursor {
     run: RunId,
     after: i64,
     buffer: VecDeque<Event>,
-    changes: tokio::sync::watch::Receiver<u64>,
+    changes: tokio::sync::watch::Receiver<orch_engine::Steps>,
     /// Whether the last read found nothing new (wait before the next one).
     idle: bool,
 }

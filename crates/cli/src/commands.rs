@@ -782,9 +782,9 @@ async fn serve(cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
                 run_settings: cfg.run_settings(),
             },
         );
-        let local = listener.local_addr().unwrap_or(addr);
+        let at = listener.local_addr().unwrap_or(addr);
         eprintln!(
-            "HTTP API on http://{local} (docs: http://{local}/docs, metrics: http://{local}/metrics{})",
+            "HTTP API on http://{at} (docs: http://{at}/docs, metrics: http://{at}/metrics{})",
             if metrics_public {
                 ", open"
             } else {

@@ -17,11 +17,8 @@ const MAX_CONFLICT_RETRIES: usize = 32;
 pub struct Engine {
     pub(crate) deps: Deps,
     pub(crate) opts: EngineOptions,
-    /// Bumped after every saved step, so in-process waiters ([`Engine::wait`])
-    /// wake at once instead of polling.
-    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-    /// The steps this engine saved: how many, and the run and status of the
-    /// last one, so a waiter can tell whether its run may have changed.
+    /// The steps this engine saved, sent after each: in-process waiters
+    /// ([`Engine::wait`], event streams) wake at once instead of polling.
     steps: std::sync::Arc<tokio::sync::watch::Sender<Steps>>,
     /// Runs as this engine last saved them: the next step of a run that no
     /// other engine saved since reads only what workers changed of its tasks
@@ -34,11 +31,13 @@ pub struct Engine {
 /// Bound on the runs kept in `Engine::saved`; the map is cleared when reached.
 const MAX_SAVED_RUNS: usize = 4096;
 
-/// What [`Engine`]'s `steps` channel carries.
+/// The steps an [`Engine`] saved ([`Engine::changes`]): how many, and the
+/// run and status of the last one, so a waiter can tell whether its run may
+/// have changed.
 #[derive(Debug, Clone, Default)]
-struct Steps {
-    count: u64,
-    last: Option<(RunId, RunStatus)>,
+pub struct Steps {
+    pub count: u64,
+    pub last: Option<(RunId, RunStatus)>,
 }
 
 /// What a tick did.
@@ -54,15 +53,14 @@ impl Engine {
         Engine {
             deps,
             opts,
-            changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
             steps: std::sync::Arc::new(tokio::sync::watch::channel(Steps::default()).0),
             saved: Default::default(),
         }
     }
 
     /// A receiver that changes whenever this engine saved a step.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.subscribe()
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<Steps> {
+        self.steps.subscribe()
     }
 
     /// Wait until the run is terminal or needs input (or `timeout` passes);
@@ -76,7 +74,7 @@ impl Engine {
         poll: std::time::Duration,
         timeout: Option<std::time::Duration>,
     ) -> Result<Run> {
-        let mut rx = self.steps.subscribe();
+        let mut rx = self.changes();
         let mut seen = rx.borrow_and_update().count;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let done = |s: RunStatus| s.is_terminal() || s == RunStatus::NeedsInput;
@@ -282,7 +280,6 @@ impl Engine {
                 s.count += 1;
                 s.last = Some((run_id.clone(), after.run.status));
             });
-            self.changed.send_modify(|n| *n += 1);
             // Published only after the commit: a crash here leaves QUEUED
             // tasks that the sweeper publishes again.
             for d in &dispatches {

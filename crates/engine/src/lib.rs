@@ -35,7 +35,7 @@ pub use orch_broker as broker;
 pub use orch_store as store;
 
 pub use budget::BudgetedProvider;
-pub use driver::{Engine, TickOutcome};
+pub use driver::{Engine, Steps, TickOutcome};
 pub use journal::JournalingProvider;
 pub use runtime::Runtime;
 pub use sweeper::SweepReport;
