@@ -141,8 +141,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Split `orch_<id>_<secret>` into id and secret.
-fn split_token(token: &str) -> Option<(&str, &str)> {
+/// Split `orch_<id>_<secret>` into id and secret (`None` if malformed).
+pub fn split_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix("orch_")?;
     let (id, secret) = rest.split_once('_')?;
     let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());

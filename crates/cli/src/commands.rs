@@ -906,11 +906,8 @@ async fn tokens(cfg: &Config, cmd: TokenCommand) -> Result<ExitCode> {
         }
         TokenCommand::Revoke { id, json } => {
             let id = id.trim();
-            // Accept the whole token too: its id is the part after `orch_`.
-            let id = id
-                .strip_prefix("orch_")
-                .and_then(|rest| rest.split('_').next())
-                .unwrap_or(id);
+            // Accept the whole token too.
+            let id = orch_api::auth::split_token(id).map_or(id, |(id, _)| id);
             let t = store.revoke_token(id, now).await?;
             if json {
                 render::print_json(&show(&t));
