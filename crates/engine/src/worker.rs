@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use orch_agents::{AgentOutput, ChannelPost, EventSink, TaskInput};
 use orch_broker::{ChannelMessage, Delivery};
 use orch_core::{Event, EventKind, NewEvent, Role, RunId, TaskStatus, Usage};
-use orch_store::{EventQuery, Fence, TaskOutcome};
+use orch_store::{Fence, TaskOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -178,23 +178,33 @@ pub async fn execute_delivery(
     delivery: &Delivery,
 ) -> Result<()> {
     let d = &delivery.dispatch;
+    // The plan (cached) names the artifacts the task reads; they are read
+    // with the claim, in the same round trip.
+    let plan = match plan_of(deps, &d.run_id, &d.task_id).await {
+        Ok(plan) => plan,
+        Err(orch_store::Error::RunNotFound(_)) => {
+            debug!(run = %d.run_id, task = %d.task_id, "dispatch of an unknown run dropped");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let upstream_names = upstream_names(&plan, &d.task_id);
     let now = deps.clock.now_ms();
     let lease_until = now + opts.lease_ttl.as_millis() as i64;
-    let Some(task) = deps
-        .store
-        .claim_task(
-            &d.run_id,
-            &d.task_id,
-            d.attempt,
-            &worker.0,
-            lease_until,
-            now,
-        )
-        .await?
-    else {
+    let claim = orch_store::Claim {
+        run_id: &d.run_id,
+        task_id: &d.task_id,
+        attempt: d.attempt,
+        owner: &worker.0,
+        lease_until,
+        now,
+        upstream: &upstream_names,
+    };
+    let Some(claimed) = deps.store.claim_attempt(&claim).await? else {
         debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
         return Ok(());
     };
+    let task = claimed.task.clone();
     let fence = Fence {
         run_id: d.run_id.clone(),
         task_id: d.task_id.clone(),
@@ -249,7 +259,12 @@ pub async fn execute_delivery(
         .replay(!failed_on_output(&task))
         .buffered(LLM_EVENT_FLUSH),
     );
-    let result = run_agent(deps, opts, &d.run_id, &task, &lost, &sink, &provider).await;
+    let context = Context {
+        plan: &plan,
+        upstream_names: &upstream_names,
+        claimed,
+    };
+    let result = run_agent(deps, opts, context, &lost, &sink, &provider).await;
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     // LLM events not yet written commit with the outcome, before its own events.
@@ -408,22 +423,6 @@ fn channel_post(e: &Event) -> Option<ChannelPost> {
     })
 }
 
-/// The run's channel messages so far, oldest first: its `channel_message`
-/// events (one indexed read of that kind, not the whole log).
-async fn load_inbox(deps: &Deps, run_id: &RunId) -> orch_store::Result<Vec<ChannelPost>> {
-    let events = deps
-        .store
-        .list_events(
-            run_id,
-            EventQuery {
-                kind: Some(orch_core::EventKind::ChannelMessage),
-                ..EventQuery::default()
-            },
-        )
-        .await?;
-    Ok(events.iter().filter_map(channel_post).collect())
-}
-
 enum AttemptResult {
     Done(AgentOutput),
     Failed {
@@ -435,53 +434,51 @@ enum AttemptResult {
     LeaseLost,
 }
 
+/// What an attempt runs on: the run's plan and what was read with the claim.
+struct Context<'a> {
+    plan: &'a orch_core::RunState,
+    /// Artifact names the task reads, in plan order.
+    upstream_names: &'a [String],
+    claimed: orch_store::ClaimedAttempt,
+}
+
+/// Names of the artifacts `task_id` reads: those its upstream tasks expect,
+/// in plan order.
+fn upstream_names(plan: &orch_core::RunState, task_id: &str) -> Vec<String> {
+    let upstream_ids = plan.upstream_of(task_id);
+    plan.tasks
+        .iter()
+        .filter(|t| upstream_ids.contains(&t.id))
+        .flat_map(|t| t.expected.iter().map(|e| e.name.clone()))
+        .collect()
+}
+
 async fn run_agent(
     deps: &Deps,
     opts: &EngineOptions,
-    run_id: &RunId,
-    task: &orch_core::Task,
+    context: Context<'_>,
     lost: &CancellationToken,
     sink: &StoreSink,
     provider: &Arc<crate::JournalingProvider>,
 ) -> AttemptResult {
-    let state = match plan_of(deps, run_id, &task.id).await {
-        Ok(s) => s,
-        Err(e) => return failed(format!("could not load the run: {e}"), true),
-    };
-    let upstream_ids = state.upstream_of(&task.id);
-    let upstream_names: Vec<String> = state
-        .tasks
-        .iter()
-        .filter(|t| upstream_ids.contains(&t.id))
-        .flat_map(|t| t.expected.iter().map(|e| e.name.clone()))
-        .collect();
-    // Three independent reads, on reader connections at once. The run row is
-    // read now (the plan above may be cached): its budget, which a person may
-    // have raised, and what it has spent so far.
-    let (artifacts, inbox, run) = tokio::join!(
-        deps.store.latest_artifacts_named(run_id, &upstream_names),
-        load_inbox(deps, run_id),
-        deps.store.get_run(run_id)
-    );
-    let mut upstream = match artifacts {
-        Ok(a) => a,
-        Err(e) => return failed(format!("could not load upstream artifacts: {e}"), true),
-    };
+    let Context {
+        plan,
+        upstream_names,
+        claimed,
+    } = context;
+    let orch_store::ClaimedAttempt {
+        task,
+        run,
+        messages,
+        mut upstream,
+    } = claimed;
     // Plan order, not the order concurrent tasks happened to finish in: the
     // prompt must not depend on timing, or replays would not match the journal.
     upstream.sort_by_cached_key(|a| {
         let at = upstream_names.iter().position(|n| *n == a.name);
         (at, a.path.clone())
     });
-    let inbox = match inbox {
-        Ok(m) => m,
-        Err(e) => {
-            return failed(
-                format!("could not load the run's channel messages: {e}"),
-                true,
-            );
-        }
-    };
+    let inbox: Vec<ChannelPost> = messages.iter().filter_map(channel_post).collect();
     let model = opts.model_for(task.role).to_string();
     let model = if deps.provider.is_scripted() {
         deps.provider.default_model().to_string()
@@ -489,17 +486,13 @@ async fn run_agent(
         model
     };
     let input = TaskInput {
-        run: &state.run,
-        task,
+        run: &plan.run,
+        task: &task,
         upstream: &upstream,
         messages: &inbox,
         model: &model,
     };
     let timeout = Duration::from_millis(task.timeout_ms.max(1) as u64);
-    let run = match run {
-        Ok(r) => r,
-        Err(e) => return failed(format!("could not load the run: {e}"), true),
-    };
     let budgeted = crate::BudgetedProvider::new(
         provider.clone(),
         run.settings.budget_usd,

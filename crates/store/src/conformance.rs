@@ -49,6 +49,7 @@ pub async fn run_all(store: &dyn Store) {
     llm_journal_round_trip(store).await;
     journal_commits_with_the_outcome(store).await;
     load_run_from_a_known_state(store).await;
+    claim_attempt_reads_the_context(store).await;
     api_tokens_round_trip(store).await;
     stats_count_what_is_stored(store).await;
 }
@@ -73,6 +74,103 @@ fn llm_call(run_id: &RunId, attempt: u32, hash: &str, response: &str) -> crate::
         cost_usd: 0.25,
         created_at: T0 + Millis::from(attempt),
     }
+}
+
+/// `claim_attempt` claims as `claim_task` does (once per attempt) and
+/// returns what the separate reads return: the run row, the channel
+/// messages and the latest version of each named upstream artifact.
+pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    let names = vec![FIRST.to_string(), "not-an-artifact".to_string()];
+    let claim = |attempt: u32, owner: &'static str, now: Millis| crate::Claim {
+        run_id: &state.run.id,
+        task_id: FIRST,
+        attempt,
+        owner,
+        lease_until: now + LEASE_MS,
+        now,
+        upstream: &names,
+    };
+    let first = store
+        .claim_attempt(&claim(1, "w1", T0 + 20))
+        .await
+        .expect("claim_attempt")
+        .expect("claimed");
+    assert_eq!(first.task.status, TaskStatus::Running);
+    assert_eq!(first.task.lease_owner.as_deref(), Some("w1"));
+    assert_eq!(first.run.id, id);
+    assert!(first.messages.is_empty() && first.upstream.is_empty());
+    assert!(
+        store
+            .claim_attempt(&claim(1, "w2", T0 + 21))
+            .await
+            .expect("second claim")
+            .is_none(),
+        "an attempt is claimed once"
+    );
+
+    // Attempt 1 writes two versions of the artifact and posts a message, then fails.
+    let mut outcome = failed(
+        FIRST,
+        true,
+        vec![artifact(FIRST, "draft 1"), artifact(FIRST, "draft 2")],
+    );
+    outcome.events.insert(
+        0,
+        NewEvent::task(EventKind::ChannelMessage, FIRST, "posted to design")
+            .with_data(json!({"channel": "design", "from_role": "business_analyst", "text": "hi"})),
+    );
+    store
+        .complete_task(&fence(&id, FIRST, 1, "w1"), &outcome, T0 + 30)
+        .await
+        .expect("complete attempt 1");
+    let state = store.load_run(&id).await.expect("load_run");
+    let state = step(store, &state, Input::Reconcile, T0 + 40)
+        .await
+        .expect("retry scheduled");
+    let retry_at = state.task(FIRST).unwrap().not_before.expect("a retry time");
+    step(store, &state, Input::Reconcile, retry_at)
+        .await
+        .expect("retry queued");
+
+    let second = store
+        .claim_attempt(&claim(2, "w2", retry_at + 10))
+        .await
+        .expect("claim attempt 2")
+        .expect("claimed");
+    assert_eq!(second.task.attempt, 2);
+    assert_eq!(
+        second.task.last_error.as_deref(),
+        Some("the model returned no artifact")
+    );
+    assert_eq!(second.run, store.get_run(&id).await.expect("get_run"));
+    assert!(
+        second.run.cost_usd > 0.0,
+        "the run row is read after the claim"
+    );
+    let messages = store
+        .list_events(
+            &id,
+            EventQuery {
+                kind: Some(EventKind::ChannelMessage),
+                ..EventQuery::default()
+            },
+        )
+        .await
+        .expect("list_events");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(second.messages, messages);
+    let latest = store
+        .latest_artifacts_named(&id, &names)
+        .await
+        .expect("latest_artifacts_named");
+    assert_eq!(latest.len(), 1);
+    assert_eq!(
+        (latest[0].version, latest[0].content.as_str()),
+        (2, "draft 2")
+    );
+    assert_eq!(second.upstream, latest);
 }
 
 /// `load_run_from` reads what `load_run` reads, whether the known state is

@@ -294,7 +294,9 @@ pub struct LlmCallRecord {
     pub request_hash: String,
     pub provider: String,
     pub model: String,
-    /// The request, as JSON.
+    /// The request as JSON. The engine's journal leaves out the prompt
+    /// (system and messages), which the `llm_request` event of the same
+    /// attempt and step holds; `request_hash` covers it.
     pub request: String,
     /// The response, as JSON (an `orch_llm::Response`).
     pub response: String,
@@ -436,6 +438,7 @@ pub trait StatsStore: Send + Sync {
 }
 
 /// Every capability: what the engine is given.
+#[async_trait]
 pub trait Store:
     RunStore
     + TaskStore
@@ -448,6 +451,68 @@ pub trait Store:
 {
     /// Backend name for logs and `status` (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
+
+    /// [`TaskStore::claim_task`], then what a worker needs to run the
+    /// attempt: the run row (its budget and spending now), the run's channel
+    /// messages and the latest version of each upstream artifact named in
+    /// `upstream`. `None` as for `claim_task`. A backend may read these in
+    /// the claim's own round trip; this default reads them after it.
+    async fn claim_attempt(&self, claim: &Claim<'_>) -> Result<Option<ClaimedAttempt>> {
+        let Some(task) = self
+            .claim_task(
+                claim.run_id,
+                claim.task_id,
+                claim.attempt,
+                claim.owner,
+                claim.lease_until,
+                claim.now,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let query = EventQuery {
+            kind: Some(orch_core::EventKind::ChannelMessage),
+            ..EventQuery::default()
+        };
+        let (run, messages, upstream) = tokio::join!(
+            self.get_run(claim.run_id),
+            self.list_events(claim.run_id, query),
+            self.latest_artifacts_named(claim.run_id, claim.upstream),
+        );
+        Ok(Some(ClaimedAttempt {
+            task,
+            run: run?,
+            messages: messages?,
+            upstream: upstream?,
+        }))
+    }
+}
+
+/// A worker's claim of one attempt ([`Store::claim_attempt`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub run_id: &'a RunId,
+    pub task_id: &'a str,
+    pub attempt: u32,
+    pub owner: &'a str,
+    pub lease_until: Millis,
+    pub now: Millis,
+    /// Names of the artifacts the task reads (those its upstream tasks expect).
+    pub upstream: &'a [String],
+}
+
+/// A claimed attempt with what its worker reads before running it.
+#[derive(Debug, Clone)]
+pub struct ClaimedAttempt {
+    /// The task, now RUNNING under the claim's lease.
+    pub task: Task,
+    /// The run row as it is now.
+    pub run: Run,
+    /// The run's `channel_message` events, oldest first.
+    pub messages: Vec<Event>,
+    /// The latest version of each (name, path) of the upstream artifacts.
+    pub upstream: Vec<Artifact>,
 }
 
 /// Open the store a `DATABASE_URL` names (creating and migrating a SQLite

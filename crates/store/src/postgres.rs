@@ -1822,6 +1822,7 @@ impl StatsStore for PostgresStore {
     }
 }
 
+#[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"

@@ -1,0 +1,31 @@
+-- The claim, then what the worker needs to run the attempt, read on the
+-- write connection in the same round trip (only reached if the claim
+-- succeeded; its cache is warm, where a reader's starts cold after every
+-- commit): the claimed task, the run row, the run's channel messages, and
+-- the latest version of each (name, path) of the upstream artifacts whose
+-- names are in ?1 -> 'upstream'. `part` tells the rows apart.
+INSERT INTO proc_claim_task (doc) VALUES (jsonb(?1));
+SELECT 'task' AS part, run_id, id, role, title, instructions, needs, expected, validation, gate, round, findings,
+       status, attempt, max_attempts, timeout_ms, dedupe_key, not_before, lease_owner,
+       lease_expires_at, last_error, retryable, result_summary, verdict, queued_at, started_at,
+       finished_at, cost_usd
+FROM tasks
+WHERE run_id = ?1 ->> 'run_id' AND id = ?1 ->> 'task_id';
+SELECT 'run' AS part, id, goal, context, workflow, status, status_reason, success_criteria,
+       settings, provider, iterations, cost_usd, tokens_in, tokens_out, version, created_at,
+       updated_at, finished_at
+FROM runs
+WHERE id = ?1 ->> 'run_id';
+SELECT 'message' AS part, run_id, seq, kind, task_id, message, data, created_at
+FROM events
+WHERE run_id = ?1 ->> 'run_id' AND kind = 'channel_message'
+ORDER BY seq;
+SELECT 'artifact' AS part, a.run_id, a.name, a.version, a.kind, a.path, a.task_id, a.attempt,
+       a.content, a.metadata, a.created_at
+FROM artifacts a
+WHERE a.run_id = ?1 ->> 'run_id'
+  AND a.name IN (SELECT value FROM json_each(?1 -> 'upstream'))
+  AND a.version = (SELECT MAX(b.version) FROM artifacts b
+                   WHERE b.run_id = a.run_id AND b.name = a.name
+                     AND COALESCE(b.path, '') = COALESCE(a.path, ''))
+ORDER BY a.created_at, a.name, a.version;
