@@ -25,6 +25,36 @@ use orch_store::{LlmCallRecord, Store};
 
 use crate::Clock;
 
+/// What the journal keeps of a request: everything but the prompt (`system`
+/// and `messages`), which the attempt's `llm_request` event already holds —
+/// writing it twice doubled the bytes each completion commits. The journal
+/// finds a call by `request_hash`, which covers the prompt.
+#[derive(serde::Serialize)]
+struct JournaledRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    /// Names of the tools offered.
+    tools: Vec<&'a str>,
+    meta: &'a orch_llm::CallMeta,
+    /// Where the prompt is.
+    prompt: &'static str,
+}
+
+impl<'a> JournaledRequest<'a> {
+    fn of(request: &'a Request) -> Self {
+        JournaledRequest {
+            model: &request.model,
+            max_tokens: request.max_tokens,
+            temperature: request.temperature,
+            tools: request.tools.iter().map(|t| t.name.as_str()).collect(),
+            meta: &request.meta,
+            prompt: "in the attempt's llm_request event (system, messages)",
+        }
+    }
+}
+
 /// A provider that replays journaled responses and journals new calls.
 pub struct JournalingProvider {
     inner: Arc<dyn Provider>,
@@ -181,7 +211,7 @@ impl Provider for JournalingProvider {
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let meta = &request.meta;
         let record = match (
-            serde_json::to_string(request),
+            serde_json::to_string(&JournaledRequest::of(request)),
             serde_json::to_string(&response),
         ) {
             (Ok(req), Ok(resp)) => LlmCallRecord {
