@@ -190,6 +190,11 @@ impl Engine {
 
     /// Load, apply, save (retrying on concurrent updates), then publish.
     async fn step(&self, run_id: &RunId, input: impl Fn() -> Input) -> Result<TickOutcome> {
+        // A reconcile derives everything from stored state: were its save
+        // lost in a crash, the next tick would take the same step again. So
+        // it need not wait for the disk (`save_derived_run`); a person's input
+        // or a replay must.
+        let derived = matches!(input(), Input::Reconcile);
         for retry in 0..MAX_CONFLICT_RETRIES {
             let known = self
                 .saved
@@ -242,20 +247,18 @@ impl Engine {
                     events: 0,
                 });
             }
-            match self
-                .deps
-                .store
-                .save_run(
-                    run_id,
-                    before.run.version,
-                    &diff,
-                    &after,
-                    &events,
-                    &dead,
-                    now,
-                )
-                .await
-            {
+            let store = &self.deps.store;
+            let (version, diff, state) = (before.run.version, &diff, &after);
+            let saved = if derived {
+                store
+                    .save_derived_run(run_id, version, diff, state, &events, &dead, now)
+                    .await
+            } else {
+                store
+                    .save_run(run_id, version, diff, state, &events, &dead, now)
+                    .await
+            };
+            match saved {
                 Ok(version) => {
                     let mut saved = after.clone();
                     saved.run.version = version;

@@ -50,6 +50,7 @@ pub async fn run_all(store: &dyn Store) {
     journal_commits_with_the_outcome(store).await;
     load_run_from_a_known_state(store).await;
     claim_attempt_reads_the_context(store).await;
+    save_derived_run_is_a_save(store).await;
     api_tokens_round_trip(store).await;
     stats_count_what_is_stored(store).await;
 }
@@ -171,6 +172,36 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         (2, "draft 2")
     );
     assert_eq!(second.upstream, latest);
+}
+
+/// A derived save is a save: compare-and-set on the version, and what it
+/// saved is what loads.
+pub async fn save_derived_run_is_a_save(store: &dyn Store) {
+    let created = create(store, T0).await;
+    let queued = step(store, &created, Input::Reconcile, T0 + 10)
+        .await
+        .expect("derived save");
+    assert_eq!(
+        store.load_run(&queued.run.id).await.expect("load_run"),
+        queued
+    );
+    let mut again = created.clone();
+    machine::apply(&mut again, Input::Reconcile, T0 + 20).expect("apply");
+    let stale = store
+        .save_derived_run(
+            &created.run.id,
+            created.run.version,
+            &StateDiff::between(&created, &again),
+            &again,
+            &[],
+            &[],
+            T0 + 20,
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(crate::Error::Conflict(_))),
+        "a derived save at a stale version conflicts: {stale:?}"
+    );
 }
 
 /// `load_run_from` reads what `load_run` reads, whether the known state is
@@ -836,12 +867,24 @@ async fn create(store: &dyn Store, now: Millis) -> RunState {
 
 /// What the engine does on a step: apply `input`, save the diff, the events
 /// and dead letters. Returns the saved state (with its new version).
+enum InputKind {
+    Reconcile,
+    Other,
+}
+
+/// Apply `input` to `state` and save the step as the engine does (a
+/// reconcile with `save_derived_run`, anything else with `save_run`).
 async fn step(
     store: &dyn Store,
     state: &RunState,
     input: Input,
     now: Millis,
 ) -> crate::Result<RunState> {
+    let input_kind = if matches!(input, Input::Reconcile) {
+        InputKind::Reconcile
+    } else {
+        InputKind::Other
+    };
     let mut after = state.clone();
     let actions =
         machine::apply(&mut after, input, now).expect("the state machine accepts the input");
@@ -865,17 +908,17 @@ async fn step(
             Action::Dispatch { .. } => {}
         }
     }
-    let version = store
-        .save_run(
-            &state.run.id,
-            state.run.version,
-            &diff,
-            &after,
-            &events,
-            &dead,
-            now,
-        )
-        .await?;
+    // As the engine saves: a reconcile is a derived step.
+    let (id, version) = (&state.run.id, state.run.version);
+    let version = if matches!(input_kind, InputKind::Reconcile) {
+        store
+            .save_derived_run(id, version, &diff, &after, &events, &dead, now)
+            .await?
+    } else {
+        store
+            .save_run(id, version, &diff, &after, &events, &dead, now)
+            .await?
+    };
     assert_eq!(
         version,
         state.run.version + 1,

@@ -176,6 +176,27 @@ pub trait RunStore: Send + Sync {
         dead: &[NewDeadLetter],
         now: Millis,
     ) -> Result<i64>;
+    /// [`RunStore::save_run`] of a step derived only from what is already
+    /// stored (a reconcile: no person's input, no replay), which the engine
+    /// would take again, the same way, if the save were lost. A backend may
+    /// return before such a save is on disk (PostgreSQL: asynchronous commit
+    /// for this transaction); it is as atomic, isolated and visible as any
+    /// other, and the next durable commit (a worker's completion) makes it
+    /// durable too. Outcomes of work, human input, claims' fences and the
+    /// journal are never saved this way.
+    async fn save_derived_run(
+        &self,
+        run_id: &RunId,
+        expected_version: i64,
+        diff: &StateDiff,
+        state: &RunState,
+        events: &[NewEvent],
+        dead: &[NewDeadLetter],
+        now: Millis,
+    ) -> Result<i64> {
+        self.save_run(run_id, expected_version, diff, state, events, dead, now)
+            .await
+    }
     /// Runs, newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
     /// Ids of runs in PENDING, PLANNING or RUNNING.

@@ -3,7 +3,8 @@
 -- engines serialize, and the allocation of the save's $9 events. Takes the
 -- run's row lock for the rest of the transaction. Cost, token totals belong
 -- to the workers and are not written. No row if the run is gone or no longer
--- at version $2.
+-- at version $2. $11 true: commit this transaction without waiting for the
+-- WAL flush (a derived step, `save_derived_run`); set here to save a round trip.
 UPDATE runs
 SET status        = $3,
     status_reason = $4,
@@ -14,4 +15,5 @@ SET status        = $3,
     version       = version + 1,
     last_seq      = last_seq + $9
 WHERE id = $1 AND version = $2
-RETURNING version, last_seq;
+RETURNING version, last_seq,
+          CASE WHEN $11 THEN set_config('synchronous_commit', 'off', true) END AS relaxed;
