@@ -2197,3 +2197,66 @@ pub async fn concurrent_claims(store: Arc<dyn Store>, claimers: usize) {
     assert_eq!(event_count(store.as_ref(), &id).await, before + 1);
     assert_seqs_contiguous(store.as_ref(), &id).await;
 }
+
+/// Claims of many runs at once, two claimers per task (a backend may run
+/// them together, e.g. in one transaction): each task is claimed exactly
+/// once, each winner gets its own task and run, and the completions that
+/// follow, also at once, all commit.
+pub async fn concurrent_claims_of_many_runs(store: Arc<dyn Store>, runs: usize) {
+    let mut ids = Vec::new();
+    for _ in 0..runs {
+        ids.push(create_queued(store.as_ref(), T0).await.run.id);
+    }
+    let names = Arc::new(vec![FIRST.to_string()]);
+    let mut claims = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        for owner in [format!("a{i}"), format!("b{i}")] {
+            let (store, id, names) = (store.clone(), id.clone(), names.clone());
+            claims.push(tokio::spawn(async move {
+                let claim = crate::Claim {
+                    run_id: &id,
+                    task_id: FIRST,
+                    attempt: 1,
+                    owner: &owner,
+                    lease_until: T0 + 20 + LEASE_MS,
+                    now: T0 + 20,
+                    upstream: &names,
+                };
+                let claimed = store.claim_attempt(&claim).await.expect("claim_attempt");
+                (id.clone(), owner.clone(), claimed)
+            }));
+        }
+    }
+    let mut winners = std::collections::HashMap::new();
+    for c in claims {
+        let (id, owner, claimed) = c.await.expect("claimer task");
+        if let Some(claimed) = claimed {
+            assert_eq!(claimed.run.id, id, "the claim's run");
+            assert_eq!(claimed.task.id, FIRST);
+            assert_eq!(claimed.task.lease_owner.as_deref(), Some(owner.as_str()));
+            assert!(claimed.upstream.is_empty() && claimed.messages.is_empty());
+            assert!(winners.insert(id, owner).is_none(), "a task claimed twice");
+        }
+    }
+    assert_eq!(winners.len(), runs, "every task claimed once");
+    let mut completions = Vec::new();
+    for (id, owner) in winners {
+        let store = store.clone();
+        completions.push(tokio::spawn(async move {
+            let outcome = succeeded(FIRST, vec![artifact(FIRST, &format!("by {owner}"))]);
+            store
+                .complete_task(&fence(&id, FIRST, 1, &owner), &outcome, T0 + 30)
+                .await
+                .expect("complete");
+            let stored = store
+                .get_artifact(&id, FIRST, None)
+                .await
+                .expect("the artifact");
+            assert_eq!(stored.content, format!("by {owner}"));
+            assert_eq!(stored.version, 1);
+        }));
+    }
+    for c in completions {
+        c.await.expect("completion task");
+    }
+}

@@ -162,6 +162,16 @@ async fn stats_of_an_empty_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_many_runs() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    conformance::concurrent_claims_of_many_runs(Arc::new(store.clone()), 20).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_have_one_winner() {
     let Some(db) = TestDb::create().await else {
         return;

@@ -61,6 +61,16 @@ async fn concurrent_claims_on_a_file_have_one_winner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_many_runs_are_batched_correctly() {
+    let (_dir, url) = temp_db();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.expect("open"));
+    conformance::concurrent_claims_of_many_runs(store, 40).await;
+    let memory: Arc<dyn Store> =
+        Arc::new(SqliteStore::open("sqlite::memory:").await.expect("open"));
+    conformance::concurrent_claims_of_many_runs(memory, 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_from_two_processes_have_one_winner() {
     // Two stores on one file stand for two processes: they contend through
     // SQLite's file locks (and the busy timeout), not the in-process queue.
