@@ -192,9 +192,12 @@ impl Engine {
     async fn step(&self, run_id: &RunId, input: impl Fn() -> Input) -> Result<TickOutcome> {
         // A reconcile derives everything from stored state: were its save
         // lost in a crash, the next tick would take the same step again. So
-        // it need not wait for the disk (`save_derived_run`); a person's input
-        // or a replay must.
-        let derived = matches!(input(), Input::Reconcile);
+        // it need not wait for the disk; a person's input or a replay must.
+        let durability = if matches!(input(), Input::Reconcile) {
+            orch_store::Durability::Derived
+        } else {
+            orch_store::Durability::Durable
+        };
         for retry in 0..MAX_CONFLICT_RETRIES {
             let known = self
                 .saved
@@ -247,17 +250,20 @@ impl Engine {
                     events: 0,
                 });
             }
-            let store = &self.deps.store;
-            let (version, diff, state) = (before.run.version, &diff, &after);
-            let saved = if derived {
-                store
-                    .save_derived_run(run_id, version, diff, state, &events, &dead, now)
-                    .await
-            } else {
-                store
-                    .save_run(run_id, version, diff, state, &events, &dead, now)
-                    .await
-            };
+            let saved = self
+                .deps
+                .store
+                .save_run(
+                    run_id,
+                    before.run.version,
+                    &diff,
+                    &after,
+                    &events,
+                    &dead,
+                    now,
+                    durability,
+                )
+                .await;
             match saved {
                 Ok(version) => {
                     let mut saved = after.clone();

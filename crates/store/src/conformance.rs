@@ -18,8 +18,8 @@ use orch_core::{
 use serde_json::json;
 
 use crate::{
-    ApiToken, Error, EventQuery, Fence, LlmTotals, NewDeadLetter, RunFilter, Stats, Store,
-    TASK_DURATION_BUCKETS_MS, TaskOutcome, TaskRef,
+    ApiToken, Durability, Error, EventQuery, Fence, LlmTotals, NewDeadLetter, RunFilter, Stats,
+    Store, TASK_DURATION_BUCKETS_MS, TaskOutcome, TaskRef,
 };
 
 /// Base time of the suite (the clock is the suite's, never the system's).
@@ -50,7 +50,7 @@ pub async fn run_all(store: &dyn Store) {
     journal_commits_with_the_outcome(store).await;
     load_run_from_a_known_state(store).await;
     claim_attempt_reads_the_context(store).await;
-    save_derived_run_is_a_save(store).await;
+    derived_saves_are_saves(store).await;
     api_tokens_round_trip(store).await;
     stats_count_what_is_stored(store).await;
 }
@@ -174,9 +174,9 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
     assert_eq!(second.upstream, latest);
 }
 
-/// A derived save is a save: compare-and-set on the version, and what it
-/// saved is what loads.
-pub async fn save_derived_run_is_a_save(store: &dyn Store) {
+/// A [`Durability::Derived`] save is a save: compare-and-set on the
+/// version, and what it saved is what loads.
+pub async fn derived_saves_are_saves(store: &dyn Store) {
     let created = create(store, T0).await;
     let queued = step(store, &created, Input::Reconcile, T0 + 10)
         .await
@@ -188,7 +188,7 @@ pub async fn save_derived_run_is_a_save(store: &dyn Store) {
     let mut again = created.clone();
     machine::apply(&mut again, Input::Reconcile, T0 + 20).expect("apply");
     let stale = store
-        .save_derived_run(
+        .save_run(
             &created.run.id,
             created.run.version,
             &StateDiff::between(&created, &again),
@@ -196,6 +196,7 @@ pub async fn save_derived_run_is_a_save(store: &dyn Store) {
             &[],
             &[],
             T0 + 20,
+            Durability::Derived,
         )
         .await;
     assert!(
@@ -867,24 +868,15 @@ async fn create(store: &dyn Store, now: Millis) -> RunState {
 
 /// What the engine does on a step: apply `input`, save the diff, the events
 /// and dead letters. Returns the saved state (with its new version).
-enum InputKind {
-    Reconcile,
-    Other,
-}
-
 /// Apply `input` to `state` and save the step as the engine does (a
-/// reconcile with `save_derived_run`, anything else with `save_run`).
+/// reconcile as [`Durability::Derived`], anything else as durable).
 async fn step(
     store: &dyn Store,
     state: &RunState,
     input: Input,
     now: Millis,
 ) -> crate::Result<RunState> {
-    let input_kind = if matches!(input, Input::Reconcile) {
-        InputKind::Reconcile
-    } else {
-        InputKind::Other
-    };
+    let reconcile = matches!(input, Input::Reconcile);
     let mut after = state.clone();
     let actions =
         machine::apply(&mut after, input, now).expect("the state machine accepts the input");
@@ -909,16 +901,15 @@ async fn step(
         }
     }
     // As the engine saves: a reconcile is a derived step.
-    let (id, version) = (&state.run.id, state.run.version);
-    let version = if matches!(input_kind, InputKind::Reconcile) {
-        store
-            .save_derived_run(id, version, &diff, &after, &events, &dead, now)
-            .await?
+    let durability = if reconcile {
+        Durability::Derived
     } else {
-        store
-            .save_run(id, version, &diff, &after, &events, &dead, now)
-            .await?
+        Durability::Durable
     };
+    let (id, version) = (&state.run.id, state.run.version);
+    let version = store
+        .save_run(id, version, &diff, &after, &events, &dead, now, durability)
+        .await?;
     assert_eq!(
         version,
         state.run.version + 1,
@@ -1520,6 +1511,7 @@ pub async fn save_run_is_compare_and_set(store: &dyn Store) {
                 &events,
                 &dead,
                 T0 + 20,
+                Durability::Durable,
             )
             .await,
         "save with a stale version",
@@ -1549,6 +1541,7 @@ pub async fn save_run_is_compare_and_set(store: &dyn Store) {
             &[],
             &[],
             T0 + 30,
+            Durability::Durable,
         )
         .await
         .expect("empty save");
@@ -1646,7 +1639,16 @@ pub async fn new_tasks_keep_creation_order(store: &dyn Store) {
     let diff = StateDiff::between(&state, &after);
     assert_eq!(diff.new_tasks.len(), 2);
     store
-        .save_run(&id, state.run.version, &diff, &after, &[], &[], T0 + 10)
+        .save_run(
+            &id,
+            state.run.version,
+            &diff,
+            &after,
+            &[],
+            &[],
+            T0 + 10,
+            Durability::Durable,
+        )
         .await
         .expect("save new tasks");
     let ids: Vec<String> = store
@@ -1680,6 +1682,7 @@ pub async fn new_tasks_keep_creation_order(store: &dyn Store) {
             &[NewEvent::run(EventKind::Checkpoint, "never written")],
             &[],
             T0 + 20,
+            Durability::Durable,
         )
         .await;
     assert!(result.is_err(), "a duplicate task id is refused");
@@ -1999,6 +2002,7 @@ pub async fn dead_letters_round_trip(store: &dyn Store) {
                 error: "second".into(),
             }],
             T0 + 50,
+            Durability::Durable,
         )
         .await
         .expect("save a dead letter");
@@ -2135,7 +2139,16 @@ pub async fn unknown_ids_are_not_found(store: &dyn Store) {
     let (state, _) = new_run(T0);
     assert_run_not_found(
         store
-            .save_run(&ghost, 0, &StateDiff::default(), &state, &[], &[], T0)
+            .save_run(
+                &ghost,
+                0,
+                &StateDiff::default(),
+                &state,
+                &[],
+                &[],
+                T0,
+                Durability::Durable,
+            )
             .await,
         "save_run",
     );

@@ -85,6 +85,22 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether a save must be on disk before [`RunStore::save_run`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Wait for the disk: the step records what cannot be derived again
+    /// (a person's input, a replay, a new run).
+    Durable,
+    /// A step derived only from what is already stored (a reconcile), which
+    /// the engine would take again, the same way, were the save lost. A
+    /// backend may return before it is on disk (PostgreSQL: asynchronous
+    /// commit for this transaction); it is as atomic, isolated and visible
+    /// as any other, and the next durable commit (a worker's completion)
+    /// makes it durable too. Outcomes of work, human input and the journal
+    /// are never saved this way.
+    Derived,
+}
+
 /// Filter for listing runs.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -165,7 +181,8 @@ pub trait RunStore: Send + Sync {
     /// in one transaction. The run row must still have `expected_version`
     /// and each changed task its expected status and attempt, else
     /// [`Error::Conflict`] and nothing is written. Returns the new version
-    /// (`expected_version + 1`).
+    /// (`expected_version + 1`). `durability` says whether it must be on
+    /// disk before this returns.
     async fn save_run(
         &self,
         run_id: &RunId,
@@ -175,28 +192,8 @@ pub trait RunStore: Send + Sync {
         events: &[NewEvent],
         dead: &[NewDeadLetter],
         now: Millis,
+        durability: Durability,
     ) -> Result<i64>;
-    /// [`RunStore::save_run`] of a step derived only from what is already
-    /// stored (a reconcile: no person's input, no replay), which the engine
-    /// would take again, the same way, if the save were lost. A backend may
-    /// return before such a save is on disk (PostgreSQL: asynchronous commit
-    /// for this transaction); it is as atomic, isolated and visible as any
-    /// other, and the next durable commit (a worker's completion) makes it
-    /// durable too. Outcomes of work, human input, claims' fences and the
-    /// journal are never saved this way.
-    async fn save_derived_run(
-        &self,
-        run_id: &RunId,
-        expected_version: i64,
-        diff: &StateDiff,
-        state: &RunState,
-        events: &[NewEvent],
-        dead: &[NewDeadLetter],
-        now: Millis,
-    ) -> Result<i64> {
-        self.save_run(run_id, expected_version, diff, state, events, dead, now)
-            .await
-    }
     /// Runs, newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
     /// Ids of runs in PENDING, PLANNING or RUNNING.

@@ -62,9 +62,9 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Connection, PgConnection, Postgres, Row};
 
 use crate::{
-    ApiToken, ArtifactStore, DeadLetterStore, Error, EventQuery, EventStore, Fence, JournalStore,
-    LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats, StatsStore, Store,
-    TaskOutcome, TaskRef, TaskStore, TokenStore,
+    ApiToken, ArtifactStore, DeadLetterStore, Durability, Error, EventQuery, EventStore, Fence,
+    JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats,
+    StatsStore, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
 /// Connections of one store's pool. Each operation holds one connection for
@@ -380,49 +380,6 @@ impl PostgresStore {
         insert_events(&mut tx, &run.id, events.len, events, now).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// `save_run`, waiting for the WAL flush if `durable`.
-    async fn save_run_with(
-        &self,
-        run_id: &RunId,
-        expected_version: i64,
-        diff: &StateDiff,
-        state: &RunState,
-        events: &[NewEvent],
-        dead: &[NewDeadLetter],
-        now: Millis,
-        durable: bool,
-    ) -> Result<i64> {
-        let mut dead_cols = DeadColumns::default();
-        for d in dead {
-            dead_cols.task_id.push(&d.task_id);
-            dead_cols.role.push(d.role.as_str());
-            dead_cols.attempts.push(i64::from(d.attempts));
-            dead_cols.error.push(&d.error);
-        }
-        let cols = SaveColumns {
-            changed: TaskColumns::of(diff.changed_tasks.iter().map(|c| &c.task))?,
-            expected_status: diff
-                .changed_tasks
-                .iter()
-                .map(|c| c.expected_status.as_str())
-                .collect(),
-            expected_attempt: diff
-                .changed_tasks
-                .iter()
-                .map(|c| i64::from(c.expected_attempt))
-                .collect(),
-            new_tasks: TaskColumns::of(&diff.new_tasks)?,
-            gates: GateColumns::of(&diff.changed_gates)?,
-            dead: dead_cols,
-            events: EventColumns::of(events)?,
-            durable,
-        };
-        self.retrying(run_id, || {
-            self.save_run_once(run_id, expected_version, diff, state, &cols, now)
-        })
-        .await
     }
 
     async fn save_run_once(
@@ -882,7 +839,7 @@ struct SaveColumns<'a> {
     gates: GateColumns<'a>,
     dead: DeadColumns<'a>,
     events: EventColumns<'a>,
-    /// Wait for the WAL flush at commit ([`RunStore::save_derived_run`] does not).
+    /// Wait for the WAL flush at commit (not for [`Durability::Derived`]).
     durable: bool,
 }
 
@@ -1433,6 +1390,12 @@ impl RunStore for PostgresStore {
         run_from_row(&row)
     }
 
+    /// A [`Durability::Derived`] save commits asynchronously
+    /// (`synchronous_commit = off` for this transaction only): it does not
+    /// wait for the WAL flush (about a millisecond on this class of disk). A
+    /// crash within three `wal_writer_delay`s may lose it, which the engine
+    /// repairs by taking the same step again; WAL order means a later durable
+    /// commit (a completion) flushes it first.
     async fn save_run(
         &self,
         run_id: &RunId,
@@ -1442,46 +1405,36 @@ impl RunStore for PostgresStore {
         events: &[NewEvent],
         dead: &[NewDeadLetter],
         now: Millis,
+        durability: Durability,
     ) -> Result<i64> {
-        self.save_run_with(
-            run_id,
-            expected_version,
-            diff,
-            state,
-            events,
-            dead,
-            now,
-            true,
-        )
-        .await
-    }
-
-    /// Committed asynchronously (`synchronous_commit = off` for this
-    /// transaction only): it does not wait for the WAL flush (about a
-    /// millisecond on this class of disk). A crash within three
-    /// `wal_writer_delay`s may lose it, which the engine repairs by taking
-    /// the same step again; WAL order means a later durable commit (a
-    /// completion) flushes it first.
-    async fn save_derived_run(
-        &self,
-        run_id: &RunId,
-        expected_version: i64,
-        diff: &StateDiff,
-        state: &RunState,
-        events: &[NewEvent],
-        dead: &[NewDeadLetter],
-        now: Millis,
-    ) -> Result<i64> {
-        self.save_run_with(
-            run_id,
-            expected_version,
-            diff,
-            state,
-            events,
-            dead,
-            now,
-            false,
-        )
+        let mut dead_cols = DeadColumns::default();
+        for d in dead {
+            dead_cols.task_id.push(&d.task_id);
+            dead_cols.role.push(d.role.as_str());
+            dead_cols.attempts.push(i64::from(d.attempts));
+            dead_cols.error.push(&d.error);
+        }
+        let cols = SaveColumns {
+            changed: TaskColumns::of(diff.changed_tasks.iter().map(|c| &c.task))?,
+            expected_status: diff
+                .changed_tasks
+                .iter()
+                .map(|c| c.expected_status.as_str())
+                .collect(),
+            expected_attempt: diff
+                .changed_tasks
+                .iter()
+                .map(|c| i64::from(c.expected_attempt))
+                .collect(),
+            new_tasks: TaskColumns::of(&diff.new_tasks)?,
+            gates: GateColumns::of(&diff.changed_gates)?,
+            dead: dead_cols,
+            events: EventColumns::of(events)?,
+            durable: durability == Durability::Durable,
+        };
+        self.retrying(run_id, || {
+            self.save_run_once(run_id, expected_version, diff, state, &cols, now)
+        })
         .await
     }
 

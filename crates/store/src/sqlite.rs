@@ -50,9 +50,9 @@ use sqlx::{Connection, Row, Sqlite};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{
-    ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Error, EventQuery, EventStore,
-    Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore,
-    Stats, StatsStore, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
+    ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Durability, Error, EventQuery,
+    EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter,
+    RunStore, Stats, StatsStore, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
 /// How long a connection waits for another process's lock before failing with
@@ -137,7 +137,8 @@ mod sql {
     pub const SAVE_RUN: &str = files!("call_save_run.sql");
     pub const APPEND_EVENTS: &str = files!("call_append_events.sql");
     pub const CLAIM_TASK: &str = files!("call_claim_task.sql");
-    pub const CLAIM_ATTEMPT: &str = files!("call_claim_attempt.sql");
+    /// The claim, then what the worker reads (`claim_attempt`).
+    pub const CLAIM_ATTEMPT: &str = files!("call_claim_task.sql", "claim_context.sql");
     pub const COMPLETE_TASK: &str = files!("call_complete_task.sql");
 }
 
@@ -1327,6 +1328,8 @@ impl RunStore for SqliteStore {
         run_from_row(&row)
     }
 
+    /// Every commit is alike here (`synchronous=NORMAL`): `durability` does
+    /// not change how a save is written.
     async fn save_run(
         &self,
         run_id: &RunId,
@@ -1336,6 +1339,7 @@ impl RunStore for SqliteStore {
         events: &[NewEvent],
         dead: &[NewDeadLetter],
         now: Millis,
+        _durability: Durability,
     ) -> Result<i64> {
         let run = &state.run;
         let changed = diff

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use orch_core::{Action, EventKind, Input, NewEvent, RunState, StateDiff, machine};
 use orch_store::conformance::{self, T0};
-use orch_store::{Error, EventQuery, PostgresStore, RunStore, Store};
+use orch_store::{Durability, Error, EventQuery, PostgresStore, RunStore, Store};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -134,7 +134,16 @@ async fn queued_run(store: &dyn Store) -> RunState {
         .collect();
     let diff = StateDiff::between(&state, &queued);
     queued.run.version = store
-        .save_run(&state.run.id, 0, &diff, &queued, &emitted, &[], T0 + 1)
+        .save_run(
+            &state.run.id,
+            0,
+            &diff,
+            &queued,
+            &emitted,
+            &[],
+            T0 + 1,
+            Durability::Durable,
+        )
         .await
         .unwrap();
     queued
@@ -263,6 +272,7 @@ async fn concurrent_appends_number_events_without_gaps() {
             &[NewEvent::run(EventKind::Checkpoint, "engine")],
             &[],
             T0 + 3,
+            Durability::Durable,
         )
         .await
         .unwrap();
@@ -309,7 +319,16 @@ async fn concurrent_saves_have_one_winner() {
             let diff = StateDiff::between(&state, &after);
             after.run.iterations += i;
             store
-                .save_run(&state.run.id, 0, &diff, &after, &emitted, &[], T0 + 10)
+                .save_run(
+                    &state.run.id,
+                    0,
+                    &diff,
+                    &after,
+                    &emitted,
+                    &[],
+                    T0 + 10,
+                    Durability::Durable,
+                )
                 .await
         }));
     }
@@ -462,6 +481,7 @@ async fn completion_racing_a_reclaim_has_one_winner() {
                         &emitted,
                         &[],
                         T0 + 500,
+                        Durability::Durable,
                     )
                     .await
             })

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use orch_store::conformance;
-use orch_store::{Error, RunStore, SqliteStore, Store};
+use orch_store::{Durability, Error, RunStore, SqliteStore, Store};
 
 fn temp_db() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -97,9 +97,18 @@ async fn concurrent_claims_from_two_processes_have_one_winner() {
         })
         .collect();
     let diff = orch_core::StateDiff::between(&state, &queued);
-    a.save_run(&id, 0, &diff, &queued, &emitted, &[], conformance::T0 + 1)
-        .await
-        .unwrap();
+    a.save_run(
+        &id,
+        0,
+        &diff,
+        &queued,
+        &emitted,
+        &[],
+        conformance::T0 + 1,
+        Durability::Durable,
+    )
+    .await
+    .unwrap();
     let mut handles = Vec::new();
     for i in 0..16 {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use orch_core::{EventKind, NewArtifact, NewEvent, StateDiff, TaskChange, TaskStatus, Usage};
 use orch_store::conformance::{T0, new_run};
-use orch_store::{Fence, SqliteStore, Store, TaskOutcome};
+use orch_store::{Durability, Fence, SqliteStore, Store, TaskOutcome};
 
 /// Nanoseconds spent in each operation, summed over all tasks.
 static NANOS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
@@ -70,7 +70,16 @@ async fn drive(store: Arc<dyn Store>, tasks: usize) -> usize {
         .with_data(serde_json::json!({"queue": "q_ba", "attempt": 1}));
         let t = Instant::now();
         version = store
-            .save_run(&id, version, &diff, &after, &[queued_event], &[], now)
+            .save_run(
+                &id,
+                version,
+                &diff,
+                &after,
+                &[queued_event],
+                &[],
+                now,
+                Durability::Durable,
+            )
             .await
             .unwrap();
         add(1, t);
@@ -125,6 +134,7 @@ async fn drive(store: Arc<dyn Store>, tasks: usize) -> usize {
                 &[NewEvent::run(EventKind::Checkpoint, "reconciled")],
                 &[],
                 now,
+                Durability::Durable,
             )
             .await
             .unwrap();

@@ -4,7 +4,7 @@
 -- run's row lock for the rest of the transaction. Cost, token totals belong
 -- to the workers and are not written. No row if the run is gone or no longer
 -- at version $2. $11 true: commit this transaction without waiting for the
--- WAL flush (a derived step, `save_derived_run`); set here to save a round trip.
+-- WAL flush (a derived step, `Durability::Derived`); set here to save a round trip.
 UPDATE runs
 SET status        = $3,
     status_reason = $4,

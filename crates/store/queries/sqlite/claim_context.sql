@@ -1,16 +1,9 @@
--- The claim, then what the worker needs to run the attempt, read on the
--- write connection in the same round trip (only reached if the claim
--- succeeded; its cache is warm, where a reader's starts cold after every
--- commit): the claimed task, the run row, the run's channel messages, and
--- the latest version of each (name, path) of the upstream artifacts whose
--- names are in ?1 -> 'upstream'. `part` tells the rows apart.
-INSERT INTO proc_claim_task (doc) VALUES (jsonb(?1));
-SELECT 'task' AS part, run_id, id, role, title, instructions, needs, expected, validation, gate, round, findings,
-       status, attempt, max_attempts, timeout_ms, dedupe_key, not_before, lease_owner,
-       lease_expires_at, last_error, retryable, result_summary, verdict, queued_at, started_at,
-       finished_at, cost_usd
-FROM tasks
-WHERE run_id = ?1 ->> 'run_id' AND id = ?1 ->> 'task_id';
+-- What the worker needs to run a claimed attempt, read on the write
+-- connection in the claim's round trip (it follows call_claim_task.sql; only
+-- reached if the claim succeeded). The writer's page cache is warm, where a
+-- reader's starts cold after every commit: the run row, the run's channel
+-- messages, and the latest version of each (name, path) of the upstream
+-- artifacts whose names are in ?1 -> 'upstream'. `part` tells the rows apart.
 SELECT 'run' AS part, id, goal, context, workflow, status, status_reason, success_criteria,
        settings, provider, iterations, cost_usd, tokens_in, tokens_out, version, created_at,
        updated_at, finished_at
