@@ -103,7 +103,7 @@ mod sql {
     pub const ACTIVE_RUNS: &str = file!("active_runs.sql");
     pub const RUN_EXISTS: &str = file!("run_exists.sql");
     pub const LIST_TASKS: &str = file!("list_tasks.sql");
-    pub const LIST_TASK_PROGRESS: &str = file!("list_task_progress.sql");
+    pub const LOAD_RUN_TASKS: &str = file!("load_run_tasks.sql");
     pub const LIST_GATES: &str = file!("list_gates.sql");
     pub const EXPIRED_LEASES: &str = file!("expired_leases.sql");
     pub const RUNNING_TASKS: &str = file!("running_tasks.sql");
@@ -1301,11 +1301,12 @@ impl RunStore for PostgresStore {
     }
 
     /// One round trip instead of load_run's three when no engine saved the
-    /// run since `known` (its version is unchanged): only the columns workers
-    /// change are read. Anything unexpected falls back to a full load.
+    /// run since `known` (its version is unchanged): the run's totals and its
+    /// tasks are read; its other columns and its gates, which only engine
+    /// saves change, are `known`'s.
     async fn load_run_from(&self, id: &RunId, known: &RunState) -> Result<RunState> {
         let rows = self
-            .read_all(sqlx::query(sql::LIST_TASK_PROGRESS).bind(id.as_str()))
+            .read_all(sqlx::query(sql::LOAD_RUN_TASKS).bind(id.as_str()))
             .await?;
         let Some(first) = rows.first() else {
             return Err(Error::RunNotFound(id.to_string()));
@@ -1317,33 +1318,15 @@ impl RunStore for PostgresStore {
             cost_usd: col(first, "run_cost_usd")?,
             tokens_in: col(first, "tokens_in")?,
             tokens_out: col(first, "tokens_out")?,
-            updated_at: col(first, "updated_at")?,
+            updated_at: col(first, "run_updated_at")?,
             ..known.run.clone()
         };
-        let mut tasks = Vec::with_capacity(known.tasks.len());
-        for (row, k) in rows.iter().zip(&known.tasks) {
-            let task_id: Option<String> = col(row, "id")?;
-            if task_id.as_deref() != Some(k.id.as_str()) || u32_col(row, "attempt")? != k.attempt {
-                return self.load_run(id).await;
-            }
-            tasks.push(Task {
-                status: parse_col(row, "status")?,
-                lease_owner: col(row, "lease_owner")?,
-                lease_expires_at: col(row, "lease_expires_at")?,
-                last_error: col(row, "last_error")?,
-                retryable: col(row, "retryable")?,
-                result_summary: col(row, "result_summary")?,
-                verdict: opt_json_col(row, "verdict")?,
-                started_at: col(row, "started_at")?,
-                finished_at: col(row, "finished_at")?,
-                cost_usd: col(row, "cost_usd")?,
-                ..k.clone()
-            });
-        }
-        let no_tasks = known.tasks.is_empty() && col::<Option<String>>(first, "id")?.is_none();
-        if tasks.len() != known.tasks.len() || (rows.len() != tasks.len() && !no_tasks) {
-            return self.load_run(id).await;
-        }
+        let has_tasks = col::<Option<String>>(first, "id")?.is_some();
+        let tasks = if has_tasks {
+            rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         Ok(RunState {
             run,
             tasks,
