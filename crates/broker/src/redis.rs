@@ -62,7 +62,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orch_core::{Role, RunId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, RedisError};
 use tracing::{debug, warn};
 
@@ -429,6 +429,63 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    /// `XINFO CONSUMERS` of every role stream's `workers` group and of the
+    /// wake-up stream's `engines` group, then `XGROUP DELCONSUMER` for each
+    /// consumer with no pending entry that has been idle for `idle` (a live
+    /// worker's blocking reads keep its idle time near zero).
+    async fn prune_consumers(&self, idle: Duration) -> Result<usize> {
+        let idle_ms = usize::try_from(idle.as_millis()).unwrap_or(usize::MAX);
+        let streams = Role::ALL
+            .iter()
+            .map(|&role| (self.stream_key(role), WORKERS))
+            .chain(std::iter::once((self.wakes_key(), ENGINES)));
+        let mut removed = 0;
+        for (key, group) in streams {
+            let info: StreamInfoConsumersReply = match redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&key)
+                .arg(group)
+                .query_async(&mut self.conn.clone())
+                .await
+            {
+                Ok(info) => info,
+                // A stream or group not created yet has no consumers.
+                Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
+                    continue;
+                }
+                Err(e) => return Err(backend("XINFO CONSUMERS", &key, e)),
+            };
+            for c in info.consumers {
+                if c.pending > 0 || c.idle < idle_ms {
+                    continue;
+                }
+                let deleted: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&key)
+                    .arg(group)
+                    .arg(&c.name)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| backend("XGROUP DELCONSUMER", &key, e))?;
+                if deleted > 0 {
+                    // It took messages since XINFO: only a live consumer
+                    // can. The store repairs: their QUEUED tasks are
+                    // published again, RUNNING ones reclaimed at lease expiry.
+                    warn!(
+                        stream = key,
+                        consumer = c.name,
+                        pending = deleted,
+                        "an idle consumer took messages while being forgotten; the sweeper will re-dispatch their tasks"
+                    );
+                } else {
+                    debug!(stream = key, consumer = c.name, "forgot an idle consumer");
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     async fn publish(&self, dispatch: &Dispatch) -> Result<()> {

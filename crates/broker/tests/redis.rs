@@ -436,3 +436,57 @@ async fn an_unreachable_server_is_a_quick_connect_error() {
     let err = RedisBroker::connect("not a url", "").await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
 }
+
+/// The consumer names of `role`'s stream, sorted.
+async fn consumers(b: &RedisBroker, role: Role) -> Vec<String> {
+    let info: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(b.stream_key(role))
+        .arg("workers")
+        .query_async(&mut raw().await)
+        .await
+        .expect("XINFO CONSUMERS");
+    let mut names: Vec<String> = info.consumers.into_iter().map(|c| c.name).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn idle_consumers_without_pending_messages_are_forgotten() {
+    if skip() {
+        return;
+    }
+    let b = broker_at(&fresh_prefix()).await;
+    let role = Role::BackendEngineer;
+    b.publish(&dispatch("t1", role)).await.unwrap();
+    b.publish(&dispatch("t2", role)).await.unwrap();
+    // "gone" handled its message and left; "holder" holds one unacknowledged.
+    let done = b.receive(role, "gone", SHORT).await.unwrap().expect("t1");
+    b.ack(&done).await.unwrap();
+    let held = b.receive(role, "holder", SHORT).await.unwrap().expect("t2");
+    assert_eq!(consumers(&b, role).await, ["gone", "holder"]);
+
+    assert_eq!(
+        b.prune_consumers(Duration::from_secs(3600)).await.unwrap(),
+        0,
+        "none has been idle for an hour"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        b.prune_consumers(Duration::from_millis(10)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        consumers(&b, role).await,
+        ["holder"],
+        "the consumer with a pending message is kept"
+    );
+    // Its message is still there to acknowledge; a forgotten name that
+    // receives again is simply a consumer again.
+    b.ack(&held).await.unwrap();
+    b.publish(&dispatch("t3", role)).await.unwrap();
+    let again = b.receive(role, "gone", SHORT).await.unwrap().expect("t3");
+    assert_eq!(again.dispatch.task_id, "t3");
+    assert_eq!(consumers(&b, role).await, ["gone", "holder"]);
+    b.purge().await.unwrap();
+}

@@ -26,6 +26,9 @@ pub struct Engine {
     saved: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<RunId, std::sync::Arc<RunState>>>,
     >,
+    /// When the sweeper last pruned the broker's idle consumers (engine
+    /// clock, ms); shared by clones so they prune once between them.
+    pub(crate) last_prune: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Bound on the runs kept in `Engine::saved`; the map is cleared when reached.
@@ -55,6 +58,7 @@ impl Engine {
             opts,
             steps: std::sync::Arc::new(tokio::sync::watch::channel(Steps::default()).0),
             saved: Default::default(),
+            last_prune: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         }
     }
 

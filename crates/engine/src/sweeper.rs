@@ -6,7 +6,11 @@
 //!   are treated the same at once, without waiting for the lease to expire;
 //! - QUEUED tasks whose message may be lost are published again (a duplicate
 //!   is harmless: the claim is conditional);
-//! - active runs are ticked, which queues retries whose backoff has passed.
+//! - active runs are ticked, which queues retries whose backoff has passed;
+//! - every [`PRUNE_EVERY`], the broker forgets consumers idle for
+//!   [`CONSUMER_IDLE`] with nothing pending (those of exited processes).
+
+use std::sync::atomic::Ordering;
 
 use orch_broker::Dispatch;
 use orch_core::machine::Input;
@@ -23,9 +27,22 @@ pub struct SweepReport {
     pub orphaned: usize,
     pub republished: usize,
     pub ticked: usize,
+    pub pruned_consumers: usize,
 }
 
 const BATCH: u32 = 500;
+
+/// Whether a sweep at `now` prunes, the last prune having been at `last`
+/// (`i64::MIN`: never).
+fn prune_due(last: i64, now: i64) -> bool {
+    last == i64::MIN || now.saturating_sub(last) >= PRUNE_EVERY.as_millis() as i64
+}
+
+/// How often a sweep also prunes the broker's idle consumers.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long a consumer with nothing pending must have been idle to be
+/// forgotten: far beyond any live worker's blocking read.
+pub const CONSUMER_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Engine {
     /// One pass of the sweeper.
@@ -76,6 +93,24 @@ impl Engine {
                 Err(e) => warn!(run = %run, error = %e, "tick failed"),
             }
         }
+
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if prune_due(last, now)
+            && self
+                .last_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            match self.deps.broker.prune_consumers(CONSUMER_IDLE).await {
+                Ok(n) => {
+                    if n > 0 {
+                        info!(consumers = n, "forgot idle queue consumers");
+                    }
+                    report.pruned_consumers = n;
+                }
+                Err(e) => warn!(error = %e, "pruning idle queue consumers failed; will try again"),
+            }
+        }
         Ok(report)
     }
 
@@ -116,4 +151,23 @@ fn process_alive(pid: u32) -> bool {
         return true;
     }
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PRUNE_EVERY, prune_due};
+
+    #[test]
+    fn consumers_are_pruned_at_the_first_sweep_then_every_ten_minutes() {
+        let every = PRUNE_EVERY.as_millis() as i64;
+        let t0 = 1_700_000_000_000;
+        assert!(prune_due(i64::MIN, t0), "the first sweep prunes");
+        assert!(!prune_due(t0, t0 + 1_000));
+        assert!(!prune_due(t0, t0 + every - 1));
+        assert!(prune_due(t0, t0 + every));
+        assert!(
+            !prune_due(t0, t0 - 5_000),
+            "a clock that steps back does not prune"
+        );
+    }
 }
