@@ -254,7 +254,7 @@ impl Engine {
                     events: 0,
                 });
             }
-            let saved = self
+            match self
                 .deps
                 .store
                 .save_run(
@@ -267,8 +267,8 @@ impl Engine {
                     now,
                     durability,
                 )
-                .await;
-            match saved {
+                .await
+            {
                 Ok(version) => {
                     let mut saved = after.clone();
                     saved.run.version = version;

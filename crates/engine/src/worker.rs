@@ -200,11 +200,16 @@ pub async fn execute_delivery(
         now,
         upstream: &upstream_names,
     };
-    let Some(claimed) = deps.store.claim_attempt(&claim).await? else {
+    let Some(orch_store::ClaimedAttempt {
+        task,
+        run,
+        messages,
+        upstream,
+    }) = deps.store.claim_attempt(&claim).await?
+    else {
         debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
         return Ok(());
     };
-    let task = claimed.task.clone();
     let fence = Fence {
         run_id: d.run_id.clone(),
         task_id: d.task_id.clone(),
@@ -262,7 +267,10 @@ pub async fn execute_delivery(
     let context = Context {
         plan: &plan,
         upstream_names: &upstream_names,
-        claimed,
+        task: &task,
+        run,
+        messages,
+        upstream,
     };
     let result = run_agent(deps, opts, context, &lost, &sink, &provider).await;
     stop_heartbeat.cancel();
@@ -434,12 +442,16 @@ enum AttemptResult {
     LeaseLost,
 }
 
-/// What an attempt runs on: the run's plan and what was read with the claim.
+/// What an attempt runs on: the run's plan, the claimed task and what was
+/// read with the claim ([`orch_store::ClaimedAttempt`]).
 struct Context<'a> {
     plan: &'a orch_core::RunState,
     /// Artifact names the task reads, in plan order.
     upstream_names: &'a [String],
-    claimed: orch_store::ClaimedAttempt,
+    task: &'a orch_core::Task,
+    run: orch_core::Run,
+    messages: Vec<Event>,
+    upstream: Vec<orch_core::Artifact>,
 }
 
 /// Names of the artifacts `task_id` reads: those its upstream tasks expect,
@@ -464,14 +476,11 @@ async fn run_agent(
     let Context {
         plan,
         upstream_names,
-        claimed,
-    } = context;
-    let orch_store::ClaimedAttempt {
         task,
         run,
         messages,
         mut upstream,
-    } = claimed;
+    } = context;
     // Plan order, not the order concurrent tasks happened to finish in: the
     // prompt must not depend on timing, or replays would not match the journal.
     upstream.sort_by_cached_key(|a| {
@@ -487,7 +496,7 @@ async fn run_agent(
     };
     let input = TaskInput {
         run: &plan.run,
-        task: &task,
+        task,
         upstream: &upstream,
         messages: &inbox,
         model: &model,
