@@ -453,14 +453,9 @@ impl SqliteStore {
     }
 
     /// Run a claim procedure call (`sql`: [`sql::CLAIM_TASK`] or
-    /// [`sql::CLAIM_ATTEMPT`], which also reads the `upstream` artifacts);
-    /// `None` if the task was not QUEUED at that attempt.
-    async fn claim(
-        &self,
-        sql: &'static str,
-        claim: &Claim<'_>,
-        upstream: Option<&[String]>,
-    ) -> Result<Option<Vec<SqliteRow>>> {
+    /// [`sql::CLAIM_ATTEMPT`], which also reads the claim's `upstream`
+    /// artifacts); `None` if the task was not QUEUED at that attempt.
+    async fn claim(&self, sql: &'static str, claim: &Claim<'_>) -> Result<Option<Vec<SqliteRow>>> {
         let started = [NewEvent::task(
             EventKind::TaskStarted,
             claim.task_id,
@@ -472,7 +467,7 @@ impl SqliteStore {
             attempt: claim.attempt,
             owner: claim.owner,
             lease_until: claim.lease_until,
-            upstream,
+            upstream: claim.upstream,
         };
         let doc = Doc::new(claim.run_id, claim.now, &started, op)?;
         match self.call(sql, &doc, db_err).await? {
@@ -773,9 +768,8 @@ struct ClaimDoc<'a> {
     owner: &'a str,
     lease_until: Millis,
     /// Names of the upstream artifacts to read with the claim
-    /// (`call_claim_attempt`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream: Option<&'a [String]>,
+    /// (`claim_context.sql`).
+    upstream: &'a [String],
 }
 
 /// `proc_complete_task` (the artifacts go separately, as `?2`).
@@ -1467,7 +1461,7 @@ impl TaskStore for SqliteStore {
             now,
             upstream: &[],
         };
-        let Some(rows) = self.claim(sql::CLAIM_TASK, &claim, None).await? else {
+        let Some(rows) = self.claim(sql::CLAIM_TASK, &claim).await? else {
             return Ok(None);
         };
         let row = rows
@@ -1850,10 +1844,7 @@ impl Store for SqliteStore {
     /// round trip to its thread instead of four, and reads from a warm page
     /// cache (a read connection's cache is dropped after every commit).
     async fn claim_attempt(&self, claim: &Claim<'_>) -> Result<Option<ClaimedAttempt>> {
-        let Some(rows) = self
-            .claim(sql::CLAIM_ATTEMPT, claim, Some(claim.upstream))
-            .await?
-        else {
+        let Some(rows) = self.claim(sql::CLAIM_ATTEMPT, claim).await? else {
             return Ok(None);
         };
         let (mut task, mut run) = (None, None);
