@@ -35,10 +35,12 @@
 //! lock order above should never produce, are retried a few times and then
 //! reported as [`Error::Conflict`]. Lost connections are [`Error::Connect`].
 //!
-//! Durability: the store does not change `synchronous_commit`, so a commit is
-//! as durable as the server is configured to make it. With PostgreSQL's
-//! default (`on`) a commit returns only once its WAL record is flushed to
-//! disk: it survives a crash of the server or the machine.
+//! Durability: a commit is as durable as the server is configured to make it
+//! (with PostgreSQL's default, `synchronous_commit = on`, it returns only once
+//! its WAL record is flushed to disk), except claims and
+//! [`Durability::Derived`] saves, which set `synchronous_commit = off` for
+//! their own transaction: both are repaired if a crash loses them (see
+//! [`Durability`]), and any later durable commit flushes them first.
 //!
 //! Batching: rows of one kind (tasks, events, gates, artifacts, dead letters)
 //! are written by one statement whatever their number, as one array per
