@@ -188,7 +188,8 @@ pub async fn execute_delivery(
         }
         Err(e) => return Err(e.into()),
     };
-    let upstream_names = upstream_names(&plan, &d.task_id);
+    let upstream_tasks = plan.upstream_of(&d.task_id);
+    let upstream_names = upstream_names(&plan, &upstream_tasks);
     let now = deps.clock.now_ms();
     let lease_until = now + opts.lease_ttl.as_millis() as i64;
     let claim = orch_store::Claim {
@@ -199,6 +200,7 @@ pub async fn execute_delivery(
         lease_until,
         now,
         upstream: &upstream_names,
+        upstream_tasks: &upstream_tasks,
     };
     let Some(orch_store::ClaimedAttempt {
         task,
@@ -454,10 +456,9 @@ struct Context<'a> {
     upstream: Vec<orch_core::Artifact>,
 }
 
-/// Names of the artifacts `task_id` reads: those its upstream tasks expect,
-/// in plan order.
-fn upstream_names(plan: &orch_core::RunState, task_id: &str) -> Vec<String> {
-    let upstream_ids = plan.upstream_of(task_id);
+/// Names of the artifacts a task reads: those its upstream tasks
+/// (`upstream_ids`) expect, in plan order.
+fn upstream_names(plan: &orch_core::RunState, upstream_ids: &[String]) -> Vec<String> {
     plan.tasks
         .iter()
         .filter(|t| upstream_ids.contains(&t.id))

@@ -84,6 +84,7 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
     let state = create_queued(store, T0).await;
     let id = state.run.id.clone();
     let names = vec![FIRST.to_string(), "not-an-artifact".to_string()];
+    let writers = vec![FIRST.to_string()];
     let claim = |attempt: u32, owner: &'static str, now: Millis| crate::Claim {
         run_id: &state.run.id,
         task_id: FIRST,
@@ -92,6 +93,7 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         lease_until: now + LEASE_MS,
         now,
         upstream: &names,
+        upstream_tasks: &writers,
     };
     let first = store
         .claim_attempt(&claim(1, "w1", T0 + 20))
@@ -163,7 +165,7 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
     assert_eq!(messages.len(), 1);
     assert_eq!(second.messages, messages);
     let latest = store
-        .latest_artifacts_named(&id, &names)
+        .latest_artifacts_named(&id, &writers, &names)
         .await
         .expect("latest_artifacts_named");
     assert_eq!(latest.len(), 1);
@@ -1779,8 +1781,9 @@ pub async fn artifacts_are_versioned(store: &dyn Store) {
         .map(|a| (a.name.as_str(), a.version))
         .collect();
     assert_eq!(listed, vec![("glossary", 1), ("requirements", 2)]);
+    let writers = [FIRST.to_string()];
     let named = store
-        .latest_artifacts_named(&id, &["requirements".into(), "nothing".into()])
+        .latest_artifacts_named(&id, &writers, &["requirements".into(), "nothing".into()])
         .await
         .expect("latest artifacts named");
     let listed: Vec<(&str, i64, &str)> = named
@@ -1790,10 +1793,18 @@ pub async fn artifacts_are_versioned(store: &dyn Store) {
     assert_eq!(listed, vec![("requirements", 2, "final requirements")]);
     assert!(
         store
-            .latest_artifacts_named(&id, &[])
+            .latest_artifacts_named(&id, &writers, &[])
             .await
             .expect("no names")
             .is_empty()
+    );
+    assert!(
+        store
+            .latest_artifacts_named(&id, &["plan".into()], &["requirements".into()])
+            .await
+            .expect("another writer")
+            .is_empty(),
+        "only the versions the given tasks wrote"
     );
 
     let a = store
@@ -2234,6 +2245,7 @@ pub async fn concurrent_claims_of_many_runs(store: Arc<dyn Store>, runs: usize) 
                     lease_until: T0 + 20 + LEASE_MS,
                     now: T0 + 20,
                     upstream: &names,
+                    upstream_tasks: &names,
                 };
                 let claimed = store.claim_attempt(&claim).await.expect("claim_attempt");
                 (id.clone(), owner.clone(), claimed)

@@ -263,21 +263,38 @@ pub trait ArtifactStore: Send + Sync {
     /// Artifacts of a run: every version, or only the latest of each name.
     async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>>;
     /// The latest version of each artifact (of each file) of a run whose name
-    /// is one of `names`: what a task reads of its upstream, without reading
-    /// the rest of the run. An unknown run has none.
+    /// is one of `names`, among the versions written by one of `tasks`: what
+    /// a task reads of its upstream, without reading the rest of the run. A
+    /// task running beside it may be writing a newer version of the same
+    /// name (a fix task in a rework round), which it must not see: its prompt
+    /// would depend on timing and replays would not match the journal. An
+    /// unknown run has none.
     async fn latest_artifacts_named(
         &self,
         run_id: &RunId,
+        tasks: &[String],
         names: &[String],
     ) -> Result<Vec<Artifact>> {
-        match self.list_artifacts(run_id, true).await {
-            Ok(all) => Ok(all
-                .into_iter()
-                .filter(|a| names.contains(&a.name))
-                .collect()),
-            Err(Error::RunNotFound(_)) => Ok(Vec::new()),
-            Err(e) => Err(e),
+        let all = match self.list_artifacts(run_id, false).await {
+            Ok(all) => all,
+            Err(Error::RunNotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut latest: Vec<Artifact> = Vec::new();
+        for a in all {
+            if !names.contains(&a.name) || !tasks.contains(&a.task_id) {
+                continue;
+            }
+            match latest
+                .iter_mut()
+                .find(|l| l.name == a.name && l.path == a.path)
+            {
+                Some(l) if l.version < a.version => *l = a,
+                Some(_) => {}
+                None => latest.push(a),
+            }
         }
+        Ok(latest)
     }
     /// One artifact: the given version or the latest.
     async fn get_artifact(
@@ -473,7 +490,7 @@ pub trait Store:
     /// [`TaskStore::claim_task`], then what a worker needs to run the
     /// attempt: the run row (its budget and spending now), the run's channel
     /// messages and the latest version of each upstream artifact named in
-    /// `upstream`. `None` as for `claim_task`. A backend may read these in
+    /// `upstream` that one of `upstream_tasks` wrote. `None` as for `claim_task`. A backend may read these in
     /// the claim's own round trip; this default reads them after it.
     async fn claim_attempt(&self, claim: &Claim<'_>) -> Result<Option<ClaimedAttempt>> {
         let Some(task) = self
@@ -496,7 +513,7 @@ pub trait Store:
         let (run, messages, upstream) = tokio::join!(
             self.get_run(claim.run_id),
             self.list_events(claim.run_id, query),
-            self.latest_artifacts_named(claim.run_id, claim.upstream),
+            self.latest_artifacts_named(claim.run_id, claim.upstream_tasks, claim.upstream),
         );
         Ok(Some(ClaimedAttempt {
             task,
@@ -518,6 +535,9 @@ pub struct Claim<'a> {
     pub now: Millis,
     /// Names of the artifacts the task reads (those its upstream tasks expect).
     pub upstream: &'a [String],
+    /// The task's upstream tasks, whose versions of those artifacts it reads
+    /// (see [`ArtifactStore::latest_artifacts_named`]).
+    pub upstream_tasks: &'a [String],
 }
 
 /// A claimed attempt with what its worker reads before running it.

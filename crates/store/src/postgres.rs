@@ -1640,15 +1640,17 @@ impl ArtifactStore for PostgresStore {
     async fn latest_artifacts_named(
         &self,
         run_id: &RunId,
+        tasks: &[String],
         names: &[String],
     ) -> Result<Vec<Artifact>> {
-        if names.is_empty() {
+        if names.is_empty() || tasks.is_empty() {
             return Ok(Vec::new());
         }
         self.read_all(
             sqlx::query(sql::LIST_LATEST_ARTIFACTS_NAMED)
                 .bind(run_id.as_str().to_string())
-                .bind(names.to_vec()),
+                .bind(names.to_vec())
+                .bind(tasks.to_vec()),
         )
         .await?
         .iter()

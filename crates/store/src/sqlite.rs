@@ -468,6 +468,7 @@ impl SqliteStore {
             owner: claim.owner,
             lease_until: claim.lease_until,
             upstream: claim.upstream,
+            upstream_tasks: claim.upstream_tasks,
         };
         let doc = Doc::new(claim.run_id, claim.now, &started, op)?;
         match self.call(sql, &doc, db_err).await? {
@@ -768,8 +769,9 @@ struct ClaimDoc<'a> {
     owner: &'a str,
     lease_until: Millis,
     /// Names of the upstream artifacts to read with the claim
-    /// (`claim_context.sql`).
+    /// (`claim_context.sql`), and the tasks whose versions count.
     upstream: &'a [String],
+    upstream_tasks: &'a [String],
 }
 
 /// `proc_complete_task` (the artifacts go separately, as `?2`).
@@ -1460,6 +1462,7 @@ impl TaskStore for SqliteStore {
             lease_until,
             now,
             upstream: &[],
+            upstream_tasks: &[],
         };
         let Some(rows) = self.claim(sql::CLAIM_TASK, &claim).await? else {
             return Ok(None);
@@ -1658,15 +1661,17 @@ impl ArtifactStore for SqliteStore {
     async fn latest_artifacts_named(
         &self,
         run_id: &RunId,
+        tasks: &[String],
         names: &[String],
     ) -> Result<Vec<Artifact>> {
-        if names.is_empty() {
+        if names.is_empty() || tasks.is_empty() {
             return Ok(Vec::new());
         }
         self.read_all(
             sqlx::query(sql::LIST_LATEST_ARTIFACTS_NAMED)
                 .bind(run_id.as_str())
-                .bind(to_json(names)?),
+                .bind(to_json(names)?)
+                .bind(to_json(tasks)?),
         )
         .await?
         .iter()

@@ -3,7 +3,9 @@
 -- reached if the claim succeeded). The writer's page cache is warm, where a
 -- reader's starts cold after every commit: the run row, the run's channel
 -- messages, and the latest version of each (name, path) of the upstream
--- artifacts whose names are in ?1 -> 'upstream'. `part` tells the rows apart.
+-- artifacts whose names are in ?1 -> 'upstream', among those written by the
+-- tasks in ?1 -> 'upstream_tasks' (see list_latest_artifacts_named.sql).
+-- `part` tells the rows apart.
 SELECT 'run' AS part, id, goal, context, workflow, status, status_reason, success_criteria,
        settings, provider, iterations, cost_usd, tokens_in, tokens_out, version, created_at,
        updated_at, finished_at
@@ -18,7 +20,9 @@ SELECT 'artifact' AS part, a.run_id, a.name, a.version, a.kind, a.path, a.task_i
 FROM artifacts a
 WHERE a.run_id = ?1 ->> 'run_id'
   AND a.name IN (SELECT value FROM json_each(?1 -> 'upstream'))
+  AND a.task_id IN (SELECT value FROM json_each(?1 -> 'upstream_tasks'))
   AND a.version = (SELECT MAX(b.version) FROM artifacts b
                    WHERE b.run_id = a.run_id AND b.name = a.name
-                     AND COALESCE(b.path, '') = COALESCE(a.path, ''))
+                     AND COALESCE(b.path, '') = COALESCE(a.path, '')
+                     AND b.task_id IN (SELECT value FROM json_each(?1 -> 'upstream_tasks')))
 ORDER BY a.created_at, a.name, a.version;
