@@ -2,7 +2,10 @@
 //! agent, and commit the outcome behind the lease fence.
 //!
 //! **Channels.** Before the agent runs, the worker loads the run's channel
-//! messages so far (its `channel_message` events) as the task's inbox. The
+//! messages so far (its `channel_message` events) posted by the task's
+//! upstream tasks (or by no task) as the task's inbox: a message from a task
+//! running beside it may or may not be there yet, so it is left out and the
+//! prompt does not depend on timing (replays match the journal). The
 //! messages a successful attempt posts become `channel_message` events of its
 //! outcome, committed with it behind the fence, and are then published on
 //! the broker for live subscribers, best effort: the event is the durable
@@ -269,6 +272,7 @@ pub async fn execute_delivery(
     let context = Context {
         plan: &plan,
         upstream_names: &upstream_names,
+        upstream_tasks: &upstream_tasks,
         task: &task,
         run,
         messages,
@@ -450,6 +454,8 @@ struct Context<'a> {
     plan: &'a orch_core::RunState,
     /// Artifact names the task reads, in plan order.
     upstream_names: &'a [String],
+    /// The task's upstream tasks: whose channel messages it reads.
+    upstream_tasks: &'a [String],
     task: &'a orch_core::Task,
     run: orch_core::Run,
     messages: Vec<Event>,
@@ -477,6 +483,7 @@ async fn run_agent(
     let Context {
         plan,
         upstream_names,
+        upstream_tasks,
         task,
         run,
         messages,
@@ -488,7 +495,18 @@ async fn run_agent(
         let at = upstream_names.iter().position(|n| *n == a.name);
         (at, a.path.clone())
     });
-    let inbox: Vec<ChannelPost> = messages.iter().filter_map(channel_post).collect();
+    // Messages of upstream tasks only (and of no task: a person's): one that
+    // a task running beside it posted may or may not be there yet, and the
+    // prompt must not depend on that either.
+    let inbox: Vec<ChannelPost> = messages
+        .iter()
+        .filter(|m| {
+            m.task_id
+                .as_ref()
+                .is_none_or(|t| upstream_tasks.contains(t))
+        })
+        .filter_map(channel_post)
+        .collect();
     let model = opts.model_for(task.role).to_string();
     let model = if deps.provider.is_scripted() {
         deps.provider.default_model().to_string()
