@@ -207,7 +207,11 @@ impl Provider for JournalingProvider {
             return Ok(response);
         }
         let started = Instant::now();
-        let response = self.inner.complete(request).await?;
+        let mut response = self.inner.complete(request).await?;
+        let scrubbed = response.scrub_nul();
+        if scrubbed > 0 {
+            tracing::warn!(run = %request.meta.run_id, task = %request.meta.task_id, characters = scrubbed, "the model's answer contained NUL characters; replaced with U+FFFD (a database cannot store them)");
+        }
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let meta = &request.meta;
         let record = match (

@@ -124,3 +124,61 @@ async fn a_retried_attempt_replays_the_journaled_response() {
     assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
     assert_ne!(fresh, first);
 }
+
+/// Answers with NUL characters in the text and in a tool call's input.
+#[derive(Debug)]
+struct Nul;
+
+#[async_trait]
+impl Provider for Nul {
+    fn name(&self) -> &str {
+        "nul"
+    }
+    fn is_scripted(&self) -> bool {
+        false
+    }
+    fn default_model(&self) -> &str {
+        "nul-1"
+    }
+    async fn complete(&self, _request: &Request) -> orch_llm::Result<Response> {
+        Ok(Response {
+            text: "before\0after".into(),
+            tool_calls: vec![orch_llm::ToolCall {
+                id: "t1".into(),
+                name: "write_artifact".into(),
+                input: serde_json::json!({"name": "requirements", "content": "x\0y"}),
+            }],
+            usage: TokenUsage::default(),
+            stop_reason: StopReason::EndTurn,
+            model: "nul-1".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn nul_characters_in_an_answer_are_replaced_before_anything_stores_them() {
+    let store = orch_store::connect("sqlite::memory:").await.unwrap();
+    let (state, events) = conformance::new_run(conformance::T0);
+    store
+        .create_run(&state, &events, conformance::T0)
+        .await
+        .unwrap();
+    let run = state.run.id.clone();
+    let provider = JournalingProvider::new(Arc::new(Nul), store.clone(), Arc::new(SystemClock));
+    let answer = provider
+        .complete(&request(&run, 1, "write the requirements"))
+        .await
+        .unwrap();
+    assert_eq!(answer.text, "before\u{FFFD}after");
+    assert_eq!(answer.tool_calls[0].input["content"], "x\u{FFFD}y");
+    provider.flush().await;
+    let calls = store.list_llm_calls(&run).await.unwrap();
+    assert_eq!(calls.len(), 1);
+    assert!(
+        !calls[0].response.contains("\\u0000") && !calls[0].response.contains('\0'),
+        "{}",
+        calls[0].response
+    );
+    let journaled: Response = serde_json::from_str(&calls[0].response).unwrap();
+    assert_eq!(journaled, answer);
+}

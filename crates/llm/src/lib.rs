@@ -164,6 +164,41 @@ pub struct Response {
     pub model: String,
 }
 
+impl Response {
+    /// Replace every NUL character (U+0000) in the text and in the strings of
+    /// the tool calls' inputs with U+FFFD; returns how many there were.
+    /// PostgreSQL's `TEXT` cannot hold NUL, so an answer with one could not
+    /// be stored: the attempt would fail again on every retry and its paid
+    /// answer would be lost. No real answer means a NUL, so nothing of value
+    /// is lost by replacing it.
+    pub fn scrub_nul(&mut self) -> usize {
+        fn scrub(s: &mut String) -> usize {
+            let n = s.matches('\0').count();
+            if n > 0 {
+                *s = s.replace('\0', "\u{FFFD}");
+            }
+            n
+        }
+        fn scrub_value(v: &mut serde_json::Value) -> usize {
+            match v {
+                serde_json::Value::String(s) => scrub(s),
+                serde_json::Value::Array(items) => items.iter_mut().map(scrub_value).sum(),
+                serde_json::Value::Object(fields) => fields
+                    .iter_mut()
+                    .map(|(_, v)| scrub_value(v))
+                    .sum::<usize>(),
+                _ => 0,
+            }
+        }
+        scrub(&mut self.text)
+            + self
+                .tool_calls
+                .iter_mut()
+                .map(|c| scrub_value(&mut c.input))
+                .sum::<usize>()
+    }
+}
+
 /// A source of completions.
 #[async_trait]
 pub trait Provider: Send + Sync + std::fmt::Debug {
@@ -268,6 +303,28 @@ pub fn request_hash(req: &Request) -> String {
 #[cfg(test)]
 mod hash_tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_replaced_in_text_and_tool_inputs() {
+        let mut r = Response {
+            text: "a\0b\0".into(),
+            tool_calls: vec![ToolCall {
+                id: "1".into(),
+                name: "write_file".into(),
+                input: serde_json::json!({"path": "x", "content": ["c\0", {"d": "\0"}], "n": 1}),
+            }],
+            usage: TokenUsage::default(),
+            stop_reason: StopReason::EndTurn,
+            model: "m".into(),
+        };
+        assert_eq!(r.scrub_nul(), 4);
+        assert_eq!(r.text, "a\u{FFFD}b\u{FFFD}");
+        assert_eq!(
+            r.tool_calls[0].input,
+            serde_json::json!({"path": "x", "content": ["c\u{FFFD}", {"d": "\u{FFFD}"}], "n": 1})
+        );
+        assert_eq!(r.scrub_nul(), 0, "nothing left to replace");
+    }
 
     fn request(attempt: u32, text: &str) -> Request {
         Request {
