@@ -268,6 +268,17 @@ fn check_budget(usd: Option<f64>, tokens: Option<i64>) -> Result<(), ApiError> {
     orch_core::RunSettings::check_budget(usd, tokens).map_err(ApiError::Unprocessable)
 }
 
+/// Refuse text with a NUL character (U+0000): no database column can hold it
+/// (PostgreSQL's `TEXT` rejects it), so it would fail deep in the store.
+fn without_nul(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::Unprocessable(format!(
+            "`{field}` contains a NUL character (\\u0000), which cannot be stored; remove it"
+        )));
+    }
+    Ok(())
+}
+
 /// Start a run: create it and take its first step (tasks are queued for the workers).
 #[utoipa::path(
     post, path = "/runs", tag = "runs",
@@ -288,6 +299,7 @@ pub async fn create_run(
     ApiJson(req): ApiJson<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     let goal = req.goal.trim().to_string();
+    without_nul("goal", &goal)?;
     if goal.is_empty() {
         return Err(ApiError::Unprocessable(
             "the goal is empty; say what to build, e.g. \"Build a small CRUD app for managing TODO items\"".into(),
@@ -784,6 +796,7 @@ pub async fn cancel(
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "cancelled over the API".into());
+    without_nul("reason", &reason)?;
     let out = state
         .engine
         .apply_input(&id, Input::Cancel { reason })
@@ -813,6 +826,7 @@ pub async fn answer(
     ApiJson(req): ApiJson<AnswerRequest>,
 ) -> Result<Json<StepResult>, ApiError> {
     let id = parse_run_id(&id)?;
+    without_nul("text", &req.text)?;
     if req.text.trim().is_empty() {
         return Err(ApiError::Unprocessable(
             "the answer is empty; give the guidance as `text`".into(),
@@ -856,6 +870,7 @@ pub async fn waive_gate(
         ))
     })?;
     let reason = req.reason.trim().to_string();
+    without_nul("reason", &reason)?;
     if reason.is_empty() {
         return Err(ApiError::Unprocessable(
             "the reason is empty; say why the gate is waived".into(),

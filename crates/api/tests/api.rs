@@ -329,6 +329,12 @@ async fn creating_a_run_refuses_bad_requests_with_problems() {
     send(&app, post_json("/runs", json!({"goal": "   "})))
         .await
         .problem(StatusCode::UNPROCESSABLE_ENTITY, "goal is empty");
+    send(&app, post_json("/runs", json!({"goal": "Build\u{0}it"})))
+        .await
+        .problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`goal` contains a NUL character",
+        );
     send(&app, post_json("/runs", json!({"context": {}})))
         .await
         .problem(StatusCode::UNPROCESSABLE_ENTITY, "missing field `goal`");
@@ -489,6 +495,18 @@ async fn human_inputs_apply_or_conflict_like_the_cli() {
     )
     .await
     .problem(StatusCode::UNPROCESSABLE_ENTITY, "empty");
+    send(
+        &app,
+        post_json(
+            &format!("/runs/{id}/answer"),
+            json!({"text": "use\u{0}sqlite"}),
+        ),
+    )
+    .await
+    .problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "`text` contains a NUL character",
+    );
 
     // waive a gate
     send(
