@@ -12,10 +12,12 @@ use orch_llm::{
 };
 use orch_store::conformance;
 
-/// Answers every call with a fresh text and counts the calls.
+/// Answers every call with a fresh text (or always with `answer`, if set)
+/// and counts the calls.
 #[derive(Debug, Default)]
 struct Counting {
     calls: AtomicU32,
+    answer: Option<Response>,
 }
 
 #[async_trait]
@@ -31,6 +33,9 @@ impl Provider for Counting {
     }
     async fn complete(&self, _request: &Request) -> orch_llm::Result<Response> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(answer) = &self.answer {
+            return Ok(answer.clone());
+        }
         Ok(Response {
             text: format!("answer {n}"),
             tool_calls: vec![],
@@ -66,15 +71,20 @@ fn request(run_id: &orch_core::RunId, attempt: u32, prompt: &str) -> Request {
     }
 }
 
-#[tokio::test]
-async fn a_retried_attempt_replays_the_journaled_response() {
+/// An in-memory store holding one run, and the run's id.
+async fn store_with_a_run() -> (Arc<dyn orch_store::Store>, orch_core::RunId) {
     let store = orch_store::connect("sqlite::memory:").await.unwrap();
     let (state, events) = conformance::new_run(conformance::T0);
     store
         .create_run(&state, &events, conformance::T0)
         .await
         .unwrap();
-    let run = state.run.id.clone();
+    (store, state.run.id)
+}
+
+#[tokio::test]
+async fn a_retried_attempt_replays_the_journaled_response() {
+    let (store, run) = store_with_a_run().await;
     let inner = Arc::new(Counting::default());
     let provider = JournalingProvider::new(inner.clone(), store.clone(), Arc::new(SystemClock));
 
@@ -125,23 +135,12 @@ async fn a_retried_attempt_replays_the_journaled_response() {
     assert_ne!(fresh, first);
 }
 
-/// Answers with NUL characters in the text and in a tool call's input.
-#[derive(Debug)]
-struct Nul;
-
-#[async_trait]
-impl Provider for Nul {
-    fn name(&self) -> &str {
-        "nul"
-    }
-    fn is_scripted(&self) -> bool {
-        false
-    }
-    fn default_model(&self) -> &str {
-        "nul-1"
-    }
-    async fn complete(&self, _request: &Request) -> orch_llm::Result<Response> {
-        Ok(Response {
+#[tokio::test]
+async fn nul_characters_in_an_answer_are_replaced_before_anything_stores_them() {
+    let (store, run) = store_with_a_run().await;
+    // NUL characters in the text and in a tool call's input.
+    let nul = Counting {
+        answer: Some(Response {
             text: "before\0after".into(),
             tool_calls: vec![orch_llm::ToolCall {
                 id: "t1".into(),
@@ -150,21 +149,11 @@ impl Provider for Nul {
             }],
             usage: TokenUsage::default(),
             stop_reason: StopReason::EndTurn,
-            model: "nul-1".into(),
-        })
-    }
-}
-
-#[tokio::test]
-async fn nul_characters_in_an_answer_are_replaced_before_anything_stores_them() {
-    let store = orch_store::connect("sqlite::memory:").await.unwrap();
-    let (state, events) = conformance::new_run(conformance::T0);
-    store
-        .create_run(&state, &events, conformance::T0)
-        .await
-        .unwrap();
-    let run = state.run.id.clone();
-    let provider = JournalingProvider::new(Arc::new(Nul), store.clone(), Arc::new(SystemClock));
+            model: "counting-1".into(),
+        }),
+        ..Counting::default()
+    };
+    let provider = JournalingProvider::new(Arc::new(nul), store.clone(), Arc::new(SystemClock));
     let answer = provider
         .complete(&request(&run, 1, "write the requirements"))
         .await
