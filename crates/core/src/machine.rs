@@ -288,8 +288,27 @@ impl RunState {
 }
 
 /// Apply one input to a run. On `Err` the state may be partly changed and
-/// must be discarded by the caller (reload it).
+/// must be discarded by the caller (reload it). A run whose engine-owned
+/// fields change gets `updated_at = now`, as the store records it.
 pub fn apply(state: &mut RunState, input: Input, now: Millis) -> Result<Vec<Action>> {
+    let before = state.run.clone();
+    let out = apply_input(state, input, now)?;
+    if run_changed(&before, &state.run) {
+        state.run.updated_at = now;
+    }
+    Ok(out)
+}
+
+/// Whether the engine-owned fields of the run row differ (what a save writes).
+fn run_changed(b: &Run, a: &Run) -> bool {
+    a.status != b.status
+        || a.status_reason != b.status_reason
+        || a.iterations != b.iterations
+        || a.settings != b.settings
+        || a.finished_at != b.finished_at
+}
+
+fn apply_input(state: &mut RunState, input: Input, now: Millis) -> Result<Vec<Action>> {
     let mut out = Vec::new();
     match input {
         Input::Reconcile => {}
@@ -1013,15 +1032,8 @@ pub struct StateDiff {
 impl StateDiff {
     /// Compare `after` with `before`.
     pub fn between(before: &RunState, after: &RunState) -> StateDiff {
-        let b = &before.run;
-        let a = &after.run;
-        let run_changed = a.status != b.status
-            || a.status_reason != b.status_reason
-            || a.iterations != b.iterations
-            || a.settings != b.settings
-            || a.finished_at != b.finished_at;
         let mut diff = StateDiff {
-            run_changed,
+            run_changed: run_changed(&before.run, &after.run),
             ..Default::default()
         };
         for t in &after.tasks {

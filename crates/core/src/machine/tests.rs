@@ -254,6 +254,22 @@ fn first_reconcile_starts_the_run_and_dispatches_only_requirements() {
 }
 
 #[test]
+fn a_step_that_changes_the_run_row_stamps_updated_at_as_the_store_does() {
+    let mut state = new_state(settings());
+    step(&mut state, T0 + 5);
+    assert_eq!(state.run.updated_at, T0 + 5, "RUNNING, iterations 1");
+    succeed(&mut state, "requirements", T0 + 6);
+    step(&mut state, T0 + 7);
+    assert_eq!(
+        (state.run.status, state.run.iterations, state.run.updated_at),
+        (RunStatus::Running, 2, T0 + 7),
+        "only the iteration count changed: the store stamps that save too"
+    );
+    step(&mut state, T0 + 8);
+    assert_eq!(state.run.updated_at, T0 + 7, "a step that changes nothing");
+}
+
+#[test]
 fn reconcile_is_idempotent_while_work_is_in_flight() {
     let mut state = new_state(settings());
     step(&mut state, T0);
