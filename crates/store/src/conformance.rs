@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::{
     ApiToken, Durability, Error, EventQuery, Fence, LlmTotals, NewDeadLetter, RunFilter, Stats,
-    Store, TASK_DURATION_BUCKETS_MS, TaskOutcome, TaskRef,
+    Step, Store, TASK_DURATION_BUCKETS_MS, TaskOutcome, TaskRef,
 };
 
 /// Base time of the suite (the clock is the suite's, never the system's).
@@ -51,6 +51,7 @@ pub async fn run_all(store: &dyn Store) {
     load_run_from_a_known_state(store).await;
     claim_attempt_reads_the_context(store).await;
     derived_saves_are_saves(store).await;
+    complete_and_save_takes_the_step(store).await;
     api_tokens_round_trip(store).await;
     stats_count_what_is_stored(store).await;
 }
@@ -174,6 +175,135 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         (2, "draft 2")
     );
     assert_eq!(second.upstream, latest);
+}
+
+/// `complete_and_save` commits the completion and the step that follows from
+/// it together, the step only while it still applies (the run at its
+/// expected version), and nothing when the fence does not hold.
+pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
+    // Claim the first task; the step is taken from the run as the engine
+    // saved it, with the completion applied as the store applies it.
+    async fn claimed(store: &dyn Store) -> (RunState, Fence, TaskOutcome, Decided) {
+        let state = create_queued(store, T0).await;
+        let id = state.run.id.clone();
+        let task = store
+            .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+            .await
+            .expect("claim")
+            .expect("claimed");
+        let outcome = succeeded(FIRST, vec![artifact(FIRST, "The app manages TODO items.")]);
+        let mut before = state.clone();
+        let i = before.tasks.iter().position(|t| t.id == FIRST).unwrap();
+        before.tasks[i] = task;
+        outcome.apply_to(&mut before.tasks[i], &mut before.run, T0 + 30);
+        let decided = decide(&before, Input::Reconcile, T0 + 30);
+        assert!(
+            !decided.diff.is_empty(),
+            "the completion lets the run move on"
+        );
+        (state, fence(&id, FIRST, 1, "w1"), outcome, decided)
+    }
+    fn step_of<'a>(state: &RunState, d: &'a Decided) -> Step<'a> {
+        Step {
+            expected_version: state.run.version,
+            diff: &d.diff,
+            state: &d.after,
+            events: &d.events,
+            dead: &d.dead,
+        }
+    }
+
+    // Taken: one load shows both the completion and the step.
+    let (state, f, outcome, mut decided) = claimed(store).await;
+    let id = state.run.id.clone();
+    let version = store
+        .complete_and_save(&f, &outcome, T0 + 30, &step_of(&state, &decided))
+        .await
+        .expect("complete_and_save");
+    assert_eq!(version, Some(state.run.version + 1), "the step was saved");
+    decided.after.run.version = state.run.version + 1;
+    assert_eq!(
+        store.load_run(&id).await.expect("load_run"),
+        decided.after,
+        "the stored run is the completion and the step"
+    );
+    assert_eq!(
+        store
+            .list_artifacts(&id, false)
+            .await
+            .expect("artifacts")
+            .len(),
+        1
+    );
+    assert_seqs_contiguous(store, &id).await;
+
+    // Not taken: another step saved the run first; the completion commits alone.
+    let (state, f, outcome, decided) = claimed(store).await;
+    let id = state.run.id.clone();
+    let other = step(store, &state, Input::Reconcile, T0 + 25)
+        .await
+        .expect("another engine's step");
+    let events_before = event_count(store, &id).await;
+    let version = store
+        .complete_and_save(&f, &outcome, T0 + 30, &step_of(&state, &decided))
+        .await
+        .expect("complete_and_save");
+    assert_eq!(version, None, "a step from an older version is not saved");
+    let stored = store.load_run(&id).await.expect("load_run");
+    assert_eq!(
+        stored.run.version, other.run.version,
+        "no save after the other"
+    );
+    assert_eq!(stored.task(FIRST).unwrap().status, TaskStatus::Succeeded);
+    for t in stored.tasks.iter().filter(|t| t.id != FIRST) {
+        assert_eq!(
+            t.status,
+            other.task(&t.id).unwrap().status,
+            "{}: the step's changes are not written",
+            t.id
+        );
+    }
+    assert_eq!(
+        event_count(store, &id).await,
+        events_before + outcome.events.len(),
+        "the completion's events alone"
+    );
+    assert_seqs_contiguous(store, &id).await;
+
+    // Refused: the fence does not hold; nothing is written.
+    let (state, _, outcome, decided) = claimed(store).await;
+    let id = state.run.id.clone();
+    let events_before = event_count(store, &id).await;
+    let run_before = store.get_run(&id).await.expect("get_run");
+    assert_lease_lost(
+        store
+            .complete_and_save(
+                &fence(&id, FIRST, 1, "w2"),
+                &outcome,
+                T0 + 30,
+                &step_of(&state, &decided),
+            )
+            .await,
+        "complete_and_save by a worker without the lease",
+    );
+    assert_eq!(
+        event_count(store, &id).await,
+        events_before,
+        "no event written"
+    );
+    assert_eq!(
+        store.get_run(&id).await.expect("get_run"),
+        run_before,
+        "run unchanged"
+    );
+    assert_eq!(task(store, &id, FIRST).await.status, TaskStatus::Running);
+    assert!(
+        store
+            .list_artifacts(&id, false)
+            .await
+            .expect("artifacts")
+            .is_empty()
+    );
 }
 
 /// A [`Durability::Derived`] save is a save: compare-and-set on the
@@ -868,17 +998,16 @@ async fn create(store: &dyn Store, now: Millis) -> RunState {
     state
 }
 
-/// What the engine does on a step: apply `input`, save the diff, the events
-/// and dead letters. Returns the saved state (with its new version).
-/// Apply `input` to `state` and save the step as the engine does (a
-/// reconcile as [`Durability::Derived`], anything else as durable).
-async fn step(
-    store: &dyn Store,
-    state: &RunState,
-    input: Input,
-    now: Millis,
-) -> crate::Result<RunState> {
-    let reconcile = matches!(input, Input::Reconcile);
+/// What the state machine decides from `state` on `input`, as the engine
+/// takes it apart to save it.
+struct Decided {
+    after: RunState,
+    diff: StateDiff,
+    events: Vec<NewEvent>,
+    dead: Vec<NewDeadLetter>,
+}
+
+fn decide(state: &RunState, input: Input, now: Millis) -> Decided {
     let mut after = state.clone();
     let actions =
         machine::apply(&mut after, input, now).expect("the state machine accepts the input");
@@ -902,6 +1031,31 @@ async fn step(
             Action::Dispatch { .. } => {}
         }
     }
+    Decided {
+        after,
+        diff,
+        events,
+        dead,
+    }
+}
+
+/// What the engine does on a step: apply `input`, save the diff, the events
+/// and dead letters. Returns the saved state (with its new version).
+/// Apply `input` to `state` and save the step as the engine does (a
+/// reconcile as [`Durability::Derived`], anything else as durable).
+async fn step(
+    store: &dyn Store,
+    state: &RunState,
+    input: Input,
+    now: Millis,
+) -> crate::Result<RunState> {
+    let reconcile = matches!(input, Input::Reconcile);
+    let Decided {
+        mut after,
+        diff,
+        events,
+        dead,
+    } = decide(state, input, now);
     // As the engine saves: a reconcile is a derived step.
     let durability = if reconcile {
         Durability::Derived

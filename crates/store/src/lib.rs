@@ -149,6 +149,27 @@ pub struct TaskOutcome {
     pub llm_calls: Vec<LlmCallRecord>,
 }
 
+impl TaskOutcome {
+    /// `task` (the attempt's row as claimed) as [`TaskStore::complete_task`]
+    /// leaves it on committing this outcome at `now`, and `run` with the
+    /// outcome's usage added to its totals: what an engine step taken with the
+    /// completion ([`Store::complete_and_save`]) starts from.
+    pub fn apply_to(&self, task: &mut Task, run: &mut Run, now: Millis) {
+        task.status = self.status;
+        task.result_summary.clone_from(&self.summary);
+        task.verdict.clone_from(&self.verdict);
+        task.last_error.clone_from(&self.error);
+        task.retryable = self.retryable;
+        task.finished_at = Some(now);
+        task.lease_owner = None;
+        task.lease_expires_at = None;
+        task.cost_usd += self.usage.cost_usd;
+        run.cost_usd += self.usage.cost_usd;
+        run.tokens_in += self.usage.input_tokens;
+        run.tokens_out += self.usage.output_tokens;
+    }
+}
+
 /// A queued or running task the sweeper looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskRef {
@@ -522,6 +543,60 @@ pub trait Store:
             upstream: upstream?,
         }))
     }
+
+    /// [`TaskStore::complete_task`] and, in the same transaction where the
+    /// backend can, the engine step that follows from the completion, saved
+    /// as [`RunStore::save_run`] saves it ([`Durability::Derived`]) if it
+    /// still applies then: the run still at `step.expected_version`, each
+    /// changed task still at its expected status and attempt. Returns the
+    /// run's new version if the step was saved, `None` if it no longer
+    /// applied; the completion commits either way, the step never without
+    /// it. Errors are the completion's ([`Error::LeaseLost`]: nothing
+    /// written). This default commits the completion, then tries the save.
+    async fn complete_and_save(
+        &self,
+        fence: &Fence,
+        outcome: &TaskOutcome,
+        now: Millis,
+        step: &Step<'_>,
+    ) -> Result<Option<i64>> {
+        self.complete_task(fence, outcome, now).await?;
+        let saved = self
+            .save_run(
+                &fence.run_id,
+                step.expected_version,
+                step.diff,
+                step.state,
+                step.events,
+                step.dead,
+                now,
+                Durability::Derived,
+            )
+            .await;
+        match saved {
+            Ok(version) => Ok(Some(version)),
+            Err(Error::Conflict(why)) => {
+                tracing::debug!(run = %fence.run_id, %why, "step after a completion no longer applies");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(run = %fence.run_id, error = %e, "step after a completion not saved; the engine will take it");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// An engine step to save with a completion ([`Store::complete_and_save`]):
+/// what [`RunStore::save_run`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    pub expected_version: i64,
+    pub diff: &'a StateDiff,
+    /// The run after the step.
+    pub state: &'a RunState,
+    pub events: &'a [NewEvent],
+    pub dead: &'a [NewDeadLetter],
 }
 
 /// A worker's claim of one attempt ([`Store::claim_attempt`]).

@@ -52,7 +52,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::{
     ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Durability, Error, EventQuery,
     EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter,
-    RunStore, Stats, StatsStore, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
+    RunStore, Stats, StatsStore, Step, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
 /// How long a connection waits for another process's lock before failing with
@@ -130,6 +130,7 @@ mod sql {
         "proc_append_events.sql",
         "proc_claim_task.sql",
         "proc_complete_task.sql",
+        "proc_complete_step.sql",
     );
 
     // Procedure calls (?1: the JSON parameter document).
@@ -140,6 +141,8 @@ mod sql {
     /// The claim, then what the worker reads (`claim_attempt`).
     pub const CLAIM_ATTEMPT: &str = files!("call_claim_task.sql", "claim_context.sql");
     pub const COMPLETE_TASK: &str = files!("call_complete_task.sql");
+    /// A completion and the engine step that follows, then the new version.
+    pub const COMPLETE_STEP: &str = files!("call_complete_step.sql");
 }
 
 type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
@@ -583,6 +586,20 @@ impl Call {
             Call::Refused(other) => Err(other.unexpected()),
         }
     }
+
+    /// The rows of a completion's call; the fence's refusal as
+    /// [`Error::LeaseLost`].
+    fn completed(self, fence: &Fence) -> Result<Vec<SqliteRow>> {
+        match self {
+            Call::Done(rows) => Ok(rows),
+            Call::Refused(Refusal::LeaseHeld) => Err(Error::LeaseLost {
+                run: fence.run_id.to_string(),
+                task: fence.task_id.clone(),
+                attempt: fence.attempt,
+            }),
+            Call::Refused(other) => Err(other.unexpected()),
+        }
+    }
 }
 
 /// The parameter document (`?1`) of a procedure call: what any call may carry
@@ -746,6 +763,62 @@ struct CreateRunDoc<'a> {
     finished_at: Option<Millis>,
 }
 
+/// The parameter document of `proc_save_run` (see [`RunStore::save_run`]).
+fn save_doc<'a>(
+    run_id: &'a RunId,
+    expected_version: i64,
+    diff: &'a StateDiff,
+    state: &'a RunState,
+    events: &'a [NewEvent],
+    dead: &'a [NewDeadLetter],
+    now: Millis,
+) -> Result<Doc<'a, SaveRunDoc<'a>>> {
+    let run = &state.run;
+    let changed = diff
+        .changed_tasks
+        .iter()
+        .map(|c| {
+            let mut doc = TaskDoc::new(&c.task)?;
+            doc.expected_status = Some(c.expected_status.as_str());
+            doc.expected_attempt = Some(c.expected_attempt);
+            Ok(doc)
+        })
+        .collect::<Result<_>>()?;
+    let op = SaveRunDoc {
+        expected_version,
+        run_changed: diff.run_changed,
+        status: run.status.as_str(),
+        status_reason: run.status_reason.as_deref(),
+        iterations: run.iterations,
+        settings: to_json(&run.settings)?,
+        finished_at: run.finished_at,
+        changed,
+        dead: dead
+            .iter()
+            .map(|d| {
+                (
+                    d.task_id.as_str(),
+                    d.role.as_str(),
+                    d.attempts,
+                    d.error.as_str(),
+                )
+            })
+            .collect(),
+    };
+    let mut doc = Doc::new(run_id, now, events, op)?;
+    doc.tasks = diff
+        .new_tasks
+        .iter()
+        .map(TaskDoc::new)
+        .collect::<Result<_>>()?;
+    doc.gates = diff
+        .changed_gates
+        .iter()
+        .map(GateDoc::new)
+        .collect::<Result<_>>()?;
+    Ok(doc)
+}
+
 /// `proc_save_run`: the engine-owned run fields, the changed tasks, the dead
 /// letters (`[task_id, role, attempts, error]`).
 #[derive(Debug, Serialize)]
@@ -772,6 +845,50 @@ struct ClaimDoc<'a> {
     /// (`claim_context.sql`), and the tasks whose versions count.
     upstream: &'a [String],
     upstream_tasks: &'a [String],
+}
+
+/// The parameter documents of `proc_complete_task` (see
+/// [`TaskStore::complete_task`]): the outcome, and its artifacts.
+fn complete_docs(fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<(String, String)> {
+    if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
+        return Err(Error::Database(format!(
+            "a task attempt ends SUCCEEDED or FAILED, not {}",
+            outcome.status
+        )));
+    }
+    let usage = &outcome.usage;
+    let op = CompleteDoc {
+        task_id: &fence.task_id,
+        attempt: fence.attempt,
+        owner: &fence.owner,
+        status: outcome.status.as_str(),
+        summary: outcome.summary.as_deref(),
+        verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
+        error: outcome.error.as_deref(),
+        retryable: outcome.retryable,
+        cost_usd: usage.cost_usd,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        llm_calls: outcome.llm_calls.iter().map(LlmCallDoc::new).collect(),
+    };
+    let doc = Doc::new(&fence.run_id, now, &outcome.events, op)?;
+    // `[name, kind, path, content, metadata, earlier entries of the same name and path]`.
+    let mut artifacts = Vec::with_capacity(outcome.artifacts.len());
+    for (i, a) in outcome.artifacts.iter().enumerate() {
+        let earlier = outcome.artifacts[..i]
+            .iter()
+            .filter(|b| b.name == a.name && b.path == a.path)
+            .count();
+        artifacts.push((
+            a.name.as_str(),
+            a.kind.as_str(),
+            a.path.as_deref(),
+            a.content.as_str(),
+            to_json(&a.metadata)?,
+            earlier,
+        ));
+    }
+    Ok((to_json(&doc)?, to_json(&artifacts)?))
 }
 
 /// `proc_complete_task` (the artifacts go separately, as `?2`).
@@ -1337,49 +1454,7 @@ impl RunStore for SqliteStore {
         now: Millis,
         _durability: Durability,
     ) -> Result<i64> {
-        let run = &state.run;
-        let changed = diff
-            .changed_tasks
-            .iter()
-            .map(|c| {
-                let mut doc = TaskDoc::new(&c.task)?;
-                doc.expected_status = Some(c.expected_status.as_str());
-                doc.expected_attempt = Some(c.expected_attempt);
-                Ok(doc)
-            })
-            .collect::<Result<_>>()?;
-        let op = SaveRunDoc {
-            expected_version,
-            run_changed: diff.run_changed,
-            status: run.status.as_str(),
-            status_reason: run.status_reason.as_deref(),
-            iterations: run.iterations,
-            settings: to_json(&run.settings)?,
-            finished_at: run.finished_at,
-            changed,
-            dead: dead
-                .iter()
-                .map(|d| {
-                    (
-                        d.task_id.as_str(),
-                        d.role.as_str(),
-                        d.attempts,
-                        d.error.as_str(),
-                    )
-                })
-                .collect(),
-        };
-        let mut doc = Doc::new(run_id, now, events, op)?;
-        doc.tasks = diff
-            .new_tasks
-            .iter()
-            .map(TaskDoc::new)
-            .collect::<Result<_>>()?;
-        doc.gates = diff
-            .changed_gates
-            .iter()
-            .map(GateDoc::new)
-            .collect::<Result<_>>()?;
+        let doc = save_doc(run_id, expected_version, diff, state, events, dead, now)?;
         let call = self
             .call(sql::SAVE_RUN, &doc, |e| {
                 if is_unique_violation(&e) {
@@ -1486,56 +1561,10 @@ impl TaskStore for SqliteStore {
     }
 
     async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
-        if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
-            return Err(Error::Database(format!(
-                "a task attempt ends SUCCEEDED or FAILED, not {}",
-                outcome.status
-            )));
-        }
-        let usage = &outcome.usage;
-        let op = CompleteDoc {
-            task_id: &fence.task_id,
-            attempt: fence.attempt,
-            owner: &fence.owner,
-            status: outcome.status.as_str(),
-            summary: outcome.summary.as_deref(),
-            verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
-            error: outcome.error.as_deref(),
-            retryable: outcome.retryable,
-            cost_usd: usage.cost_usd,
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            llm_calls: outcome.llm_calls.iter().map(LlmCallDoc::new).collect(),
-        };
-        let doc = Doc::new(&fence.run_id, now, &outcome.events, op)?;
-        // `[name, kind, path, content, metadata, earlier entries of the same name and path]`.
-        let mut artifacts = Vec::with_capacity(outcome.artifacts.len());
-        for (i, a) in outcome.artifacts.iter().enumerate() {
-            let earlier = outcome.artifacts[..i]
-                .iter()
-                .filter(|b| b.name == a.name && b.path == a.path)
-                .count();
-            artifacts.push((
-                a.name.as_str(),
-                a.kind.as_str(),
-                a.path.as_deref(),
-                a.content.as_str(),
-                to_json(&a.metadata)?,
-                earlier,
-            ));
-        }
-        let query = sqlx::query(sql::COMPLETE_TASK)
-            .bind(to_json(&doc)?)
-            .bind(to_json(&artifacts)?);
-        match self.call_with(query, db_err).await? {
-            Call::Done(_) => Ok(()),
-            Call::Refused(Refusal::LeaseHeld) => Err(Error::LeaseLost {
-                run: fence.run_id.to_string(),
-                task: fence.task_id.clone(),
-                attempt: fence.attempt,
-            }),
-            Call::Refused(other) => Err(other.unexpected()),
-        }
+        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
+        let query = sqlx::query(sql::COMPLETE_TASK).bind(doc).bind(artifacts);
+        self.call_with(query, db_err).await?.completed(fence)?;
+        Ok(())
     }
 
     async fn expired_leases(&self, now: Millis, max: u32) -> Result<Vec<TaskRef>> {
@@ -1843,6 +1872,34 @@ impl StatsStore for SqliteStore {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    /// The completion and the step in one statement, so one transaction and
+    /// one call to the writer (`proc_complete_step`) where the engine would
+    /// make three: the completion, its re-read of the run and its save.
+    async fn complete_and_save(
+        &self,
+        fence: &Fence,
+        outcome: &TaskOutcome,
+        now: Millis,
+        step: &Step<'_>,
+    ) -> Result<Option<i64>> {
+        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
+        let save = save_doc(
+            &fence.run_id,
+            step.expected_version,
+            step.diff,
+            step.state,
+            step.events,
+            step.dead,
+            now,
+        )?;
+        let query = sqlx::query(sql::COMPLETE_STEP)
+            .bind(doc)
+            .bind(artifacts)
+            .bind(to_json(&save)?);
+        let rows = self.call_with(query, db_err).await?.completed(fence)?;
+        rows.first().map(|row| col(row, "version")).transpose()
     }
 
     /// The claim and the reads in one call on the write connection: one

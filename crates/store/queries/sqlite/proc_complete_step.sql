@@ -1,0 +1,28 @@
+-- proc_complete_step(doc, artifacts, step): a completion (proc_complete_task's
+-- doc and artifacts) and, in the same transaction, the engine step that
+-- follows from it (proc_save_run's doc), saved only if it still applies when
+-- the completion is in: the run at the step's expected version, each changed
+-- task at its expected status and attempt, none of its new tasks there yet.
+-- A step that no longer applies is left out and the completion commits alone
+-- (a refused completion rolls everything back). proc_stepped holds the run's
+-- new version if the step was saved, and nothing if not.
+CREATE TEMP TABLE proc_stepped (version INTEGER NOT NULL);
+CREATE TEMP VIEW proc_complete_step (doc, artifacts, step) AS SELECT NULL, NULL, NULL WHERE 0;
+CREATE TEMP TRIGGER proc_complete_step INSTEAD OF INSERT ON proc_complete_step
+BEGIN
+    DELETE FROM proc_stepped;
+    INSERT INTO proc_complete_task (doc, artifacts) VALUES (NEW.doc, NEW.artifacts);
+    INSERT INTO proc_stepped (version)
+    SELECT version + 1 FROM runs
+    WHERE id = NEW.step ->> 'run_id' AND version = NEW.step ->> 'expected_version'
+      AND (SELECT count(*)
+           FROM jsonb_each(NEW.step, '$.changed') AS c
+           JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = c.value ->> 'id'
+           WHERE t.status = c.value ->> 'expected_status'
+             AND t.attempt = c.value ->> 'expected_attempt')
+          = json_array_length(NEW.step, '$.changed')
+      AND NOT EXISTS (SELECT 1
+                      FROM jsonb_each(NEW.step, '$.tasks') AS n
+                      JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = n.value ->> 'id');
+    INSERT INTO proc_save_run (doc) SELECT NEW.step FROM proc_stepped;
+END;
