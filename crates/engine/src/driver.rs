@@ -2,8 +2,10 @@
 
 use orch_broker::Dispatch;
 use orch_core::machine::{self, Action, Input, RunState, StateDiff};
-use orch_core::{EventKind, NewEvent, Run, RunId, RunSettings, RunStatus, Workflow};
-use orch_store::NewDeadLetter;
+use orch_core::{
+    EventKind, NewEvent, Run, RunId, RunSettings, RunStatus, Task, TaskStatus, Workflow,
+};
+use orch_store::{Fence, NewDeadLetter, TaskOutcome};
 use serde_json::Value;
 use tracing::{debug, warn};
 
@@ -213,43 +215,11 @@ impl Engine {
                 Some(known) => self.deps.store.load_run_from(run_id, &known).await?,
                 None => self.deps.store.load_run(run_id).await?,
             };
-            let mut after = before.clone();
             let now = self.deps.clock.now_ms();
-            let actions = machine::apply(&mut after, input(), now)?;
-            let diff = StateDiff::between(&before, &after);
-            let mut events = Vec::new();
-            let mut dead = Vec::new();
-            let mut dispatches = Vec::new();
-            for action in actions {
-                match action {
-                    Action::Emit(e) => events.push(e),
-                    Action::Dispatch {
-                        run_id,
-                        task_id,
-                        role,
-                        attempt,
-                    } => dispatches.push(Dispatch {
-                        run_id,
-                        task_id,
-                        role,
-                        attempt,
-                    }),
-                    Action::DeadLetter {
-                        task_id,
-                        role,
-                        attempts,
-                        error,
-                    } => dead.push(NewDeadLetter {
-                        task_id,
-                        role,
-                        attempts,
-                        error,
-                    }),
-                }
-            }
-            if diff.is_empty() && events.is_empty() {
+            let decided = Decided::from(&before, input(), now)?;
+            if decided.is_empty() {
                 return Ok(TickOutcome {
-                    status: after.run.status,
+                    status: decided.after.run.status,
                     dispatched: 0,
                     events: 0,
                 });
@@ -260,28 +230,16 @@ impl Engine {
                 .save_run(
                     run_id,
                     before.run.version,
-                    &diff,
-                    &after,
-                    &events,
-                    &dead,
+                    &decided.diff,
+                    &decided.after,
+                    &decided.events,
+                    &decided.dead,
                     now,
                     durability,
                 )
                 .await
             {
-                Ok(version) => {
-                    let mut saved = after.clone();
-                    saved.run.version = version;
-                    let mut runs = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-                    if saved.run.status.is_terminal() {
-                        runs.remove(run_id);
-                    } else {
-                        if runs.len() >= MAX_SAVED_RUNS {
-                            runs.clear();
-                        }
-                        runs.insert(run_id.clone(), std::sync::Arc::new(saved));
-                    }
-                }
+                Ok(version) => return Ok(self.saved(run_id, decided, version).await),
                 Err(orch_store::Error::Conflict(_)) => {
                     debug!(run = %run_id, retry, "concurrent update; reloading");
                     tokio::task::yield_now().await;
@@ -289,24 +247,128 @@ impl Engine {
                 }
                 Err(e) => return Err(e.into()),
             }
-            self.steps.send_modify(|s| {
-                s.count += 1;
-                s.last = Some((run_id.clone(), after.run.status));
-            });
-            // Published only after the commit: a crash here leaves QUEUED
-            // tasks that the sweeper publishes again.
-            for d in &dispatches {
-                if let Err(e) = self.deps.broker.publish(d).await {
-                    warn!(run = %run_id, task = %d.task_id, error = %e, "publish failed; the sweeper will publish it again");
-                }
-            }
-            return Ok(TickOutcome {
-                status: after.run.status,
-                dispatched: dispatches.len(),
-                events: events.len(),
-            });
         }
         Err(Error::Contended(run_id.to_string()))
+    }
+
+    /// Commit a worker's outcome of the `claimed` attempt (as its claim
+    /// returned it, with the run row read then) and, in the same transaction,
+    /// the reconcile step it leads to ([`orch_store::Store::complete_and_save`]),
+    /// so the run moves on without a wake-up, a re-read and a save of its own.
+    /// The step starts from the run as this engine last saved it, with the
+    /// completion applied; it is saved only if no one saved the run since.
+    /// Other tasks of the run may have been claimed or completed since that
+    /// save without changing its version, so such a step may have been taken
+    /// from an outdated view of them (as any engine step may: each changed
+    /// task is compare-and-set): unless the claimed task was the only one in
+    /// flight, the engine is woken to look again. Returns whether it must be
+    /// woken; errors are the completion's.
+    pub(crate) async fn complete(
+        &self,
+        fence: &Fence,
+        outcome: &TaskOutcome,
+        claimed: &Task,
+        run: &Run,
+    ) -> orch_store::Result<bool> {
+        let now = self.deps.clock.now_ms();
+        let known = self
+            .saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fence.run_id)
+            .filter(|known| known.run.version == run.version)
+            .cloned();
+        let mut step = None;
+        if let Some(known) = known
+            && let Some(i) = known
+                .tasks
+                .iter()
+                .position(|t| t.id == fence.task_id && t.attempt == fence.attempt)
+        {
+            let alone = known.tasks.iter().enumerate().all(|(j, t)| {
+                j == i || !matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
+            });
+            let mut before = (*known).clone();
+            before.tasks[i] = claimed.clone();
+            (
+                before.run.cost_usd,
+                before.run.tokens_in,
+                before.run.tokens_out,
+            ) = (run.cost_usd, run.tokens_in, run.tokens_out);
+            outcome.apply_to(&mut before.tasks[i], &mut before.run, now);
+            match Decided::from(&before, Input::Reconcile, now) {
+                Ok(decided) if !decided.is_empty() => step = Some((known, decided, alone)),
+                Ok(_) => {}
+                Err(e) => debug!(run = %fence.run_id, error = %e, "no step with the completion"),
+            }
+        }
+        let Some((known, decided, alone)) = step else {
+            self.deps.store.complete_task(fence, outcome, now).await?;
+            return Ok(true);
+        };
+        let saved = self
+            .deps
+            .store
+            .complete_and_save(
+                fence,
+                outcome,
+                now,
+                &orch_store::Step {
+                    expected_version: known.run.version,
+                    diff: &decided.diff,
+                    state: &decided.after,
+                    events: &decided.events,
+                    dead: &decided.dead,
+                },
+            )
+            .await?;
+        match saved {
+            Some(version) => {
+                self.saved(&fence.run_id, decided, version).await;
+                Ok(!alone)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// After a step's save committed at `version`: remember the run as saved,
+    /// tell waiters, publish the dispatches.
+    async fn saved(&self, run_id: &RunId, decided: Decided, version: i64) -> TickOutcome {
+        let Decided {
+            mut after,
+            events,
+            dispatches,
+            ..
+        } = decided;
+        after.run.version = version;
+        let status = after.run.status;
+        {
+            let mut runs = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+            if status.is_terminal() {
+                runs.remove(run_id);
+            } else {
+                if runs.len() >= MAX_SAVED_RUNS {
+                    runs.clear();
+                }
+                runs.insert(run_id.clone(), std::sync::Arc::new(after));
+            }
+        }
+        self.steps.send_modify(|s| {
+            s.count += 1;
+            s.last = Some((run_id.clone(), status));
+        });
+        // Published only after the commit: a crash here leaves QUEUED
+        // tasks that the sweeper publishes again.
+        for d in &dispatches {
+            if let Err(e) = self.deps.broker.publish(d).await {
+                warn!(run = %run_id, task = %d.task_id, error = %e, "publish failed; the sweeper will publish it again");
+            }
+        }
+        TickOutcome {
+            status,
+            dispatched: dispatches.len(),
+            events: events.len(),
+        }
     }
 
     /// Replay a dead letter: its task gets another attempt.
@@ -334,5 +396,65 @@ impl Engine {
     /// The run row.
     pub async fn run(&self, id: &RunId) -> Result<Run> {
         Ok(self.deps.store.get_run(id).await?)
+    }
+}
+
+/// What the state machine decided from one state of a run: the state after,
+/// what changed, and its actions taken apart for the store and the broker.
+#[derive(Debug)]
+pub(crate) struct Decided {
+    pub(crate) after: RunState,
+    pub(crate) diff: StateDiff,
+    pub(crate) events: Vec<NewEvent>,
+    pub(crate) dead: Vec<NewDeadLetter>,
+    pub(crate) dispatches: Vec<Dispatch>,
+}
+
+impl Decided {
+    /// Apply `input` to (a copy of) `before` at `now`.
+    pub(crate) fn from(before: &RunState, input: Input, now: orch_core::Millis) -> Result<Decided> {
+        let mut after = before.clone();
+        let actions = machine::apply(&mut after, input, now)?;
+        let diff = StateDiff::between(before, &after);
+        let mut decided = Decided {
+            after,
+            diff,
+            events: Vec::new(),
+            dead: Vec::new(),
+            dispatches: Vec::new(),
+        };
+        for action in actions {
+            match action {
+                Action::Emit(e) => decided.events.push(e),
+                Action::Dispatch {
+                    run_id,
+                    task_id,
+                    role,
+                    attempt,
+                } => decided.dispatches.push(Dispatch {
+                    run_id,
+                    task_id,
+                    role,
+                    attempt,
+                }),
+                Action::DeadLetter {
+                    task_id,
+                    role,
+                    attempts,
+                    error,
+                } => decided.dead.push(NewDeadLetter {
+                    task_id,
+                    role,
+                    attempts,
+                    error,
+                }),
+            }
+        }
+        Ok(decided)
+    }
+
+    /// Nothing to save.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.diff.is_empty() && self.events.is_empty()
     }
 }

@@ -31,7 +31,14 @@ impl Runtime {
         if with_engine {
             tasks.spawn(engine_loop(engine.clone(), cancel.clone()));
         }
-        spawn_workers(&mut tasks, engine.deps(), engine.options(), roles, &cancel);
+        spawn_workers(
+            &mut tasks,
+            engine.deps(),
+            engine.options(),
+            with_engine.then_some(&engine),
+            roles,
+            &cancel,
+        );
         Runtime {
             engine,
             cancel,

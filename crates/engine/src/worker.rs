@@ -24,7 +24,7 @@ use orch_store::{Fence, TaskOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{Deps, EngineOptions, Result};
+use crate::{Deps, Engine, EngineOptions, Result};
 
 static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
 
@@ -133,6 +133,7 @@ impl EventSink for StoreSink {
 pub(crate) async fn worker_loop(
     deps: Deps,
     opts: EngineOptions,
+    engine: Option<Engine>,
     role: Role,
     cancel: CancellationToken,
 ) {
@@ -149,7 +150,7 @@ pub(crate) async fn worker_loop(
                 backoff = Duration::from_millis(100);
                 // The attempt is not cancelled by shutdown directly: the
                 // runtime waits for it up to the drain timeout.
-                if let Err(e) = execute_delivery(&deps, &opts, &id, &delivery).await {
+                if let Err(e) = execute(&deps, &opts, engine.as_ref(), &id, &delivery).await {
                     warn!(worker = %id.0, task = %delivery.dispatch.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried");
                     continue; // not acked: a broker that redelivers will redeliver
                 }
@@ -172,11 +173,33 @@ pub(crate) async fn worker_loop(
     debug!(worker = %id.0, "worker stopped");
 }
 
-/// Handle one delivery: claim, run, commit. Returns `Ok` when the message can
-/// be acknowledged (including a duplicate that was dropped).
+/// Handle one delivery: claim, run, commit, wake the engine. Returns `Ok`
+/// when the message can be acknowledged (including a duplicate that was
+/// dropped). A worker beside an engine uses [`Engine::execute_delivery`].
 pub async fn execute_delivery(
     deps: &Deps,
     opts: &EngineOptions,
+    worker: &WorkerId,
+    delivery: &Delivery,
+) -> Result<()> {
+    execute(deps, opts, None, worker, delivery).await
+}
+
+impl Engine {
+    /// [`execute_delivery`] by a worker in this engine's process: the
+    /// completion commits with the run's next step, which this engine takes
+    /// from the run as it last saved it (see
+    /// [`orch_store::Store::complete_and_save`]); the engine is woken only
+    /// when that step was not saved or may have missed other tasks' progress.
+    pub async fn execute_delivery(&self, worker: &WorkerId, delivery: &Delivery) -> Result<()> {
+        execute(&self.deps, &self.opts, Some(self), worker, delivery).await
+    }
+}
+
+async fn execute(
+    deps: &Deps,
+    opts: &EngineOptions,
+    engine: Option<&Engine>,
     worker: &WorkerId,
     delivery: &Delivery,
 ) -> Result<()> {
@@ -274,7 +297,7 @@ pub async fn execute_delivery(
         upstream_names: &upstream_names,
         upstream_tasks: &upstream_tasks,
         task: &task,
-        run,
+        run: &run,
         messages,
         upstream,
     };
@@ -356,12 +379,18 @@ pub async fn execute_delivery(
     let n_llm = llm_events.len();
     outcome.events.splice(0..0, llm_events);
     outcome.llm_calls = llm_calls;
-    match deps
-        .store
-        .complete_task(&fence, &outcome, deps.clock.now_ms())
-        .await
-    {
-        Ok(()) => {}
+    // With the engine in this process the completion takes the run's next
+    // step with it; otherwise the engine is woken to take it.
+    let completed = match engine {
+        Some(engine) => engine.complete(&fence, &outcome, &task, &run).await,
+        None => deps
+            .store
+            .complete_task(&fence, &outcome, deps.clock.now_ms())
+            .await
+            .map(|()| true),
+    };
+    let wake = match completed {
+        Ok(wake) => wake,
         Err(orch_store::Error::LeaseLost { .. }) => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost before commit; result discarded");
             record_alone(
@@ -379,8 +408,8 @@ pub async fn execute_delivery(
             .await;
             return Err(e.into());
         }
-    }
-    if let Err(e) = deps.broker.wake(&d.run_id).await {
+    };
+    if wake && let Err(e) = deps.broker.wake(&d.run_id).await {
         warn!(run = %d.run_id, error = %e, "wake-up not delivered; the sweeper will tick the run");
     }
     for m in posted {
@@ -457,7 +486,8 @@ struct Context<'a> {
     /// The task's upstream tasks: whose channel messages it reads.
     upstream_tasks: &'a [String],
     task: &'a orch_core::Task,
-    run: orch_core::Run,
+    /// The run row as read with the claim (its budget and spending then).
+    run: &'a orch_core::Run,
     messages: Vec<Event>,
     upstream: Vec<orch_core::Artifact>,
 }
@@ -611,11 +641,14 @@ fn failed(error: String, retryable: bool) -> AttemptResult {
     }
 }
 
-/// Spawn `opts.concurrency` worker loops for each role into `set`.
+/// Spawn `opts.concurrency` worker loops for each role into `set`; with
+/// `engine` (the engine loop runs in this process), completions take the
+/// run's next step with them.
 pub(crate) fn spawn_workers(
     set: &mut tokio::task::JoinSet<()>,
     deps: &Deps,
     opts: &EngineOptions,
+    engine: Option<&Engine>,
     roles: &[Role],
     cancel: &CancellationToken,
 ) {
@@ -624,6 +657,7 @@ pub(crate) fn spawn_workers(
             set.spawn(worker_loop(
                 deps.clone(),
                 opts.clone(),
+                engine.cloned(),
                 role,
                 cancel.clone(),
             ));

@@ -564,3 +564,107 @@ async fn llm_events_precede_the_outcome_and_a_slow_call_is_logged_while_it_runs(
     assert!(seq_of(EventKind::LlmRequest) < seq_of(EventKind::LlmResponse));
     assert!(seq_of(EventKind::LlmResponse) < seq_of(EventKind::TaskSucceeded));
 }
+
+async fn status_of(store: &Arc<dyn Store>, run: &RunId, task: &str) -> (TaskStatus, u32) {
+    let t = store
+        .list_tasks(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == task)
+        .unwrap();
+    (t.status, t.attempt)
+}
+
+/// A worker beside the engine commits its outcome with the run's next step:
+/// no wake-up, no tick, the next task queued and published. When another
+/// engine saved the run in between, the step is left to the engine, which
+/// is woken as a worker elsewhere would wake it.
+#[tokio::test]
+async fn a_completion_beside_the_engine_takes_the_next_step() {
+    let h = harness(generic(), Arc::new(SystemClock), EngineOptions::default()).await;
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let steps = h.engine.changes();
+    let saved = steps.borrow().count;
+    let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+    h.engine
+        .execute_delivery(&WorkerId::new(Role::BusinessAnalyst), &d)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&h.store, &run, "requirements").await,
+        (TaskStatus::Succeeded, 1)
+    );
+    assert_eq!(
+        status_of(&h.store, &run, "plan").await,
+        (TaskStatus::Queued, 1),
+        "queued by the completion's own transaction"
+    );
+    assert_eq!(
+        steps.borrow().count,
+        saved + 1,
+        "waiters are told of the step"
+    );
+    assert!(
+        h.broker.wakes(Duration::ZERO).await.unwrap().is_empty(),
+        "nothing left for the engine to do"
+    );
+    let d = next_delivery(&h.broker, Role::ProjectManager).await;
+    assert_eq!(
+        (d.dispatch.task_id.as_str(), d.dispatch.attempt),
+        ("plan", 1)
+    );
+
+    // Another engine (another process) saves the run: this engine's view is
+    // outdated, so the completion commits alone and wakes the engine.
+    let state = h.store.load_run(&run).await.unwrap();
+    h.store
+        .save_run(
+            &run,
+            state.run.version,
+            &orch_core::StateDiff::default(),
+            &state,
+            &[],
+            &[],
+            state.run.updated_at,
+            orch_store::Durability::Durable,
+        )
+        .await
+        .unwrap();
+    h.engine
+        .execute_delivery(&WorkerId::new(Role::ProjectManager), &d)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&h.store, &run, "plan").await,
+        (TaskStatus::Succeeded, 1)
+    );
+    assert_eq!(
+        status_of(&h.store, &run, "ux_design").await,
+        (TaskStatus::Pending, 0),
+        "no step from an outdated view"
+    );
+    assert_eq!(
+        h.broker.wakes(Duration::ZERO).await.unwrap(),
+        vec![run.clone()]
+    );
+    h.engine.tick(&run).await.unwrap();
+    assert_eq!(
+        status_of(&h.store, &run, "ux_design").await,
+        (TaskStatus::Queued, 1)
+    );
+    let events = h
+        .store
+        .list_events(&run, EventQuery::default())
+        .await
+        .unwrap();
+    assert!(
+        events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "one event log, no gaps"
+    );
+}
