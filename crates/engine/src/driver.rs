@@ -257,12 +257,11 @@ impl Engine {
     /// so the run moves on without a wake-up, a re-read and a save of its own.
     /// The step starts from the run as this engine last saved it, with the
     /// completion applied; it is saved only if no one saved the run since.
-    /// Other tasks of the run may have been claimed or completed since that
-    /// save without changing its version, so such a step may have been taken
-    /// from an outdated view of them (as any engine step may: each changed
-    /// task is compare-and-set): unless the claimed task was the only one in
-    /// flight, the engine is woken to look again. Returns whether it must be
-    /// woken; errors are the completion's.
+    /// Tasks in flight beside the completed one may have ended since that
+    /// save without changing the version; the store tells whether any did
+    /// (the step is then not current, as any engine step may be: what it
+    /// changes is compare-and-set) and the engine is woken to look again.
+    /// Returns whether it must be woken; errors are the completion's.
     pub(crate) async fn complete(
         &self,
         fence: &Fence,
@@ -278,16 +277,20 @@ impl Engine {
             .get(&fence.run_id)
             .filter(|known| known.run.version == run.version)
             .cloned();
-        let mut step = None;
-        if let Some(known) = known
-            && let Some(i) = known
+        let step = known.and_then(|known| {
+            let i = known
                 .tasks
                 .iter()
-                .position(|t| t.id == fence.task_id && t.attempt == fence.attempt)
-        {
-            let alone = known.tasks.iter().enumerate().all(|(j, t)| {
-                j == i || !matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
-            });
+                .position(|t| t.id == fence.task_id && t.attempt == fence.attempt)?;
+            let in_flight: Vec<(String, u32)> = known
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|&(j, t)| {
+                    j != i && matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
+                })
+                .map(|(_, t)| (t.id.clone(), t.attempt))
+                .collect();
             let mut before = (*known).clone();
             before.tasks[i] = claimed.clone();
             (
@@ -297,16 +300,18 @@ impl Engine {
             ) = (run.cost_usd, run.tokens_in, run.tokens_out);
             outcome.apply_to(&mut before.tasks[i], &mut before.run, now);
             match Decided::from(&before, Input::Reconcile, now) {
-                Ok(decided) if !decided.is_empty() => step = Some((known, decided, alone)),
-                Ok(_) => {}
-                Err(e) => debug!(run = %fence.run_id, error = %e, "no step with the completion"),
+                Ok(decided) => Some((known.run.version, decided, in_flight)),
+                Err(e) => {
+                    debug!(run = %fence.run_id, error = %e, "no step with the completion");
+                    None
+                }
             }
-        }
-        let Some((known, decided, alone)) = step else {
+        });
+        let Some((expected_version, decided, in_flight)) = step else {
             self.deps.store.complete_task(fence, outcome, now).await?;
             return Ok(true);
         };
-        let saved = self
+        let stepped = self
             .deps
             .store
             .complete_and_save(
@@ -314,21 +319,19 @@ impl Engine {
                 outcome,
                 now,
                 &orch_store::Step {
-                    expected_version: known.run.version,
+                    expected_version,
                     diff: &decided.diff,
                     state: &decided.after,
                     events: &decided.events,
                     dead: &decided.dead,
+                    in_flight: &in_flight,
                 },
             )
             .await?;
-        match saved {
-            Some(version) => {
-                self.saved(&fence.run_id, decided, version).await;
-                Ok(!alone)
-            }
-            None => Ok(true),
+        if let Some(version) = stepped.version {
+            self.saved(&fence.run_id, decided, version).await;
         }
+        Ok(!stepped.current)
     }
 
     /// After a step's save committed at `version`: remember the run as saved,

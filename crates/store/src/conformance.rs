@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::{
     ApiToken, Durability, Error, EventQuery, Fence, LlmTotals, NewDeadLetter, RunFilter, Stats,
-    Step, Store, TASK_DURATION_BUCKETS_MS, TaskOutcome, TaskRef,
+    Step, Stepped, Store, TASK_DURATION_BUCKETS_MS, TaskOutcome, TaskRef,
 };
 
 /// Base time of the suite (the clock is the suite's, never the system's).
@@ -179,52 +179,26 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
 
 /// `complete_and_save` commits the completion and the step that follows from
 /// it together, the step only while it still applies (the run at its
-/// expected version), and nothing when the fence does not hold.
+/// expected version), and nothing when the fence does not hold; the step is
+/// current only while the tasks it saw in flight still are.
 pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
-    // Claim the first task; the step is taken from the run as the engine
-    // saved it, with the completion applied as the store applies it.
-    async fn claimed(store: &dyn Store) -> (RunState, Fence, TaskOutcome, Decided) {
-        let state = create_queued(store, T0).await;
-        let id = state.run.id.clone();
-        let task = store
-            .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
-            .await
-            .expect("claim")
-            .expect("claimed");
-        let outcome = succeeded(FIRST, vec![artifact(FIRST, "The app manages TODO items.")]);
-        let mut before = state.clone();
-        let i = before.tasks.iter().position(|t| t.id == FIRST).unwrap();
-        before.tasks[i] = task;
-        outcome.apply_to(&mut before.tasks[i], &mut before.run, T0 + 30);
-        let decided = decide(&before, Input::Reconcile, T0 + 30);
-        assert!(
-            !decided.diff.is_empty(),
-            "the completion lets the run move on"
-        );
-        (state, fence(&id, FIRST, 1, "w1"), outcome, decided)
-    }
-    fn step_of<'a>(state: &RunState, d: &'a Decided) -> Step<'a> {
-        Step {
-            expected_version: state.run.version,
-            diff: &d.diff,
-            state: &d.after,
-            events: &d.events,
-            dead: &d.dead,
-        }
-    }
-
     // Taken: one load shows both the completion and the step.
-    let (state, f, outcome, mut decided) = claimed(store).await;
+    let (state, outcome, mut claimed) = claim_first(store, &new_run(T0)).await;
     let id = state.run.id.clone();
-    let version = store
-        .complete_and_save(&f, &outcome, T0 + 30, &step_of(&state, &decided))
-        .await
-        .expect("complete_and_save");
-    assert_eq!(version, Some(state.run.version + 1), "the step was saved");
-    decided.after.run.version = state.run.version + 1;
+    let f = fence(&id, FIRST, 1, "w1");
+    let stepped = complete_with_step(store, &f, &outcome, &state, &claimed, &[]).await;
+    assert_eq!(
+        stepped,
+        Stepped {
+            version: Some(state.run.version + 1),
+            current: true
+        },
+        "the step was saved, with nothing else in flight"
+    );
+    claimed.after.run.version = state.run.version + 1;
     assert_eq!(
         store.load_run(&id).await.expect("load_run"),
-        decided.after,
+        claimed.after,
         "the stored run is the completion and the step"
     );
     assert_eq!(
@@ -238,17 +212,19 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     assert_seqs_contiguous(store, &id).await;
 
     // Not taken: another step saved the run first; the completion commits alone.
-    let (state, f, outcome, decided) = claimed(store).await;
+    let (state, outcome, claimed) = claim_first(store, &new_run(T0)).await;
     let id = state.run.id.clone();
     let other = step(store, &state, Input::Reconcile, T0 + 25)
         .await
         .expect("another engine's step");
     let events_before = event_count(store, &id).await;
-    let version = store
-        .complete_and_save(&f, &outcome, T0 + 30, &step_of(&state, &decided))
-        .await
-        .expect("complete_and_save");
-    assert_eq!(version, None, "a step from an older version is not saved");
+    let f = fence(&id, FIRST, 1, "w1");
+    let stepped = complete_with_step(store, &f, &outcome, &state, &claimed, &[]).await;
+    assert_eq!(
+        stepped,
+        Stepped::default(),
+        "a step from an older version is not saved"
+    );
     let stored = store.load_run(&id).await.expect("load_run");
     assert_eq!(
         stored.run.version, other.run.version,
@@ -271,21 +247,15 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     assert_seqs_contiguous(store, &id).await;
 
     // Refused: the fence does not hold; nothing is written.
-    let (state, _, outcome, decided) = claimed(store).await;
+    let (state, outcome, claimed) = claim_first(store, &new_run(T0)).await;
     let id = state.run.id.clone();
     let events_before = event_count(store, &id).await;
     let run_before = store.get_run(&id).await.expect("get_run");
-    assert_lease_lost(
-        store
-            .complete_and_save(
-                &fence(&id, FIRST, 1, "w2"),
-                &outcome,
-                T0 + 30,
-                &step_of(&state, &decided),
-            )
-            .await,
-        "complete_and_save by a worker without the lease",
-    );
+    let f = fence(&id, FIRST, 1, "w2");
+    let refused = store
+        .complete_and_save(&f, &outcome, T0 + 30, &step_of(&state, &claimed, &[]))
+        .await;
+    assert_lease_lost(refused, "complete_and_save by a worker without the lease");
     assert_eq!(
         event_count(store, &id).await,
         events_before,
@@ -304,6 +274,138 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
             .expect("artifacts")
             .is_empty()
     );
+
+    // Two tasks in flight: the first to finish has nothing to save, and
+    // its empty step is current while the other is still running.
+    let workflow = Workflow::parse(
+        "two.yaml",
+        "name: two\ndescription: two tasks in parallel, then a third\ntasks:\n\
+         - {id: left, role: backend_engineer, title: L, instructions: L}\n\
+         - {id: right, role: frontend_engineer, title: R, instructions: R}\n\
+         - {id: join, role: code_reviewer, title: J, instructions: J, needs: [left, right]}\n",
+    )
+    .expect("the workflow parses");
+    let (created, events) = RunState::new_run(
+        RunId::generate(),
+        "two at once",
+        json!({}),
+        &workflow,
+        RunSettings::default(),
+        "scripted",
+        T0,
+    );
+    store
+        .create_run(&created, &events, T0)
+        .await
+        .expect("create_run");
+    let state = step(store, &created, Input::Reconcile, T0 + 10)
+        .await
+        .expect("both queued");
+    let id = state.run.id.clone();
+    let mut views = Vec::new();
+    for (task_id, owner) in [("left", "wl"), ("right", "wr")] {
+        let claimed = store
+            .claim_task(&id, task_id, 1, owner, T0 + 20 + LEASE_MS, T0 + 20)
+            .await
+            .expect("claim")
+            .expect("claimed");
+        let outcome = succeeded(task_id, vec![artifact(task_id, "done")]);
+        let mut before = state.clone();
+        let i = before.tasks.iter().position(|t| t.id == task_id).unwrap();
+        before.tasks[i] = claimed;
+        outcome.apply_to(&mut before.tasks[i], &mut before.run, T0 + 30);
+        views.push((fence(&id, task_id, 1, owner), outcome, before));
+    }
+    let in_flight = |task: &str| vec![(task.to_string(), 1)];
+    let (f, outcome, before) = &views[0];
+    let left = decide(before, Input::Reconcile, T0 + 30);
+    assert!(
+        left.diff.is_empty() && left.events.is_empty(),
+        "join waits for right"
+    );
+    let stepped = complete_with_step(store, f, outcome, &state, &left, &in_flight("right")).await;
+    assert_eq!(
+        stepped,
+        Stepped {
+            version: Some(state.run.version + 1),
+            current: true
+        },
+        "nothing to change but the version, and right is still running"
+    );
+    // Right finishes seeing left in flight (an outdated view at the new
+    // version): saved, but not current, as left has ended since.
+    let (f, outcome, before) = &views[1];
+    let mut view = before.clone();
+    view.run.version += 1;
+    let right = decide(&view, Input::Reconcile, T0 + 31);
+    let stepped = complete_with_step(store, f, outcome, &view, &right, &in_flight("left")).await;
+    assert_eq!(
+        stepped,
+        Stepped {
+            version: Some(state.run.version + 2),
+            current: false
+        },
+        "left has ended since the step's view"
+    );
+    assert_eq!(task(store, &id, "join").await.status, TaskStatus::Pending);
+    assert_seqs_contiguous(store, &id).await;
+}
+
+/// Store `state`, reconcile it and claim its first task as `w1`; returns
+/// the run as saved, the attempt's outcome, and the step the completion
+/// leads to, taken from the saved run with the completion applied.
+async fn claim_first(
+    store: &dyn Store,
+    (created, events): &(RunState, Vec<NewEvent>),
+) -> (RunState, TaskOutcome, Decided) {
+    store
+        .create_run(created, events, T0)
+        .await
+        .expect("create_run");
+    let state = step(store, created, Input::Reconcile, T0 + 10)
+        .await
+        .expect("first reconcile");
+    let claimed = store
+        .claim_task(&state.run.id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let outcome = succeeded(FIRST, vec![artifact(FIRST, "The app manages TODO items.")]);
+    let mut before = state.clone();
+    let i = before.tasks.iter().position(|t| t.id == FIRST).unwrap();
+    before.tasks[i] = claimed;
+    outcome.apply_to(&mut before.tasks[i], &mut before.run, T0 + 30);
+    let decided = decide(&before, Input::Reconcile, T0 + 30);
+    assert!(
+        !decided.diff.is_empty(),
+        "the completion lets the run move on"
+    );
+    (state, outcome, decided)
+}
+
+fn step_of<'a>(state: &RunState, d: &'a Decided, in_flight: &'a [(String, u32)]) -> Step<'a> {
+    Step {
+        expected_version: state.run.version,
+        diff: &d.diff,
+        state: &d.after,
+        events: &d.events,
+        dead: &d.dead,
+        in_flight,
+    }
+}
+
+async fn complete_with_step(
+    store: &dyn Store,
+    f: &Fence,
+    outcome: &TaskOutcome,
+    state: &RunState,
+    decided: &Decided,
+    in_flight: &[(String, u32)],
+) -> Stepped {
+    store
+        .complete_and_save(f, outcome, T0 + 30, &step_of(state, decided, in_flight))
+        .await
+        .expect("complete_and_save")
 }
 
 /// A [`Durability::Derived`] save is a save: compare-and-set on the

@@ -548,18 +548,20 @@ pub trait Store:
     /// backend can, the engine step that follows from the completion, saved
     /// as [`RunStore::save_run`] saves it ([`Durability::Derived`]) if it
     /// still applies then: the run still at `step.expected_version`, each
-    /// changed task still at its expected status and attempt. Returns the
-    /// run's new version if the step was saved, `None` if it no longer
-    /// applied; the completion commits either way, the step never without
+    /// changed task still at its expected status and attempt. It is saved
+    /// even with nothing to change: the version then moves past every
+    /// engine's view of the run without this completion, whose saves are
+    /// refused. The completion commits either way, the step never without
     /// it. Errors are the completion's ([`Error::LeaseLost`]: nothing
-    /// written). This default commits the completion, then tries the save.
+    /// written). This default commits the completion, then tries the save,
+    /// then reads the tasks to tell whether the step is current.
     async fn complete_and_save(
         &self,
         fence: &Fence,
         outcome: &TaskOutcome,
         now: Millis,
         step: &Step<'_>,
-    ) -> Result<Option<i64>> {
+    ) -> Result<Stepped> {
         self.complete_task(fence, outcome, now).await?;
         let saved = self
             .save_run(
@@ -573,22 +575,38 @@ pub trait Store:
                 Durability::Derived,
             )
             .await;
-        match saved {
-            Ok(version) => Ok(Some(version)),
+        let version = match saved {
+            Ok(version) => version,
             Err(Error::Conflict(why)) => {
                 tracing::debug!(run = %fence.run_id, %why, "step after a completion no longer applies");
-                Ok(None)
+                return Ok(Stepped::default());
             }
             Err(e) => {
                 tracing::warn!(run = %fence.run_id, error = %e, "step after a completion not saved; the engine will take it");
-                Ok(None)
+                return Ok(Stepped::default());
             }
-        }
+        };
+        // Read after the save: a task that ends later sees this completion
+        // in its own check (or its step is refused by the new version).
+        let current = step.in_flight.is_empty() || {
+            let tasks = self.list_tasks(&fence.run_id).await.unwrap_or_default();
+            step.in_flight.iter().all(|(id, attempt)| {
+                tasks.iter().any(|t| {
+                    t.id == *id
+                        && t.attempt == *attempt
+                        && matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
+                })
+            })
+        };
+        Ok(Stepped {
+            version: Some(version),
+            current,
+        })
     }
 }
 
 /// An engine step to save with a completion ([`Store::complete_and_save`]):
-/// what [`RunStore::save_run`] takes.
+/// what [`RunStore::save_run`] takes, and the tasks the step saw in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct Step<'a> {
     pub expected_version: i64,
@@ -597,6 +615,22 @@ pub struct Step<'a> {
     pub state: &'a RunState,
     pub events: &'a [NewEvent],
     pub dead: &'a [NewDeadLetter],
+    /// `(task id, attempt)` of the other tasks the step saw QUEUED or
+    /// RUNNING: if each still is at that attempt once the step is saved,
+    /// none has ended meanwhile and the step is the one a fresh reconcile
+    /// would take (the machine treats QUEUED and RUNNING alike).
+    pub in_flight: &'a [(String, u32)],
+}
+
+/// What became of the step of [`Store::complete_and_save`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stepped {
+    /// The run's new version if the step was saved.
+    pub version: Option<i64>,
+    /// The step was saved and current: each task of `in_flight` was still
+    /// in flight at its attempt after it. The run then needs no other step
+    /// for this completion; otherwise the engine must look again.
+    pub current: bool,
 }
 
 /// A worker's claim of one attempt ([`Store::claim_attempt`]).

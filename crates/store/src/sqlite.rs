@@ -52,7 +52,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::{
     ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Durability, Error, EventQuery,
     EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter,
-    RunStore, Stats, StatsStore, Step, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
+    RunStore, Stats, StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
 /// How long a connection waits for another process's lock before failing with
@@ -832,6 +832,15 @@ struct SaveRunDoc<'a> {
     finished_at: Option<Millis>,
     changed: Vec<TaskDoc<'a>>,
     dead: Vec<(&'a str, &'static str, u32, &'a str)>,
+}
+
+/// `proc_complete_step`'s step: `proc_save_run`'s document and `[task id,
+/// attempt]` of the other tasks it saw in flight.
+#[derive(Debug, Serialize)]
+struct StepDoc<'a> {
+    in_flight: &'a [(String, u32)],
+    #[serde(flatten)]
+    step: Doc<'a, SaveRunDoc<'a>>,
 }
 
 /// `proc_claim_task`.
@@ -1883,23 +1892,32 @@ impl Store for SqliteStore {
         outcome: &TaskOutcome,
         now: Millis,
         step: &Step<'_>,
-    ) -> Result<Option<i64>> {
+    ) -> Result<Stepped> {
         let (doc, artifacts) = complete_docs(fence, outcome, now)?;
-        let save = save_doc(
-            &fence.run_id,
-            step.expected_version,
-            step.diff,
-            step.state,
-            step.events,
-            step.dead,
-            now,
-        )?;
+        let step_doc = StepDoc {
+            in_flight: step.in_flight,
+            step: save_doc(
+                &fence.run_id,
+                step.expected_version,
+                step.diff,
+                step.state,
+                step.events,
+                step.dead,
+                now,
+            )?,
+        };
         let query = sqlx::query(sql::COMPLETE_STEP)
             .bind(doc)
             .bind(artifacts)
-            .bind(to_json(&save)?);
+            .bind(to_json(&step_doc)?);
         let rows = self.call_with(query, db_err).await?.completed(fence)?;
-        rows.first().map(|row| col(row, "version")).transpose()
+        let Some(row) = rows.first() else {
+            return Ok(Stepped::default());
+        };
+        Ok(Stepped {
+            version: Some(col(row, "version")?),
+            current: col(row, "current")?,
+        })
     }
 
     /// The claim and the reads in one call on the write connection: one

@@ -1,19 +1,29 @@
 -- proc_complete_step(doc, artifacts, step): a completion (proc_complete_task's
 -- doc and artifacts) and, in the same transaction, the engine step that
--- follows from it (proc_save_run's doc), saved only if it still applies when
--- the completion is in: the run at the step's expected version, each changed
--- task at its expected status and attempt, none of its new tasks there yet.
--- A step that no longer applies is left out and the completion commits alone
--- (a refused completion rolls everything back). proc_stepped holds the run's
--- new version if the step was saved, and nothing if not.
-CREATE TEMP TABLE proc_stepped (version INTEGER NOT NULL);
+-- follows from it (proc_save_run's doc, with `in_flight`: [[task id,
+-- attempt], ...] of the other tasks it saw QUEUED or RUNNING). The step
+-- applies if, with the completion in, the run is at its expected version,
+-- each changed task at its expected status and attempt, and none of its new
+-- tasks there yet; it is then saved, even with nothing to change, so that
+-- the version moves past any engine's view without this completion. If not,
+-- the completion commits alone (a refused completion rolls everything back).
+-- proc_stepped then holds the run's new version and whether each in-flight
+-- task is still QUEUED or RUNNING at its attempt; no row if the step did not
+-- apply.
+CREATE TEMP TABLE proc_stepped (version INTEGER NOT NULL, current INTEGER NOT NULL);
 CREATE TEMP VIEW proc_complete_step (doc, artifacts, step) AS SELECT NULL, NULL, NULL WHERE 0;
 CREATE TEMP TRIGGER proc_complete_step INSTEAD OF INSERT ON proc_complete_step
 BEGIN
     DELETE FROM proc_stepped;
     INSERT INTO proc_complete_task (doc, artifacts) VALUES (NEW.doc, NEW.artifacts);
-    INSERT INTO proc_stepped (version)
-    SELECT version + 1 FROM runs
+    INSERT INTO proc_stepped (version, current)
+    SELECT version + 1,
+           (SELECT count(*)
+            FROM jsonb_each(NEW.step, '$.in_flight') AS f
+            JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = f.value ->> 0
+            WHERE t.attempt = f.value ->> 1 AND t.status IN ('QUEUED', 'RUNNING'))
+           = json_array_length(NEW.step, '$.in_flight')
+    FROM runs
     WHERE id = NEW.step ->> 'run_id' AND version = NEW.step ->> 'expected_version'
       AND (SELECT count(*)
            FROM jsonb_each(NEW.step, '$.changed') AS c
