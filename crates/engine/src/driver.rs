@@ -339,10 +339,12 @@ impl Engine {
     async fn saved(&self, run_id: &RunId, decided: Decided, version: i64) -> TickOutcome {
         let Decided {
             mut after,
+            diff,
             events,
             dispatches,
             ..
         } = decided;
+        self.wake_for_retries(run_id, &diff);
         after.run.version = version;
         let status = after.run.status;
         {
@@ -372,6 +374,31 @@ impl Engine {
             dispatched: dispatches.len(),
             events: events.len(),
         }
+    }
+
+    /// A retry the step scheduled (a task made READY with a `not_before`)
+    /// is queued by the tick that follows its time: wake the engine then,
+    /// rather than leaving it to the sweeper's next round of every active run.
+    fn wake_for_retries(&self, run_id: &RunId, diff: &StateDiff) {
+        let now = self.deps.clock.now_ms();
+        let Some(at) = diff
+            .changed_tasks
+            .iter()
+            .filter(|c| c.task.status == TaskStatus::Ready)
+            .filter_map(|c| c.task.not_before)
+            .filter(|&at| at > now)
+            .min()
+        else {
+            return;
+        };
+        let (broker, run_id) = (self.deps.broker.clone(), run_id.clone());
+        let delay = std::time::Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = broker.wake(&run_id).await {
+                debug!(run = %run_id, error = %e, "retry wake-up not delivered; the sweeper will tick the run");
+            }
+        });
     }
 
     /// Replay a dead letter: its task gets another attempt.

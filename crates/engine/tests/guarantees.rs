@@ -668,3 +668,59 @@ async fn a_completion_beside_the_engine_takes_the_next_step() {
         "one event log, no gaps"
     );
 }
+
+/// A failed attempt's retry is queued when its backoff ends, not when the
+/// sweeper next ticks every active run (here: not within the test).
+#[tokio::test]
+async fn a_retry_is_queued_when_its_backoff_ends() {
+    let fixture = "roles: {}\ntasks:\n  requirements:\n    - error: { status: 503, message: overloaded }\n      on_attempts: [1]\n";
+    let provider: Arc<dyn Provider> =
+        Arc::new(ScriptedProvider::from_yaml("retry", fixture).unwrap());
+    let opts = EngineOptions {
+        sweep_every: Duration::from_secs(3600),
+        ..EngineOptions::default()
+    };
+    let h = harness(provider, Arc::new(SystemClock), opts).await;
+    let rt = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let settings = RunSettings {
+        retry_backoff_ms: 50,
+        retry_backoff_max_ms: 50,
+        ..RunSettings::default()
+    };
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, settings)
+        .await
+        .unwrap();
+    let done = h
+        .engine
+        .wait(
+            &run,
+            Duration::from_secs(3600),
+            Some(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    rt.shutdown().await;
+    assert_eq!(
+        done.status,
+        RunStatus::Completed,
+        "{:?}",
+        done.status_reason
+    );
+    assert_eq!(
+        events_of(
+            &h.store,
+            &run,
+            EventKind::TaskRetryScheduled,
+            "requirements"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        status_of(&h.store, &run, "requirements").await,
+        (TaskStatus::Succeeded, 2)
+    );
+}
