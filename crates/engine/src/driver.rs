@@ -255,8 +255,10 @@ impl Engine {
     /// returned it, with the run row read then) and, in the same transaction,
     /// the reconcile step it leads to ([`orch_store::Store::complete_and_save`]),
     /// so the run moves on without a wake-up, a re-read and a save of its own.
-    /// The step starts from the run as this engine last saved it, with the
-    /// completion applied; it is saved only if no one saved the run since.
+    /// The step starts from the run as this engine last saved it (possibly
+    /// after the claim: an engine step cannot move a RUNNING task without
+    /// fencing its worker out), with the completion applied; it is saved only
+    /// if no one saved the run since.
     /// Tasks in flight beside the completed one may have ended since that
     /// save without changing the version; the store tells whether any did
     /// (the step is then not current, as any engine step may be: what it
@@ -275,7 +277,8 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fence.run_id)
-            .filter(|known| known.run.version == run.version)
+            // Saved before the claim read the run: someone else saved it since.
+            .filter(|known| known.run.version >= run.version)
             .cloned();
         let step = known.and_then(|known| {
             let i = known
@@ -293,11 +296,11 @@ impl Engine {
                 .collect();
             let mut before = (*known).clone();
             before.tasks[i] = claimed.clone();
-            (
-                before.run.cost_usd,
-                before.run.tokens_in,
-                before.run.tokens_out,
-            ) = (run.cost_usd, run.tokens_in, run.tokens_out);
+            // Totals only grow: the later of the two reads.
+            let totals = &mut before.run;
+            totals.cost_usd = totals.cost_usd.max(run.cost_usd);
+            totals.tokens_in = totals.tokens_in.max(run.tokens_in);
+            totals.tokens_out = totals.tokens_out.max(run.tokens_out);
             outcome.apply_to(&mut before.tasks[i], &mut before.run, now);
             match Decided::from(&before, Input::Reconcile, now) {
                 Ok(decided) => Some((known.run.version, decided, in_flight)),
