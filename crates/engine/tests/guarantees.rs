@@ -693,15 +693,7 @@ async fn a_retry_is_queued_when_its_backoff_ends() {
         .submit(GOAL, serde_json::Value::Null, &wf, settings)
         .await
         .unwrap();
-    let done = h
-        .engine
-        .wait(
-            &run,
-            Duration::from_secs(3600),
-            Some(Duration::from_secs(20)),
-        )
-        .await
-        .unwrap();
+    let done = h.wait(&run).await;
     rt.shutdown().await;
     assert_eq!(
         done.status,

@@ -246,6 +246,24 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     );
     assert_seqs_contiguous(store, &id).await;
 
+    // A step that cannot be saved (here: the same new task twice) does not
+    // keep the completion from committing.
+    let (state, outcome, mut claimed) = claim_first(store, &new_run(T0)).await;
+    let id = state.run.id.clone();
+    let mut twin = claimed.after.task("plan").expect("a planned task").clone();
+    twin.id = "twin".into();
+    claimed.diff.new_tasks = vec![twin.clone(), twin];
+    let f = fence(&id, FIRST, 1, "w1");
+    let stepped = complete_with_step(store, &f, &outcome, &state, &claimed, &[]).await;
+    assert_eq!(stepped, Stepped::default(), "the broken step is not saved");
+    let stored = store.load_run(&id).await.expect("load_run");
+    assert_eq!(stored.task(FIRST).unwrap().status, TaskStatus::Succeeded);
+    assert!(
+        stored.task("twin").is_none(),
+        "nothing of the step is written"
+    );
+    assert_eq!(stored.run.version, state.run.version);
+
     // Refused: the fence does not hold; nothing is written.
     let (state, outcome, claimed) = claim_first(store, &new_run(T0)).await;
     let id = state.run.id.clone();

@@ -1910,7 +1910,16 @@ impl Store for SqliteStore {
             .bind(doc)
             .bind(artifacts)
             .bind(to_json(&step_doc)?);
-        let rows = self.call_with(query, db_err).await?.completed(fence)?;
+        let rows = match self.call_with(query, db_err).await {
+            Ok(call) => call.completed(fence)?,
+            Err(e) => {
+                // Whatever failed (nothing was written), the completion must
+                // not wait on the step: commit it alone.
+                tracing::warn!(run = %fence.run_id, error = %e, "step not saved with the completion; the engine will take it");
+                self.complete_task(fence, outcome, now).await?;
+                return Ok(Stepped::default());
+            }
+        };
         let Some(row) = rows.first() else {
             return Ok(Stepped::default());
         };
