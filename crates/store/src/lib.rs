@@ -30,6 +30,7 @@ use orch_core::{
 
 pub mod conformance;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 pub use postgres::PostgresStore;

@@ -49,8 +49,6 @@
 //! skipped. A claim is four round trips (`BEGIN`, lock, claim with its event,
 //! `COMMIT`), a completion four, an append one.
 
-use std::fmt::Display;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,10 +57,13 @@ use orch_core::{
     RunStatus, StateDiff, Task, TaskStatus,
 };
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, Row};
+use sqlx::{Connection, PgConnection, Postgres};
 
+use crate::rows::{
+    artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row, llm_call_from_row,
+    parse_col, run_from_row, task_from_row, task_ref_from_row, token_from_row, u64_col,
+};
 use crate::{
     ApiToken, ArtifactStore, DeadLetterStore, Durability, Error, EventQuery, EventStore, Fence,
     JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats,
@@ -1080,211 +1081,9 @@ fn limit(n: u32) -> Option<i64> {
     (n > 0).then_some(i64::from(n))
 }
 
-fn col<'r, T>(row: &'r PgRow, name: &str) -> Result<T>
-where
-    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-{
-    row.try_get(name)
-        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
-}
-
-fn json_col<T: DeserializeOwned>(row: &PgRow, name: &str) -> Result<T> {
-    let text: String = col(row, name)?;
-    serde_json::from_str(&text).map_err(|e| Error::Decode(format!("column {name}: {e}")))
-}
-
-fn opt_json_col<T: DeserializeOwned>(row: &PgRow, name: &str) -> Result<Option<T>> {
-    let text: Option<String> = col(row, name)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| Error::Decode(format!("column {name}: {e}"))))
-        .transpose()
-}
-
-fn parse_col<T>(row: &PgRow, name: &str) -> Result<T>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    let text: String = col(row, name)?;
-    text.parse()
-        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
-}
-
-fn opt_parse_col<T>(row: &PgRow, name: &str) -> Result<Option<T>>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    let text: Option<String> = col(row, name)?;
-    text.map(|t| {
-        t.parse()
-            .map_err(|e| Error::Decode(format!("column {name}: {e}")))
-    })
-    .transpose()
-}
-
-fn u32_col(row: &PgRow, name: &str) -> Result<u32> {
-    let v: i64 = col(row, name)?;
-    u32::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
-}
-
-fn run_from_row(row: &PgRow) -> Result<Run> {
-    Ok(Run {
-        id: RunId(col(row, "id")?),
-        goal: col(row, "goal")?,
-        context: json_col(row, "context")?,
-        workflow: col(row, "workflow")?,
-        status: parse_col(row, "status")?,
-        status_reason: col(row, "status_reason")?,
-        success_criteria: json_col(row, "success_criteria")?,
-        settings: json_col(row, "settings")?,
-        provider: col(row, "provider")?,
-        iterations: u32_col(row, "iterations")?,
-        cost_usd: col(row, "cost_usd")?,
-        tokens_in: col(row, "tokens_in")?,
-        tokens_out: col(row, "tokens_out")?,
-        version: col(row, "version")?,
-        created_at: col(row, "created_at")?,
-        updated_at: col(row, "updated_at")?,
-        finished_at: col(row, "finished_at")?,
-    })
-}
-
-fn task_from_row(row: &PgRow) -> Result<Task> {
-    Ok(Task {
-        run_id: RunId(col(row, "run_id")?),
-        id: col(row, "id")?,
-        role: parse_col(row, "role")?,
-        title: col(row, "title")?,
-        instructions: col(row, "instructions")?,
-        needs: json_col(row, "needs")?,
-        expected: json_col(row, "expected")?,
-        validation: json_col(row, "validation")?,
-        gate: opt_parse_col(row, "gate")?,
-        round: u32_col(row, "round")?,
-        findings: json_col(row, "findings")?,
-        status: parse_col(row, "status")?,
-        attempt: u32_col(row, "attempt")?,
-        max_attempts: u32_col(row, "max_attempts")?,
-        timeout_ms: col(row, "timeout_ms")?,
-        dedupe_key: col(row, "dedupe_key")?,
-        not_before: col(row, "not_before")?,
-        lease_owner: col(row, "lease_owner")?,
-        lease_expires_at: col(row, "lease_expires_at")?,
-        last_error: col(row, "last_error")?,
-        retryable: col(row, "retryable")?,
-        result_summary: col(row, "result_summary")?,
-        verdict: opt_json_col(row, "verdict")?,
-        queued_at: col(row, "queued_at")?,
-        started_at: col(row, "started_at")?,
-        finished_at: col(row, "finished_at")?,
-        cost_usd: col(row, "cost_usd")?,
-    })
-}
-
-fn task_ref_from_row(row: &PgRow) -> Result<TaskRef> {
-    Ok(TaskRef {
-        run_id: RunId(col(row, "run_id")?),
-        task_id: col(row, "id")?,
-        role: parse_col(row, "role")?,
-        attempt: u32_col(row, "attempt")?,
-        lease_owner: col(row, "lease_owner")?,
-    })
-}
-
-fn gate_from_row(row: &PgRow) -> Result<Gate> {
-    Ok(Gate {
-        run_id: RunId(col(row, "run_id")?),
-        kind: parse_col(row, "kind")?,
-        status: parse_col(row, "status")?,
-        required: col(row, "required")?,
-        review_task: col(row, "review_task")?,
-        rework_rounds: u32_col(row, "rework_rounds")?,
-        reason: col(row, "reason")?,
-        findings: json_col(row, "findings")?,
-        updated_at: col(row, "updated_at")?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<Event> {
-    Ok(Event {
-        run_id: RunId(col(row, "run_id")?),
-        seq: col(row, "seq")?,
-        kind: parse_col::<EventKind>(row, "kind")?,
-        task_id: col(row, "task_id")?,
-        message: col(row, "message")?,
-        data: json_col(row, "data")?,
-        created_at: col(row, "created_at")?,
-    })
-}
-
-fn artifact_from_row(row: &PgRow) -> Result<Artifact> {
-    Ok(Artifact {
-        run_id: RunId(col(row, "run_id")?),
-        name: col(row, "name")?,
-        version: col(row, "version")?,
-        kind: col(row, "kind")?,
-        path: col(row, "path")?,
-        task_id: col(row, "task_id")?,
-        attempt: u32_col(row, "attempt")?,
-        content: col(row, "content")?,
-        metadata: json_col(row, "metadata")?,
-        created_at: col(row, "created_at")?,
-    })
-}
-
-fn u64_col(row: &PgRow, name: &str) -> Result<u64> {
-    let v: i64 = col(row, name)?;
-    u64::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
-}
-
 /// A token count as a column value (saturating: counts never get near `i64::MAX`).
 fn token_param(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn llm_call_from_row(row: &PgRow) -> Result<LlmCallRecord> {
-    Ok(LlmCallRecord {
-        run_id: RunId(col(row, "run_id")?),
-        task_id: col(row, "task_id")?,
-        attempt: u32_col(row, "attempt")?,
-        step: u32_col(row, "step")?,
-        request_hash: col(row, "request_hash")?,
-        provider: col(row, "provider")?,
-        model: col(row, "model")?,
-        request: col(row, "request")?,
-        response: col(row, "response")?,
-        input_tokens: u64_col(row, "input_tokens")?,
-        output_tokens: u64_col(row, "output_tokens")?,
-        cache_read_tokens: u64_col(row, "cache_read_tokens")?,
-        cache_write_tokens: u64_col(row, "cache_write_tokens")?,
-        latency_ms: col(row, "latency_ms")?,
-        cost_usd: col(row, "cost_usd")?,
-        created_at: col(row, "created_at")?,
-    })
-}
-
-fn token_from_row(row: &PgRow) -> Result<ApiToken> {
-    Ok(ApiToken {
-        id: col(row, "id")?,
-        name: col(row, "name")?,
-        scopes: json_col(row, "scopes")?,
-        secret_hash: col(row, "secret_hash")?,
-        created_at: col(row, "created_at")?,
-        revoked_at: col(row, "revoked_at")?,
-    })
-}
-
-fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter> {
-    Ok(DeadLetter {
-        id: col(row, "id")?,
-        run_id: RunId(col(row, "run_id")?),
-        task_id: col(row, "task_id")?,
-        role: parse_col(row, "role")?,
-        attempts: u32_col(row, "attempts")?,
-        error: col(row, "error")?,
-        created_at: col(row, "created_at")?,
-        replayed_at: col(row, "replayed_at")?,
-    })
 }
 
 // ---------------------------------------------------------------------------

@@ -28,7 +28,6 @@
 //! readers use connections of their own. Other processes sharing the file
 //! are waited for up to [`BUSY_TIMEOUT`].
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,14 +40,18 @@ use orch_core::{
     RunStatus, StateDiff, Task, TaskStatus,
 };
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite};
+use sqlx::{Connection, Sqlite};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::rows::{
+    artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row, llm_call_from_row,
+    opt_json_col, parse_col, run_from_row, task_from_row, task_ref_from_row, token_from_row,
+    u32_col, u64_col,
+};
 use crate::{
     ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Durability, Error, EventQuery,
     EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter,
@@ -1053,203 +1056,14 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Database(format!("cannot encode JSON: {e}")))
 }
 
-fn col<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(name)
-        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
-}
-
-fn json_col<T: DeserializeOwned>(row: &SqliteRow, name: &str) -> Result<T> {
-    let text: String = col(row, name)?;
-    serde_json::from_str(&text).map_err(|e| Error::Decode(format!("column {name}: {e}")))
-}
-
-fn opt_json_col<T: DeserializeOwned>(row: &SqliteRow, name: &str) -> Result<Option<T>> {
-    let text: Option<String> = col(row, name)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| Error::Decode(format!("column {name}: {e}"))))
-        .transpose()
-}
-
-fn parse_col<T>(row: &SqliteRow, name: &str) -> Result<T>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    let text: String = col(row, name)?;
-    text.parse()
-        .map_err(|e| Error::Decode(format!("column {name}: {e}")))
-}
-
-fn opt_parse_col<T>(row: &SqliteRow, name: &str) -> Result<Option<T>>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    let text: Option<String> = col(row, name)?;
-    text.map(|t| {
-        t.parse()
-            .map_err(|e| Error::Decode(format!("column {name}: {e}")))
-    })
-    .transpose()
-}
-
-fn u32_col(row: &SqliteRow, name: &str) -> Result<u32> {
-    let v: i64 = col(row, name)?;
-    u32::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
-}
-
 /// `0` means "no limit": SQLite's `LIMIT -1`.
 fn limit(n: u32) -> i64 {
     if n == 0 { -1 } else { i64::from(n) }
 }
 
-fn run_from_row(row: &SqliteRow) -> Result<Run> {
-    Ok(Run {
-        id: RunId(col(row, "id")?),
-        goal: col(row, "goal")?,
-        context: json_col(row, "context")?,
-        workflow: col(row, "workflow")?,
-        status: parse_col(row, "status")?,
-        status_reason: col(row, "status_reason")?,
-        success_criteria: json_col(row, "success_criteria")?,
-        settings: json_col(row, "settings")?,
-        provider: col(row, "provider")?,
-        iterations: u32_col(row, "iterations")?,
-        cost_usd: col(row, "cost_usd")?,
-        tokens_in: col(row, "tokens_in")?,
-        tokens_out: col(row, "tokens_out")?,
-        version: col(row, "version")?,
-        created_at: col(row, "created_at")?,
-        updated_at: col(row, "updated_at")?,
-        finished_at: col(row, "finished_at")?,
-    })
-}
-
-fn task_from_row(row: &SqliteRow) -> Result<Task> {
-    Ok(Task {
-        run_id: RunId(col(row, "run_id")?),
-        id: col(row, "id")?,
-        role: parse_col(row, "role")?,
-        title: col(row, "title")?,
-        instructions: col(row, "instructions")?,
-        needs: json_col(row, "needs")?,
-        expected: json_col(row, "expected")?,
-        validation: json_col(row, "validation")?,
-        gate: opt_parse_col(row, "gate")?,
-        round: u32_col(row, "round")?,
-        findings: json_col(row, "findings")?,
-        status: parse_col(row, "status")?,
-        attempt: u32_col(row, "attempt")?,
-        max_attempts: u32_col(row, "max_attempts")?,
-        timeout_ms: col(row, "timeout_ms")?,
-        dedupe_key: col(row, "dedupe_key")?,
-        not_before: col(row, "not_before")?,
-        lease_owner: col(row, "lease_owner")?,
-        lease_expires_at: col(row, "lease_expires_at")?,
-        last_error: col(row, "last_error")?,
-        retryable: col(row, "retryable")?,
-        result_summary: col(row, "result_summary")?,
-        verdict: opt_json_col(row, "verdict")?,
-        queued_at: col(row, "queued_at")?,
-        started_at: col(row, "started_at")?,
-        finished_at: col(row, "finished_at")?,
-        cost_usd: col(row, "cost_usd")?,
-    })
-}
-
-fn task_ref_from_row(row: &SqliteRow) -> Result<TaskRef> {
-    Ok(TaskRef {
-        run_id: RunId(col(row, "run_id")?),
-        task_id: col(row, "id")?,
-        role: parse_col(row, "role")?,
-        attempt: u32_col(row, "attempt")?,
-        lease_owner: col(row, "lease_owner")?,
-    })
-}
-
-fn gate_from_row(row: &SqliteRow) -> Result<Gate> {
-    Ok(Gate {
-        run_id: RunId(col(row, "run_id")?),
-        kind: parse_col(row, "kind")?,
-        status: parse_col(row, "status")?,
-        required: col(row, "required")?,
-        review_task: col(row, "review_task")?,
-        rework_rounds: u32_col(row, "rework_rounds")?,
-        reason: col(row, "reason")?,
-        findings: json_col(row, "findings")?,
-        updated_at: col(row, "updated_at")?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<Event> {
-    Ok(Event {
-        run_id: RunId(col(row, "run_id")?),
-        seq: col(row, "seq")?,
-        kind: parse_col::<EventKind>(row, "kind")?,
-        task_id: col(row, "task_id")?,
-        message: col(row, "message")?,
-        data: json_col(row, "data")?,
-        created_at: col(row, "created_at")?,
-    })
-}
-
-fn artifact_from_row(row: &SqliteRow) -> Result<Artifact> {
-    Ok(Artifact {
-        run_id: RunId(col(row, "run_id")?),
-        name: col(row, "name")?,
-        version: col(row, "version")?,
-        kind: col(row, "kind")?,
-        path: col(row, "path")?,
-        task_id: col(row, "task_id")?,
-        attempt: u32_col(row, "attempt")?,
-        content: col(row, "content")?,
-        metadata: json_col(row, "metadata")?,
-        created_at: col(row, "created_at")?,
-    })
-}
-
-fn u64_col(row: &SqliteRow, name: &str) -> Result<u64> {
-    let v: i64 = col(row, name)?;
-    u64::try_from(v).map_err(|_| Error::Decode(format!("column {name}: {v} is out of range")))
-}
-
 /// A token count as a column value (saturating: counts never get near `i64::MAX`).
 fn token_param(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn llm_call_from_row(row: &SqliteRow) -> Result<LlmCallRecord> {
-    Ok(LlmCallRecord {
-        run_id: RunId(col(row, "run_id")?),
-        task_id: col(row, "task_id")?,
-        attempt: u32_col(row, "attempt")?,
-        step: u32_col(row, "step")?,
-        request_hash: col(row, "request_hash")?,
-        provider: col(row, "provider")?,
-        model: col(row, "model")?,
-        request: col(row, "request")?,
-        response: col(row, "response")?,
-        input_tokens: u64_col(row, "input_tokens")?,
-        output_tokens: u64_col(row, "output_tokens")?,
-        cache_read_tokens: u64_col(row, "cache_read_tokens")?,
-        cache_write_tokens: u64_col(row, "cache_write_tokens")?,
-        latency_ms: col(row, "latency_ms")?,
-        cost_usd: col(row, "cost_usd")?,
-        created_at: col(row, "created_at")?,
-    })
-}
-
-fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
-    Ok(ApiToken {
-        id: col(row, "id")?,
-        name: col(row, "name")?,
-        scopes: json_col(row, "scopes")?,
-        secret_hash: col(row, "secret_hash")?,
-        created_at: col(row, "created_at")?,
-        revoked_at: col(row, "revoked_at")?,
-    })
 }
 
 /// Fill `stats` from the rows of [`sql::STATS`].
@@ -1292,19 +1106,6 @@ fn stats_from_rows(rows: &[SqliteRow]) -> Result<Stats> {
         }
     }
     Ok(stats)
-}
-
-fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
-    Ok(DeadLetter {
-        id: col(row, "id")?,
-        run_id: RunId(col(row, "run_id")?),
-        task_id: col(row, "task_id")?,
-        role: parse_col(row, "role")?,
-        attempts: u32_col(row, "attempts")?,
-        error: col(row, "error")?,
-        created_at: col(row, "created_at")?,
-        replayed_at: col(row, "replayed_at")?,
-    })
 }
 
 /// Bind a task's columns as `?1..?27` of `insert_task.sql` / `update_task.sql`.
@@ -1939,7 +1740,7 @@ impl Store for SqliteStore {
         let (mut task, mut run) = (None, None);
         let (mut messages, mut upstream) = (Vec::new(), Vec::new());
         for row in &rows {
-            match col::<&str>(row, "part")? {
+            match col::<String>(row, "part")?.as_str() {
                 "task" => task = Some(task_from_row(row)?),
                 "run" => run = Some(run_from_row(row)?),
                 "message" => messages.push(event_from_row(row)?),
