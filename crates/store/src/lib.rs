@@ -15,8 +15,9 @@
 //! Parts: the traits (split by capability) and [`Error`] here, `sqlite` (one
 //! module, SQL in `.sql` files under `queries/sqlite`, migrations under
 //! `migrations/sqlite`), `postgres` (the same under `queries/postgres` and
-//! `migrations/postgres`, with ordinary transactions and row locks),
-//! `conformance` (one suite run against every backend).
+//! `migrations/postgres`, with ordinary transactions and row locks), `rows`
+//! (decoding rows into the model, shared by both), `conformance` (one suite
+//! run against every backend).
 //! This crate depends on `orch-core` only; it knows nothing of brokers,
 //! providers or the engine.
 
