@@ -183,6 +183,16 @@ impl PostgresStore {
         if options.get_application_name().is_none() {
             options = options.application_name("orchestrator");
         }
+        // Every statement is prepared once per connection and looked up by
+        // key columns (ids, literal statuses that match the partial indexes):
+        // a generic plan fits them all, where the default re-plans the first
+        // executions and keeps re-planning the big multi-statement writes on
+        // every call (measured: binding the completion 308 -> 26 µs of server
+        // time; distributed S1 4.2 -> 3.8 ms, S3 +10%). A URL that sets the
+        // mode (`?options=-c plan_cache_mode=...`) keeps its own.
+        if !url.contains("plan_cache_mode") {
+            options = options.options([("plan_cache_mode", "force_generic_plan")]);
+        }
         // One connection first, outside the pool: the pool retries a refused
         // connection until its timeout and then reports only that it timed
         // out, where this reports why.
