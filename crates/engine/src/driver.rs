@@ -277,7 +277,8 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fence.run_id)
-            // Saved before the claim read the run: someone else saved it since.
+            // A view older than the claim's read of the run: another engine
+            // saved it since, and a step from this view would be refused.
             .filter(|known| known.run.version >= run.version)
             .cloned();
         let step = known.and_then(|known| {
@@ -435,17 +436,17 @@ impl Engine {
 /// What the state machine decided from one state of a run: the state after,
 /// what changed, and its actions taken apart for the store and the broker.
 #[derive(Debug)]
-pub(crate) struct Decided {
-    pub(crate) after: RunState,
-    pub(crate) diff: StateDiff,
-    pub(crate) events: Vec<NewEvent>,
-    pub(crate) dead: Vec<NewDeadLetter>,
-    pub(crate) dispatches: Vec<Dispatch>,
+struct Decided {
+    after: RunState,
+    diff: StateDiff,
+    events: Vec<NewEvent>,
+    dead: Vec<NewDeadLetter>,
+    dispatches: Vec<Dispatch>,
 }
 
 impl Decided {
     /// Apply `input` to (a copy of) `before` at `now`.
-    pub(crate) fn from(before: &RunState, input: Input, now: orch_core::Millis) -> Result<Decided> {
+    fn from(before: &RunState, input: Input, now: orch_core::Millis) -> Result<Decided> {
         let mut after = before.clone();
         let actions = machine::apply(&mut after, input, now)?;
         let diff = StateDiff::between(before, &after);
@@ -487,7 +488,7 @@ impl Decided {
     }
 
     /// Nothing to save.
-    pub(crate) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.diff.is_empty() && self.events.is_empty()
     }
 }
