@@ -122,7 +122,10 @@ impl Engine {
         &self.opts
     }
 
-    /// Create a run of `workflow` for `goal` and take its first step.
+    /// Create a run of `workflow` for `goal` and take its first step. The
+    /// step commits with the run, in the same transaction: a crash leaves
+    /// either nothing or the run with its first tasks queued (published
+    /// again by the sweeper if the publish after the commit was lost).
     pub async fn submit(
         &self,
         goal: &str,
@@ -130,8 +133,26 @@ impl Engine {
         workflow: &Workflow,
         settings: RunSettings,
     ) -> Result<RunId> {
-        let id = self.create(goal, context, workflow, settings).await?;
-        self.tick(&id).await?;
+        let (state, mut events) =
+            self.new_run(goal, context, workflow, settings, &self.provider_label());
+        let id = state.run.id.clone();
+        let decided = Decided::from(&state, Input::Reconcile, state.run.created_at)?;
+        if !decided.dead.is_empty() {
+            // Not from a fresh run; but should it be, the tick records them.
+            self.deps
+                .store
+                .create_run(&state, &events, state.run.created_at)
+                .await?;
+            self.tick(&id).await?;
+            return Ok(id);
+        }
+        events.extend(decided.events.iter().cloned());
+        let version = decided.after.run.version;
+        self.deps
+            .store
+            .create_run(&decided.after, &events, state.run.created_at)
+            .await?;
+        self.saved(&id, decided, version).await;
         Ok(id)
     }
 
@@ -143,14 +164,7 @@ impl Engine {
         workflow: &Workflow,
         settings: RunSettings,
     ) -> Result<RunId> {
-        let provider = if self.deps.provider.is_scripted()
-            && !self.deps.provider.name().contains("scripted")
-        {
-            format!("{} (scripted)", self.deps.provider.name())
-        } else {
-            self.deps.provider.name().to_string()
-        };
-        self.create_labelled(goal, context, workflow, settings, &provider)
+        self.create_labelled(goal, context, workflow, settings, &self.provider_label())
             .await
     }
 
@@ -164,10 +178,43 @@ impl Engine {
         settings: RunSettings,
         provider: &str,
     ) -> Result<RunId> {
+        let (state, events) = self.new_run(goal, context, workflow, settings, provider);
+        self.deps
+            .store
+            .create_run(&state, &events, state.run.created_at)
+            .await?;
+        Ok(state.run.id)
+    }
+
+    /// The provider as runs record it: marked scripted if it is.
+    fn provider_label(&self) -> String {
+        let provider = &self.deps.provider;
+        if provider.is_scripted() && !provider.name().contains("scripted") {
+            format!("{} (scripted)", provider.name())
+        } else {
+            provider.name().to_string()
+        }
+    }
+
+    /// A new run (not stored) and its creation events, now.
+    fn new_run(
+        &self,
+        goal: &str,
+        context: Value,
+        workflow: &Workflow,
+        settings: RunSettings,
+        provider: &str,
+    ) -> (RunState, Vec<NewEvent>) {
         let now = self.deps.clock.now_ms();
-        let id = RunId::generate();
-        let (state, mut events) =
-            RunState::new_run(id.clone(), goal, context, workflow, settings, provider, now);
+        let (state, mut events) = RunState::new_run(
+            RunId::generate(),
+            goal,
+            context,
+            workflow,
+            settings,
+            provider,
+            now,
+        );
         if self.deps.provider.is_scripted() {
             events.insert(
                 1,
@@ -180,8 +227,7 @@ impl Engine {
                 ),
             );
         }
-        self.deps.store.create_run(&state, &events, now).await?;
-        Ok(id)
+        (state, events)
     }
 
     /// Reconcile a run: move everything that can move and publish what became ready.
