@@ -322,16 +322,8 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     let id = state.run.id.clone();
     let mut views = Vec::new();
     for (task_id, owner) in [("left", "wl"), ("right", "wr")] {
-        let claimed = store
-            .claim_task(&id, task_id, 1, owner, T0 + 20 + LEASE_MS, T0 + 20)
-            .await
-            .expect("claim")
-            .expect("claimed");
         let outcome = succeeded(task_id, vec![artifact(task_id, "done")]);
-        let mut before = state.clone();
-        let i = before.tasks.iter().position(|t| t.id == task_id).unwrap();
-        before.tasks[i] = claimed;
-        outcome.apply_to(&mut before.tasks[i], &mut before.run, T0 + 30);
+        let before = claim_and_apply(store, &state, task_id, owner, &outcome).await;
         views.push((fence(&id, task_id, 1, owner), outcome, before));
     }
     let in_flight = |task: &str| vec![(task.to_string(), 1)];
@@ -383,22 +375,43 @@ async fn claim_first(
     let state = step(store, created, Input::Reconcile, T0 + 10)
         .await
         .expect("first reconcile");
-    let claimed = store
-        .claim_task(&state.run.id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
-        .await
-        .expect("claim")
-        .expect("claimed");
     let outcome = succeeded(FIRST, vec![artifact(FIRST, "The app manages TODO items.")]);
-    let mut before = state.clone();
-    let i = before.tasks.iter().position(|t| t.id == FIRST).unwrap();
-    before.tasks[i] = claimed;
-    outcome.apply_to(&mut before.tasks[i], &mut before.run, T0 + 30);
+    let before = claim_and_apply(store, &state, FIRST, "w1", &outcome).await;
     let decided = decide(&before, Input::Reconcile, T0 + 30);
     assert!(
         !decided.diff.is_empty(),
         "the completion lets the run move on"
     );
     (state, outcome, decided)
+}
+
+/// Claim attempt 1 of `task_id` of `state`'s run as `owner`; returns `state`
+/// with the claimed task as `outcome` at `T0 + 30` leaves it: the view an
+/// engine takes the completion's step from.
+async fn claim_and_apply(
+    store: &dyn Store,
+    state: &RunState,
+    task_id: &str,
+    owner: &str,
+    outcome: &TaskOutcome,
+) -> RunState {
+    let claimed = store
+        .claim_task(
+            &state.run.id,
+            task_id,
+            1,
+            owner,
+            T0 + 20 + LEASE_MS,
+            T0 + 20,
+        )
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let mut before = state.clone();
+    let i = before.tasks.iter().position(|t| t.id == task_id).unwrap();
+    before.tasks[i] = claimed;
+    outcome.apply_to(&mut before.tasks[i], &mut before.run, T0 + 30);
+    before
 }
 
 fn step_of<'a>(state: &RunState, d: &'a Decided, in_flight: &'a [(String, u32)]) -> Step<'a> {
