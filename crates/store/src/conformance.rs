@@ -211,6 +211,39 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     );
     assert_seqs_contiguous(store, &id).await;
 
+    // A failed attempt: its step schedules the retry; the store's completion
+    // and `TaskOutcome::apply_to` agree on every field of the failed task.
+    let (created, events) = new_run(T0);
+    store
+        .create_run(&created, &events, T0)
+        .await
+        .expect("create_run");
+    let state = step(store, &created, Input::Reconcile, T0 + 10)
+        .await
+        .expect("first reconcile");
+    let outcome = failed(FIRST, true, vec![]);
+    let before = claim_and_apply(store, &state, FIRST, "w1", &outcome).await;
+    let mut retry = decide(&before, Input::Reconcile, T0 + 30);
+    let f = fence(&state.run.id, FIRST, 1, "w1");
+    let stepped = complete_with_step(store, &f, &outcome, &state, &retry, &[]).await;
+    assert_eq!(
+        stepped.version,
+        Some(state.run.version + 1),
+        "the retry is scheduled"
+    );
+    retry.after.run.version = state.run.version + 1;
+    let stored = store.load_run(&state.run.id).await.expect("load_run");
+    assert_eq!(
+        stored, retry.after,
+        "the stored run is the failure and the retry"
+    );
+    let first = stored.task(FIRST).expect("the first task");
+    assert_eq!((first.status, first.attempt), (TaskStatus::Ready, 1));
+    assert!(
+        first.not_before.is_some_and(|t| t > T0 + 30),
+        "after a backoff"
+    );
+
     // Not taken: another step saved the run first; the completion commits alone.
     let (state, outcome, claimed) = claim_first(store, &new_run(T0)).await;
     let id = state.run.id.clone();
