@@ -183,7 +183,7 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
 /// current only while the tasks it saw in flight still are.
 pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     // Taken: one load shows both the completion and the step.
-    let (state, outcome, mut claimed) = claim_first(store, &new_run(T0)).await;
+    let (state, outcome, mut claimed) = claim_first(store).await;
     let id = state.run.id.clone();
     let f = fence(&id, FIRST, 1, "w1");
     let stepped = complete_with_step(store, &f, &outcome, &state, &claimed, &[]).await;
@@ -213,14 +213,7 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
 
     // A failed attempt: its step schedules the retry; the store's completion
     // and `TaskOutcome::apply_to` agree on every field of the failed task.
-    let (created, events) = new_run(T0);
-    store
-        .create_run(&created, &events, T0)
-        .await
-        .expect("create_run");
-    let state = step(store, &created, Input::Reconcile, T0 + 10)
-        .await
-        .expect("first reconcile");
+    let state = create_queued(store, T0).await;
     let outcome = failed(FIRST, true, vec![]);
     let before = claim_and_apply(store, &state, FIRST, "w1", &outcome).await;
     let mut retry = decide(&before, Input::Reconcile, T0 + 30);
@@ -245,7 +238,7 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     );
 
     // Not taken: another step saved the run first; the completion commits alone.
-    let (state, outcome, claimed) = claim_first(store, &new_run(T0)).await;
+    let (state, outcome, claimed) = claim_first(store).await;
     let id = state.run.id.clone();
     let other = step(store, &state, Input::Reconcile, T0 + 25)
         .await
@@ -281,7 +274,7 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
 
     // A step that cannot be saved (here: the same new task twice) does not
     // keep the completion from committing.
-    let (state, outcome, mut claimed) = claim_first(store, &new_run(T0)).await;
+    let (state, outcome, mut claimed) = claim_first(store).await;
     let id = state.run.id.clone();
     let mut twin = claimed.after.task("plan").expect("a planned task").clone();
     twin.id = "twin".into();
@@ -298,7 +291,7 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     assert_eq!(stored.run.version, state.run.version);
 
     // Refused: the fence does not hold; nothing is written.
-    let (state, outcome, claimed) = claim_first(store, &new_run(T0)).await;
+    let (state, outcome, claimed) = claim_first(store).await;
     let id = state.run.id.clone();
     let events_before = event_count(store, &id).await;
     let run_before = store.get_run(&id).await.expect("get_run");
@@ -394,20 +387,11 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
     assert_seqs_contiguous(store, &id).await;
 }
 
-/// Store `state`, reconcile it and claim its first task as `w1`; returns
+/// Store a new `sdlc` run, reconcile it and claim its first task as `w1`; returns
 /// the run as saved, the attempt's outcome, and the step the completion
 /// leads to, taken from the saved run with the completion applied.
-async fn claim_first(
-    store: &dyn Store,
-    (created, events): &(RunState, Vec<NewEvent>),
-) -> (RunState, TaskOutcome, Decided) {
-    store
-        .create_run(created, events, T0)
-        .await
-        .expect("create_run");
-    let state = step(store, created, Input::Reconcile, T0 + 10)
-        .await
-        .expect("first reconcile");
+async fn claim_first(store: &dyn Store) -> (RunState, TaskOutcome, Decided) {
+    let state = create_queued(store, T0).await;
     let outcome = succeeded(FIRST, vec![artifact(FIRST, "The app manages TODO items.")]);
     let before = claim_and_apply(store, &state, FIRST, "w1", &outcome).await;
     let decided = decide(&before, Input::Reconcile, T0 + 30);
