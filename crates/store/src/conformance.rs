@@ -492,15 +492,7 @@ pub async fn derived_saves_are_saves(store: &dyn Store) {
 pub async fn load_run_from_a_known_state(store: &dyn Store) {
     let saved = create_queued(store, T0).await;
     let id = saved.run.id.clone();
-    let same = |a: RunState, b: RunState, what: &str| assert_eq!(a, b, "{what}");
-    same(
-        store
-            .load_run_from(&id, &saved)
-            .await
-            .expect("load_run_from"),
-        store.load_run(&id).await.expect("load_run"),
-        "nothing changed",
-    );
+    loads_alike(store, &id, &saved, "nothing changed").await;
     store
         .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
         .await
@@ -514,38 +506,32 @@ pub async fn load_run_from_a_known_state(store: &dyn Store) {
         )
         .await
         .expect("complete");
-    same(
-        store
-            .load_run_from(&id, &saved)
-            .await
-            .expect("load_run_from"),
-        store.load_run(&id).await.expect("load_run"),
-        "a worker completed a task",
-    );
+    loads_alike(store, &id, &saved, "a worker completed a task").await;
     let loaded = store.load_run(&id).await.expect("load_run");
     let next = step(store, &loaded, Input::Reconcile, T0 + 40)
         .await
         .expect("reconcile");
-    same(
-        store
-            .load_run_from(&id, &saved)
-            .await
-            .expect("load_run_from"),
-        store.load_run(&id).await.expect("load_run"),
+    loads_alike(
+        store,
+        &id,
+        &saved,
         "an engine saved since (stale known state)",
-    );
-    same(
-        store
-            .load_run_from(&id, &next)
-            .await
-            .expect("load_run_from"),
-        store.load_run(&id).await.expect("load_run"),
-        "as saved",
-    );
+    )
+    .await;
+    loads_alike(store, &id, &next, "as saved").await;
     match store.load_run_from(&RunId::generate(), &next).await {
         Err(Error::RunNotFound(_)) => {}
         other => panic!("unknown run: expected RunNotFound, got {other:?}"),
     }
+}
+
+/// `load_run_from(id, known)` returns what `load_run(id)` does.
+async fn loads_alike(store: &dyn Store, id: &RunId, known: &RunState, what: &str) {
+    assert_eq!(
+        store.load_run_from(id, known).await.expect("load_run_from"),
+        store.load_run(id).await.expect("load_run"),
+        "{what}"
+    );
 }
 
 /// Journal records carried by an outcome commit with it, behind its fence: a
