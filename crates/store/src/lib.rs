@@ -592,19 +592,25 @@ pub trait Store:
         // in its own check (or its step is refused by the new version).
         let current = step.in_flight.is_empty() || {
             let tasks = self.list_tasks(&fence.run_id).await.unwrap_or_default();
-            step.in_flight.iter().all(|(id, attempt)| {
-                tasks.iter().any(|t| {
-                    t.id == *id
-                        && t.attempt == *attempt
-                        && matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
-                })
-            })
+            still_in_flight(step.in_flight, &tasks)
         };
         Ok(Stepped {
             version: Some(version),
             current,
         })
     }
+}
+
+/// Whether each task of `in_flight` (id, attempt) is still QUEUED or
+/// RUNNING at that attempt in `tasks` ([`Stepped::current`]).
+pub(crate) fn still_in_flight(in_flight: &[(String, u32)], tasks: &[Task]) -> bool {
+    in_flight.iter().all(|(id, attempt)| {
+        tasks.iter().any(|t| {
+            t.id == *id
+                && t.attempt == *attempt
+                && matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
+        })
+    })
 }
 
 /// An engine step to save with a completion ([`Store::complete_and_save`]):

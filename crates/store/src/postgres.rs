@@ -67,7 +67,7 @@ use crate::rows::{
 use crate::{
     ApiToken, ArtifactStore, DeadLetterStore, Durability, Error, EventQuery, EventStore, Fence,
     JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats,
-    StatsStore, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
+    StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore, still_in_flight,
 };
 
 /// Connections of one store's pool. Each operation holds one connection for
@@ -404,71 +404,93 @@ impl PostgresStore {
         cols: &SaveColumns<'_>,
         now: Millis,
     ) -> Attempt<i64> {
-        let run = &state.run;
         let mut tx = self.pool.begin().await?;
-        let saved = sqlx::query(sql::SAVE_RUN)
-            .bind(run_id.as_str())
-            .bind(expected_version)
-            .bind(run.status.as_str())
-            .bind(run.status_reason.as_deref())
-            .bind(i64::from(run.iterations))
-            .bind(to_json(&run.settings)?)
-            .bind(run.finished_at)
-            .bind(diff.run_changed)
-            .bind(cols.events.len)
-            .bind(now)
-            .bind(!cols.durable)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(saved) = saved else {
-            tx.rollback().await?;
-            self.require_run(run_id).await?;
-            return Err(Error::Conflict(format!(
-                "{run_id} (it is no longer at version {expected_version})"
-            ))
-            .into());
-        };
-        let version: i64 = col(&saved, "version")?;
-        let last_seq: i64 = col(&saved, "last_seq")?;
-
-        if cols.changed.len > 0 {
-            let query = bind_tasks(
-                sqlx::query(sql::UPDATE_TASKS).bind(run_id.as_str()),
-                &cols.changed,
-            )
-            .bind(&cols.expected_status)
-            .bind(&cols.expected_attempt);
-            let updated = query.execute(&mut *tx).await?.rows_affected();
-            if updated != cols.changed.len as u64 {
+        match save_in(&mut tx, run_id, expected_version, diff, state, cols, now).await? {
+            Saved::At(version) => {
+                tx.commit().await?;
+                Ok(version)
+            }
+            Saved::VersionMoved => {
                 tx.rollback().await?;
-                return Err(self.moved_task(run_id, diff).await.into());
+                self.require_run(run_id).await?;
+                Err(Error::Conflict(format!(
+                    "{run_id} (it is no longer at version {expected_version})"
+                ))
+                .into())
+            }
+            Saved::TaskMoved => {
+                tx.rollback().await?;
+                Err(self.moved_task(run_id, diff).await.into())
             }
         }
-        if let Err(e) = insert_tasks(&mut tx, run_id, &cols.new_tasks).await {
-            return Err(match e {
-                Failure::Sql(e) if is_unique_violation(&e) => Failure::Store(Error::Conflict(
-                    format!("{run_id} (a new task already exists: {})", message(&e)),
-                )),
-                e => e,
-            });
-        }
-        put_gates(&mut tx, run_id, &cols.gates).await?;
-        if !cols.dead.task_id.is_empty() {
-            sqlx::query(sql::INSERT_DEAD_LETTERS)
-                .bind(run_id.as_str())
-                .bind(now)
-                .bind(&cols.dead.task_id)
-                .bind(&cols.dead.role)
-                .bind(&cols.dead.attempts)
-                .bind(&cols.dead.error)
+    }
+
+    /// The completion of [`Self::complete_task_once`] and, in the same
+    /// transaction, behind a savepoint, the step of
+    /// [`Self::save_run_once`]: a step that no longer applies (or fails) is
+    /// rolled back alone and the completion commits without it. One durable
+    /// commit for both.
+    async fn complete_and_save_once(
+        &self,
+        fence: &Fence,
+        outcome: &TaskOutcome,
+        complete: &CompleteColumns<'_>,
+        step: &Step<'_>,
+        save: &SaveColumns<'_>,
+        now: Millis,
+    ) -> Attempt<Stepped> {
+        let run_id = &fence.run_id;
+        let mut tx = self.pool.begin().await?;
+        complete_in(&mut tx, fence, outcome, complete, now).await?;
+        sqlx::query("SAVEPOINT step").execute(&mut *tx).await?;
+        let saved = save_in(
+            &mut tx,
+            run_id,
+            step.expected_version,
+            step.diff,
+            step.state,
+            save,
+            now,
+        )
+        .await;
+        let version = match saved {
+            Ok(Saved::At(version)) => Some(version),
+            Ok(Saved::VersionMoved | Saved::TaskMoved) => {
+                tracing::debug!(run = %run_id, "step after a completion no longer applies");
+                None
+            }
+            Err(Failure::Sql(e)) if is_connection_error(&e) || is_retryable(&e) => {
+                return Err(Failure::Sql(e));
+            }
+            Err(e) => {
+                let e = match e {
+                    Failure::Sql(e) => self.db_err(e),
+                    Failure::Store(e) => e,
+                };
+                tracing::warn!(run = %run_id, error = %e, "step after a completion not saved; the engine will take it");
+                None
+            }
+        };
+        if version.is_none() {
+            sqlx::query("ROLLBACK TO SAVEPOINT step")
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_events(&mut tx, run_id, last_seq, &cols.events, now).await?;
+        // In the transaction, after the save: a task that ended before this
+        // read is seen; one that ends after it waits for this transaction's
+        // row lock on the run and then finds its own step refused.
+        let current = version.is_some()
+            && (step.in_flight.is_empty() || {
+                let rows = sqlx::query(sql::LIST_TASKS)
+                    .bind(run_id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?;
+                still_in_flight(step.in_flight, &tasks)
+            });
         tx.commit().await?;
-        Ok(version)
+        Ok(Stepped { version, current })
     }
-
     /// The conflict of a save whose changed task moved: names the task
     /// (best effort: it may move again).
     async fn moved_task(&self, run_id: &RunId, diff: &StateDiff) -> Error {
@@ -545,73 +567,8 @@ impl PostgresStore {
         cols: &CompleteColumns<'_>,
         now: Millis,
     ) -> Attempt<()> {
-        let lost = || Error::LeaseLost {
-            run: fence.run_id.to_string(),
-            task: fence.task_id.clone(),
-            attempt: fence.attempt,
-        };
-        let usage = &outcome.usage;
         let mut tx = self.pool.begin().await?;
-        let seq = sqlx::query(sql::COMPLETE_RUN_TOTALS)
-            .bind(fence.run_id.as_str())
-            .bind(cols.events.len)
-            .bind(usage.cost_usd)
-            .bind(usage.input_tokens)
-            .bind(usage.output_tokens)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(seq) = seq else {
-            tx.rollback().await?;
-            return Err(lost().into());
-        };
-        let last_seq: i64 = col(&seq, "last_seq")?;
-        let e = &cols.events;
-        let j = &cols.llm_calls;
-        let done = sqlx::query(sql::COMPLETE_TASK)
-            .bind(fence.run_id.as_str())
-            .bind(&fence.task_id)
-            .bind(i64::from(fence.attempt))
-            .bind(&fence.owner)
-            .bind(now)
-            .bind(outcome.status.as_str())
-            .bind(outcome.summary.as_deref())
-            .bind(&cols.verdict)
-            .bind(outcome.error.as_deref())
-            .bind(outcome.retryable)
-            .bind(usage.cost_usd)
-            .bind(&cols.artifacts.name)
-            .bind(&cols.artifacts.kind)
-            .bind(&cols.artifacts.path)
-            .bind(&cols.artifacts.content)
-            .bind(&cols.artifacts.metadata)
-            .bind(last_seq)
-            .bind(&e.kind)
-            .bind(&e.task_id)
-            .bind(&e.message)
-            .bind(&e.data)
-            .bind(&j.run_id)
-            .bind(&j.task_id)
-            .bind(&j.attempt)
-            .bind(&j.step)
-            .bind(&j.request_hash)
-            .bind(&j.provider)
-            .bind(&j.model)
-            .bind(&j.request)
-            .bind(&j.response)
-            .bind(&j.input_tokens)
-            .bind(&j.output_tokens)
-            .bind(&j.cache_read_tokens)
-            .bind(&j.cache_write_tokens)
-            .bind(&j.latency_ms)
-            .bind(&j.cost_usd)
-            .bind(&j.created_at)
-            .fetch_one(&mut *tx)
-            .await?;
-        let completed: i64 = col(&done, "completed")?;
-        if completed != 1 {
-            tx.rollback().await?;
-            return Err(lost().into());
-        }
+        complete_in(&mut tx, fence, outcome, cols, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -619,6 +576,163 @@ impl PostgresStore {
 
 // ---------------------------------------------------------------------------
 // Statements shared by transactions
+
+/// The statements of a fenced completion, in `tx`: the run's totals and
+/// event numbers, then the task, its artifacts, events and journal rows.
+/// [`Error::LeaseLost`] (the caller rolls back) if the fence does not hold.
+async fn complete_in(
+    tx: &mut Tx,
+    fence: &Fence,
+    outcome: &TaskOutcome,
+    cols: &CompleteColumns<'_>,
+    now: Millis,
+) -> Attempt<()> {
+    let lost = || Error::LeaseLost {
+        run: fence.run_id.to_string(),
+        task: fence.task_id.clone(),
+        attempt: fence.attempt,
+    };
+    let usage = &outcome.usage;
+    let seq = sqlx::query(sql::COMPLETE_RUN_TOTALS)
+        .bind(fence.run_id.as_str())
+        .bind(cols.events.len)
+        .bind(usage.cost_usd)
+        .bind(usage.input_tokens)
+        .bind(usage.output_tokens)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(seq) = seq else {
+        return Err(lost().into());
+    };
+    let last_seq: i64 = col(&seq, "last_seq")?;
+    let e = &cols.events;
+    let j = &cols.llm_calls;
+    let done = sqlx::query(sql::COMPLETE_TASK)
+        .bind(fence.run_id.as_str())
+        .bind(&fence.task_id)
+        .bind(i64::from(fence.attempt))
+        .bind(&fence.owner)
+        .bind(now)
+        .bind(outcome.status.as_str())
+        .bind(outcome.summary.as_deref())
+        .bind(&cols.verdict)
+        .bind(outcome.error.as_deref())
+        .bind(outcome.retryable)
+        .bind(usage.cost_usd)
+        .bind(&cols.artifacts.name)
+        .bind(&cols.artifacts.kind)
+        .bind(&cols.artifacts.path)
+        .bind(&cols.artifacts.content)
+        .bind(&cols.artifacts.metadata)
+        .bind(last_seq)
+        .bind(&e.kind)
+        .bind(&e.task_id)
+        .bind(&e.message)
+        .bind(&e.data)
+        .bind(&j.run_id)
+        .bind(&j.task_id)
+        .bind(&j.attempt)
+        .bind(&j.step)
+        .bind(&j.request_hash)
+        .bind(&j.provider)
+        .bind(&j.model)
+        .bind(&j.request)
+        .bind(&j.response)
+        .bind(&j.input_tokens)
+        .bind(&j.output_tokens)
+        .bind(&j.cache_read_tokens)
+        .bind(&j.cache_write_tokens)
+        .bind(&j.latency_ms)
+        .bind(&j.cost_usd)
+        .bind(&j.created_at)
+        .fetch_one(&mut **tx)
+        .await?;
+    let completed: i64 = col(&done, "completed")?;
+    if completed != 1 {
+        return Err(lost().into());
+    }
+    Ok(())
+}
+
+/// How the statements of a save ([`save_in`]) ended.
+enum Saved {
+    /// Written; the run's new version.
+    At(i64),
+    /// The run is gone or no longer at the expected version: nothing written.
+    VersionMoved,
+    /// A changed task is no longer at its expected status and attempt: the
+    /// run row and some tasks were written; the caller rolls them back.
+    TaskMoved,
+}
+
+/// The statements of an engine save, in `tx`; see [`Saved`] for the cases
+/// the caller must roll back.
+async fn save_in(
+    tx: &mut Tx,
+    run_id: &RunId,
+    expected_version: i64,
+    diff: &StateDiff,
+    state: &RunState,
+    cols: &SaveColumns<'_>,
+    now: Millis,
+) -> Attempt<Saved> {
+    let run = &state.run;
+    let saved = sqlx::query(sql::SAVE_RUN)
+        .bind(run_id.as_str())
+        .bind(expected_version)
+        .bind(run.status.as_str())
+        .bind(run.status_reason.as_deref())
+        .bind(i64::from(run.iterations))
+        .bind(to_json(&run.settings)?)
+        .bind(run.finished_at)
+        .bind(diff.run_changed)
+        .bind(cols.events.len)
+        .bind(now)
+        .bind(!cols.durable)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(saved) = saved else {
+        return Ok(Saved::VersionMoved);
+    };
+    let version: i64 = col(&saved, "version")?;
+    let last_seq: i64 = col(&saved, "last_seq")?;
+
+    if cols.changed.len > 0 {
+        let query = bind_tasks(
+            sqlx::query(sql::UPDATE_TASKS).bind(run_id.as_str()),
+            &cols.changed,
+        )
+        .bind(&cols.expected_status)
+        .bind(&cols.expected_attempt);
+        let updated = query.execute(&mut **tx).await?.rows_affected();
+        if updated != cols.changed.len as u64 {
+            return Ok(Saved::TaskMoved);
+        }
+    }
+    if let Err(e) = insert_tasks(tx, run_id, &cols.new_tasks).await {
+        return Err(match e {
+            Failure::Sql(e) if is_unique_violation(&e) => Failure::Store(Error::Conflict(format!(
+                "{run_id} (a new task already exists: {})",
+                message(&e)
+            ))),
+            e => e,
+        });
+    }
+    put_gates(tx, run_id, &cols.gates).await?;
+    if !cols.dead.task_id.is_empty() {
+        sqlx::query(sql::INSERT_DEAD_LETTERS)
+            .bind(run_id.as_str())
+            .bind(now)
+            .bind(&cols.dead.task_id)
+            .bind(&cols.dead.role)
+            .bind(&cols.dead.attempts)
+            .bind(&cols.dead.error)
+            .execute(&mut **tx)
+            .await?;
+    }
+    insert_events(tx, run_id, last_seq, &cols.events, now).await?;
+    Ok(Saved::At(version))
+}
 
 /// Insert new tasks after the run's existing ones (nothing if none).
 async fn insert_tasks(tx: &mut Tx, run_id: &RunId, tasks: &TaskColumns<'_>) -> Attempt<()> {
@@ -854,6 +968,67 @@ struct SaveColumns<'a> {
     events: EventColumns<'a>,
     /// Wait for the WAL flush at commit (not for [`Durability::Derived`]).
     durable: bool,
+}
+
+impl<'a> SaveColumns<'a> {
+    fn of(
+        diff: &'a StateDiff,
+        events: &'a [NewEvent],
+        dead: &'a [NewDeadLetter],
+        durable: bool,
+    ) -> Result<Self> {
+        let mut dead_cols = DeadColumns::default();
+        for d in dead {
+            dead_cols.task_id.push(&d.task_id);
+            dead_cols.role.push(d.role.as_str());
+            dead_cols.attempts.push(i64::from(d.attempts));
+            dead_cols.error.push(&d.error);
+        }
+        Ok(SaveColumns {
+            changed: TaskColumns::of(diff.changed_tasks.iter().map(|c| &c.task))?,
+            expected_status: diff
+                .changed_tasks
+                .iter()
+                .map(|c| c.expected_status.as_str())
+                .collect(),
+            expected_attempt: diff
+                .changed_tasks
+                .iter()
+                .map(|c| i64::from(c.expected_attempt))
+                .collect(),
+            new_tasks: TaskColumns::of(&diff.new_tasks)?,
+            gates: GateColumns::of(&diff.changed_gates)?,
+            dead: dead_cols,
+            events: EventColumns::of(events)?,
+            durable,
+        })
+    }
+}
+
+impl<'a> CompleteColumns<'a> {
+    /// Refuses an outcome that is not an attempt's end.
+    fn of(outcome: &'a TaskOutcome) -> Result<Self> {
+        if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
+            return Err(Error::Database(format!(
+                "a task attempt ends SUCCEEDED or FAILED, not {}",
+                outcome.status
+            )));
+        }
+        let mut artifacts = ArtifactColumns::default();
+        for a in &outcome.artifacts {
+            artifacts.name.push(&a.name);
+            artifacts.kind.push(&a.kind);
+            artifacts.path.push(a.path.as_deref());
+            artifacts.content.push(&a.content);
+            artifacts.metadata.push(to_json(&a.metadata)?);
+        }
+        Ok(CompleteColumns {
+            verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
+            artifacts,
+            events: EventColumns::of(&outcome.events)?,
+            llm_calls: LlmCallColumns::of(&outcome.llm_calls),
+        })
+    }
 }
 
 /// Artifacts: one array per column of `complete_task.sql`.
@@ -1201,31 +1376,7 @@ impl RunStore for PostgresStore {
         now: Millis,
         durability: Durability,
     ) -> Result<i64> {
-        let mut dead_cols = DeadColumns::default();
-        for d in dead {
-            dead_cols.task_id.push(&d.task_id);
-            dead_cols.role.push(d.role.as_str());
-            dead_cols.attempts.push(i64::from(d.attempts));
-            dead_cols.error.push(&d.error);
-        }
-        let cols = SaveColumns {
-            changed: TaskColumns::of(diff.changed_tasks.iter().map(|c| &c.task))?,
-            expected_status: diff
-                .changed_tasks
-                .iter()
-                .map(|c| c.expected_status.as_str())
-                .collect(),
-            expected_attempt: diff
-                .changed_tasks
-                .iter()
-                .map(|c| i64::from(c.expected_attempt))
-                .collect(),
-            new_tasks: TaskColumns::of(&diff.new_tasks)?,
-            gates: GateColumns::of(&diff.changed_gates)?,
-            dead: dead_cols,
-            events: EventColumns::of(events)?,
-            durable: durability == Durability::Durable,
-        };
+        let cols = SaveColumns::of(diff, events, dead, durability == Durability::Durable)?;
         self.retrying(run_id, || {
             self.save_run_once(run_id, expected_version, diff, state, &cols, now)
         })
@@ -1301,26 +1452,7 @@ impl TaskStore for PostgresStore {
     }
 
     async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
-        if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
-            return Err(Error::Database(format!(
-                "a task attempt ends SUCCEEDED or FAILED, not {}",
-                outcome.status
-            )));
-        }
-        let mut artifacts = ArtifactColumns::default();
-        for a in &outcome.artifacts {
-            artifacts.name.push(&a.name);
-            artifacts.kind.push(&a.kind);
-            artifacts.path.push(a.path.as_deref());
-            artifacts.content.push(&a.content);
-            artifacts.metadata.push(to_json(&a.metadata)?);
-        }
-        let cols = CompleteColumns {
-            verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
-            artifacts,
-            events: EventColumns::of(&outcome.events)?,
-            llm_calls: LlmCallColumns::of(&outcome.llm_calls),
-        };
+        let cols = CompleteColumns::of(outcome)?;
         self.retrying(&fence.run_id, || {
             self.complete_task_once(fence, outcome, &cols, now)
         })
@@ -1686,6 +1818,24 @@ impl StatsStore for PostgresStore {
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    /// The completion and the step in one transaction with one durable
+    /// commit ([`Self::complete_and_save_once`]), where the default would
+    /// commit twice and read the tasks after.
+    async fn complete_and_save(
+        &self,
+        fence: &Fence,
+        outcome: &TaskOutcome,
+        now: Millis,
+        step: &Step<'_>,
+    ) -> Result<Stepped> {
+        let complete = CompleteColumns::of(outcome)?;
+        let save = SaveColumns::of(step.diff, step.events, step.dead, true)?;
+        self.retrying(&fence.run_id, || {
+            self.complete_and_save_once(fence, outcome, &complete, step, &save, now)
+        })
+        .await
     }
 }
 
