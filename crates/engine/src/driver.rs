@@ -83,10 +83,9 @@ impl Engine {
         let mut rx = self.changes();
         let mut seen = rx.borrow_and_update().count;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let done = |s: RunStatus| s.is_terminal() || s == RunStatus::NeedsInput;
         loop {
             let run = self.deps.store.get_run(run_id).await?;
-            if done(run.status) {
+            if ends_a_wait(run.status) {
                 return Ok(run);
             }
             loop {
@@ -106,7 +105,7 @@ impl Engine {
                     && steps
                         .last
                         .as_ref()
-                        .is_some_and(|(id, status)| id != run_id || !done(*status));
+                        .is_some_and(|(id, status)| id != run_id || !ends_a_wait(*status));
                 if !unchanged {
                     break;
                 }
@@ -264,6 +263,11 @@ impl Engine {
             let now = self.deps.clock.now_ms();
             let decided = Decided::from(&before, input(), now)?;
             if decided.is_empty() {
+                // A step taken elsewhere (a worker process) may have ended
+                // the run: waiters here hear of it from this tick.
+                if ends_a_wait(before.run.status) {
+                    self.announce(run_id, before.run.status);
+                }
                 return Ok(TickOutcome {
                     status: decided.after.run.status,
                     dispatched: 0,
@@ -309,24 +313,52 @@ impl Engine {
     /// save without changing the version; the store tells whether any did
     /// (the step is then not current, as any engine step may be: what it
     /// changes is compare-and-set) and the engine is woken to look again.
-    /// Returns whether it must be woken; errors are the completion's.
+    /// A view of the run that is missing or older than the claim's (another
+    /// process's engine or worker saved it since) is replaced by
+    /// `claimed_state` (the run read with the claim), else read from the
+    /// store: a worker process steps the runs it works on as an engine
+    /// process would.
+    /// Returns whether an engine loop must be woken: when the step was not
+    /// saved or not current, and, if `loop_here` is false (no engine loop in
+    /// this process, so no waiter of a run here), when it ended the run or
+    /// made it wait for input, so the loop's waiters hear of it. Errors are
+    /// the completion's.
     pub(crate) async fn complete(
         &self,
         fence: &Fence,
         outcome: &TaskOutcome,
         claimed: &Task,
         run: &Run,
+        claimed_state: Option<RunState>,
+        loop_here: bool,
     ) -> orch_store::Result<bool> {
-        let now = self.deps.clock.now_ms();
-        let known = self
+        let cached = self
             .saved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fence.run_id)
-            // A view older than the claim's read of the run: another engine
-            // saved it since, and a step from this view would be refused.
-            .filter(|known| known.run.version >= run.version)
             .cloned();
+        let known = match (cached, claimed_state) {
+            (Some(known), _) if known.run.version >= run.version => Some(known),
+            // None, or older than the claim's read of the run (another
+            // engine saved it since: a step from that view would be
+            // refused): the run as read with the claim, or as it is now.
+            (_, Some(state)) => Some(std::sync::Arc::new(state)),
+            (cached, None) => {
+                let loaded = match &cached {
+                    Some(known) => self.deps.store.load_run_from(&fence.run_id, known).await,
+                    None => self.deps.store.load_run(&fence.run_id).await,
+                };
+                match loaded {
+                    Ok(state) => Some(std::sync::Arc::new(state)),
+                    Err(e) => {
+                        debug!(run = %fence.run_id, error = %e, "no view of the run for the completion's step");
+                        None
+                    }
+                }
+            }
+        };
+        let now = self.deps.clock.now_ms();
         let step = known.and_then(|known| {
             let i = known
                 .tasks
@@ -378,10 +410,11 @@ impl Engine {
                 },
             )
             .await?;
-        if let Some(version) = stepped.version {
-            self.saved(&fence.run_id, decided, version).await;
-        }
-        Ok(!stepped.current)
+        let Some(version) = stepped.version else {
+            return Ok(true);
+        };
+        let status = self.saved(&fence.run_id, decided, version).await.status;
+        Ok(!stepped.current || (!loop_here && ends_a_wait(status)))
     }
 
     /// After a step's save committed at `version`: remember the run as saved,
@@ -408,10 +441,7 @@ impl Engine {
                 runs.insert(run_id.clone(), std::sync::Arc::new(after));
             }
         }
-        self.steps.send_modify(|s| {
-            s.count += 1;
-            s.last = Some((run_id.clone(), status));
-        });
+        self.announce(run_id, status);
         // Published only after the commit: a crash here leaves QUEUED
         // tasks that the sweeper publishes again.
         for d in &dispatches {
@@ -424,6 +454,14 @@ impl Engine {
             dispatched: dispatches.len(),
             events: events.len(),
         }
+    }
+
+    /// Tell this process's waiters that `run_id` is now at `status`.
+    fn announce(&self, run_id: &RunId, status: RunStatus) {
+        self.steps.send_modify(|s| {
+            s.count += 1;
+            s.last = Some((run_id.clone(), status));
+        });
     }
 
     /// A retry the step scheduled (a task made READY with a `not_before`)
@@ -477,6 +515,11 @@ impl Engine {
     pub async fn run(&self, id: &RunId) -> Result<Run> {
         Ok(self.deps.store.get_run(id).await?)
     }
+}
+
+/// A status that ends [`Engine::wait`]: terminal, or waiting for a person.
+fn ends_a_wait(status: RunStatus) -> bool {
+    status.is_terminal() || status == RunStatus::NeedsInput
 }
 
 /// What the state machine decided from one state of a run: the state after,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::Engine;
-use crate::worker::spawn_workers;
+use crate::worker::{Stepper, spawn_workers};
 
 /// Running loops of one process.
 #[derive(Debug)]
@@ -31,11 +31,17 @@ impl Runtime {
         if with_engine {
             tasks.spawn(engine_loop(engine.clone(), cancel.clone()));
         }
+        // Workers take each run's next step with their completions, in
+        // this process or in one of their own (`orchestrator worker`).
+        let stepper = Stepper {
+            engine: engine.clone(),
+            loop_here: with_engine,
+        };
         spawn_workers(
             &mut tasks,
             engine.deps(),
             engine.options(),
-            with_engine.then_some(&engine),
+            Some(&stepper),
             roles,
             &cancel,
         );

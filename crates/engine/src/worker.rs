@@ -129,11 +129,19 @@ impl EventSink for StoreSink {
     }
 }
 
+/// The engine whose completions take the run's next step
+/// ([`Engine::complete`]), and whether its loop runs in this process.
+#[derive(Debug, Clone)]
+pub(crate) struct Stepper {
+    pub(crate) engine: Engine,
+    pub(crate) loop_here: bool,
+}
+
 /// One worker loop: receive from `role`'s queue until cancelled.
 pub(crate) async fn worker_loop(
     deps: Deps,
     opts: EngineOptions,
-    engine: Option<Engine>,
+    stepper: Option<Stepper>,
     role: Role,
     cancel: CancellationToken,
 ) {
@@ -150,7 +158,7 @@ pub(crate) async fn worker_loop(
                 backoff = Duration::from_millis(100);
                 // The attempt is not cancelled by shutdown directly: the
                 // runtime waits for it up to the drain timeout.
-                if let Err(e) = execute(&deps, &opts, engine.as_ref(), &id, &delivery).await {
+                if let Err(e) = execute(&deps, &opts, stepper.as_ref(), &id, &delivery).await {
                     warn!(worker = %id.0, task = %delivery.dispatch.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried");
                     continue; // not acked: a broker that redelivers will redeliver
                 }
@@ -192,14 +200,18 @@ impl Engine {
     /// [`orch_store::Store::complete_and_save`]); the engine is woken only
     /// when that step was not saved or may have missed other tasks' progress.
     pub async fn execute_delivery(&self, worker: &WorkerId, delivery: &Delivery) -> Result<()> {
-        execute(&self.deps, &self.opts, Some(self), worker, delivery).await
+        let stepper = Stepper {
+            engine: self.clone(),
+            loop_here: true,
+        };
+        execute(&self.deps, &self.opts, Some(&stepper), worker, delivery).await
     }
 }
 
 async fn execute(
     deps: &Deps,
     opts: &EngineOptions,
-    engine: Option<&Engine>,
+    stepper: Option<&Stepper>,
     worker: &WorkerId,
     delivery: &Delivery,
 ) -> Result<()> {
@@ -227,12 +239,17 @@ async fn execute(
         now,
         upstream: &upstream_names,
         upstream_tasks: &upstream_tasks,
+        // A worker without the engine loop beside it rarely holds the run
+        // as last saved (another process took the last step): its step will
+        // start from the run as read with the claim.
+        with_state: stepper.is_some_and(|s| !s.loop_here),
     };
     let Some(orch_store::ClaimedAttempt {
         task,
         run,
         messages,
         upstream,
+        state,
     }) = deps.store.claim_attempt(&claim).await?
     else {
         debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
@@ -379,10 +396,14 @@ async fn execute(
     let n_llm = llm_events.len();
     outcome.events.splice(0..0, llm_events);
     outcome.llm_calls = llm_calls;
-    // With the engine in this process the completion takes the run's next
-    // step with it; otherwise the engine is woken to take it.
-    let completed = match engine {
-        Some(engine) => engine.complete(&fence, &outcome, &task, &run).await,
+    // With an engine the completion takes the run's next step with it;
+    // otherwise an engine is woken to take it.
+    let completed = match stepper {
+        Some(s) => {
+            s.engine
+                .complete(&fence, &outcome, &task, &run, state, s.loop_here)
+                .await
+        }
         None => deps
             .store
             .complete_task(&fence, &outcome, deps.clock.now_ms())
@@ -648,7 +669,7 @@ pub(crate) fn spawn_workers(
     set: &mut tokio::task::JoinSet<()>,
     deps: &Deps,
     opts: &EngineOptions,
-    engine: Option<&Engine>,
+    stepper: Option<&Stepper>,
     roles: &[Role],
     cancel: &CancellationToken,
 ) {
@@ -657,7 +678,7 @@ pub(crate) fn spawn_workers(
             set.spawn(worker_loop(
                 deps.clone(),
                 opts.clone(),
-                engine.cloned(),
+                stepper.cloned(),
                 role,
                 cancel.clone(),
             ));

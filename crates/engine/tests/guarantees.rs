@@ -621,7 +621,7 @@ async fn a_completion_beside_the_engine_takes_the_next_step() {
     );
 
     // Another engine (another process) saves the run: this engine's view is
-    // outdated, so the completion commits alone and wakes the engine.
+    // outdated, so the completion's step starts from the run read anew.
     let state = h.store.load_run(&run).await.unwrap();
     h.store
         .save_run(
@@ -646,18 +646,10 @@ async fn a_completion_beside_the_engine_takes_the_next_step() {
     );
     assert_eq!(
         status_of(&h.store, &run, "ux_design").await,
-        (TaskStatus::Pending, 0),
-        "no step from an outdated view"
+        (TaskStatus::Queued, 1),
+        "stepped from the run as stored, not from the outdated view"
     );
-    assert_eq!(
-        h.broker.wakes(Duration::ZERO).await.unwrap(),
-        vec![run.clone()]
-    );
-    h.engine.tick(&run).await.unwrap();
-    assert_eq!(
-        status_of(&h.store, &run, "ux_design").await,
-        (TaskStatus::Queued, 1)
-    );
+    assert!(h.broker.wakes(Duration::ZERO).await.unwrap().is_empty());
     let events = h
         .store
         .list_events(&run, EventQuery::default())
@@ -714,5 +706,58 @@ async fn a_retry_is_queued_when_its_backoff_ends() {
     assert_eq!(
         status_of(&h.store, &run, "requirements").await,
         (TaskStatus::Succeeded, 2)
+    );
+}
+
+/// Workers in a process of their own (`orchestrator worker`: no engine loop
+/// there) take each run's next step with their completions, and tell the
+/// engine loop elsewhere when a run ends, whose waiters then hear of it at
+/// once (here the waiter's poll is an hour: only that announcement ends it).
+#[tokio::test]
+async fn workers_without_the_engine_loop_step_runs_and_announce_their_end() {
+    let h = harness(generic(), Arc::new(SystemClock), EngineOptions::default()).await;
+    // The worker process: its own engine on the same store and queues.
+    let workers = orch_engine::Engine::new(h.engine.deps().clone(), EngineOptions::default());
+    let stepped = workers.changes();
+    let serve = Runtime::start(h.engine.clone(), &[], true);
+    let worker = Runtime::start(workers, &Role::SPECIALISTS, false);
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    let saved_by_serve = h.engine.changes().borrow().count;
+    let done = tokio::time::timeout(
+        Duration::from_secs(60),
+        h.engine.wait(&run, Duration::from_secs(3600), None),
+    )
+    .await
+    .expect("the end of the run is announced to the waiter")
+    .unwrap();
+    worker.shutdown().await;
+    serve.shutdown().await;
+    assert_eq!(
+        done.status,
+        RunStatus::Completed,
+        "{:?}",
+        done.status_reason
+    );
+    let tasks = h.store.list_tasks(&run).await.unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.status == TaskStatus::Succeeded && t.attempt == 1)
+    );
+    // Nine completions; the worker process saved a step with (nearly) each:
+    // one of two reviews or engineers ending together may leave it to the loop.
+    assert!(
+        stepped.borrow().count >= 8,
+        "steps saved by the worker process: {}",
+        stepped.borrow().count
+    );
+    assert!(
+        h.engine.changes().borrow().count > saved_by_serve,
+        "the loop announced the end"
     );
 }

@@ -95,6 +95,7 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         now,
         upstream: &names,
         upstream_tasks: &writers,
+        with_state: true,
     };
     let first = store
         .claim_attempt(&claim(1, "w1", T0 + 20))
@@ -149,6 +150,12 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         Some("the model returned no artifact")
     );
     assert_eq!(second.run, store.get_run(&id).await.expect("get_run"));
+    // The whole run, if the backend reads it with the claim: as load_run has it.
+    if let Some(state) = &second.state {
+        assert_eq!(state, &store.load_run(&id).await.expect("load_run"));
+        assert_eq!(state.run, second.run);
+        assert_eq!(state.task(FIRST), Some(&second.task));
+    }
     assert!(
         second.run.cost_usd > 0.0,
         "the run row is read after the claim"
@@ -2536,6 +2543,7 @@ pub async fn concurrent_claims_of_many_runs(store: Arc<dyn Store>, runs: usize) 
                     now: T0 + 20,
                     upstream: &names,
                     upstream_tasks: &names,
+                    with_state: false,
                 };
                 let claimed = store.claim_attempt(&claim).await.expect("claim_attempt");
                 (id.clone(), owner.clone(), claimed)

@@ -533,16 +533,26 @@ pub trait Store:
             kind: Some(orch_core::EventKind::ChannelMessage),
             ..EventQuery::default()
         };
+        let run = async {
+            if claim.with_state {
+                let state = self.load_run(claim.run_id).await?;
+                Ok((state.run.clone(), Some(state)))
+            } else {
+                Ok((self.get_run(claim.run_id).await?, None))
+            }
+        };
         let (run, messages, upstream) = tokio::join!(
-            self.get_run(claim.run_id),
+            run,
             self.list_events(claim.run_id, query),
             self.latest_artifacts_named(claim.run_id, claim.upstream_tasks, claim.upstream),
         );
+        let (run, state) = run?;
         Ok(Some(ClaimedAttempt {
             task,
-            run: run?,
+            run,
             messages: messages?,
             upstream: upstream?,
+            state,
         }))
     }
 
@@ -655,6 +665,11 @@ pub struct Claim<'a> {
     /// The task's upstream tasks, whose versions of those artifacts it reads
     /// (see [`ArtifactStore::latest_artifacts_named`]).
     pub upstream_tasks: &'a [String],
+    /// Also read the whole run ([`ClaimedAttempt::state`]), for a worker
+    /// that takes the run's next step with its completion and holds no
+    /// recent view of the run. A backend may decline (`state` is then
+    /// `None` and the caller reads it when it needs it).
+    pub with_state: bool,
 }
 
 /// A claimed attempt with what its worker reads before running it.
@@ -668,6 +683,9 @@ pub struct ClaimedAttempt {
     pub messages: Vec<Event>,
     /// The latest version of each (name, path) of the upstream artifacts.
     pub upstream: Vec<Artifact>,
+    /// The run with its tasks and gates, read after the claim, if
+    /// [`Claim::with_state`] asked for it (and the backend reads it).
+    pub state: Option<RunState>,
 }
 
 /// Open the store a `DATABASE_URL` names (creating and migrating a SQLite

@@ -1348,6 +1348,7 @@ impl TaskStore for SqliteStore {
             now,
             upstream: &[],
             upstream_tasks: &[],
+            with_state: false,
         };
         let Some(rows) = self.claim(sql::CLAIM_TASK, &claim).await? else {
             return Ok(None);
@@ -1758,6 +1759,8 @@ impl Store for SqliteStore {
             run: run.ok_or_else(|| missing("run"))?,
             messages,
             upstream,
+            // Declined: an engine in this process holds the run as it saved it.
+            state: None,
         }))
     }
 }
