@@ -186,6 +186,43 @@ struct Conns {
     /// `None` for an in-memory database, whose one connection (the writer)
     /// holds the whole database.
     readers: Option<Arc<Readers>>,
+    /// The thread that drives the write connection's calls.
+    thread: Arc<WriterThread>,
+}
+
+/// A thread of its own, with a one-thread tokio runtime, on which the calls
+/// to the write connection are driven ([`SqliteStore::on_writer`]). A call
+/// hands its statement to sqlx's connection thread and waits for the answer;
+/// driven on the caller's runtime, the next queued call could start only
+/// when that runtime got round to polling the finished one and waking the
+/// next — while it rendered prompts and parsed outputs, the connection sat
+/// idle. Here the next call starts as soon as the last one is answered.
+#[derive(Debug)]
+struct WriterThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the store: ends the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl WriterThread {
+    fn start() -> Result<WriterThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Database(format!("cannot start the SQLite writer thread: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("orch-sqlite-writer".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| Error::Database(format!("cannot start the SQLite writer thread: {e}")))?;
+        Ok(WriterThread {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 impl Conns {
@@ -314,6 +351,7 @@ impl SqliteStore {
                     conns: Conns {
                         writer: Arc::new(Mutex::new(Some(writer))),
                         readers: None,
+                        thread: Arc::new(WriterThread::start()?),
                     },
                     location: "sqlite::memory:".into(),
                 }
@@ -340,6 +378,7 @@ impl SqliteStore {
                     conns: Conns {
                         writer: Arc::new(Mutex::new(Some(writer))),
                         readers: Some(Arc::new(readers)),
+                        thread: Arc::new(WriterThread::start()?),
                     },
                     location: path.display().to_string(),
                 }
@@ -427,8 +466,7 @@ impl SqliteStore {
         query: Query,
         map: impl FnOnce(sqlx::Error) -> Error,
     ) -> Result<Call> {
-        let mut writer = self.conns.writer().await;
-        match query.fetch_all(conn(&mut writer)?).await {
+        match self.on_writer(query).await? {
             Ok(rows) => Ok(Call::Done(rows)),
             Err(e) => match Refusal::of(&e) {
                 Some(refusal) => Ok(Call::Refused(refusal)),
@@ -454,8 +492,30 @@ impl SqliteStore {
 
     /// Run a single-statement write on the write connection.
     async fn write_one(&self, query: Query) -> Result<Vec<SqliteRow>> {
-        let mut writer = self.conns.writer().await;
-        query.fetch_all(conn(&mut writer)?).await.map_err(db_err)
+        self.on_writer(query).await?.map_err(db_err)
+    }
+
+    /// Run `query` on the write connection: at once on the caller's task if
+    /// the connection is free (no queue, so nothing waits on this caller's
+    /// runtime; one hand-off fewer), else queued on the writer thread
+    /// ([`WriterThread`]). The outer error is the store's (closed), the
+    /// inner the statement's.
+    async fn on_writer(
+        &self,
+        query: Query,
+    ) -> Result<std::result::Result<Vec<SqliteRow>, sqlx::Error>> {
+        let slot = self.conns.writer.clone();
+        if let Ok(mut writer) = slot.clone().try_lock_owned() {
+            let conn = conn(&mut writer)?;
+            return Ok(query.fetch_all(conn).await);
+        }
+        let call = self.conns.thread.handle.spawn(async move {
+            let mut writer = slot.lock_owned().await;
+            let conn = conn(&mut writer)?;
+            Ok(query.fetch_all(conn).await)
+        });
+        call.await
+            .map_err(|e| Error::Database(format!("the SQLite writer thread failed: {e}")))?
     }
 
     /// Run a claim procedure call (`sql`: [`sql::CLAIM_TASK`] or
