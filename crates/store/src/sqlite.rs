@@ -27,6 +27,13 @@
 //! Writers are queued on one dedicated connection (see [`SqliteStore`]);
 //! readers use connections of their own. Other processes sharing the file
 //! are waited for up to [`BUSY_TIMEOUT`].
+//!
+//! Checkpoints run beside the writer, not in its commits: a connection of
+//! its own copies the WAL back into the database at most every
+//! [`CHECKPOINT_EVERY`] after writes (see [`WriterThread::checkpoint`]); the
+//! write connection's automatic checkpoint is left only as a bound
+//! (`wal_autocheckpoint=10000` pages) should that fall behind. The last
+//! connection to close checkpoints what is left and removes the WAL.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -64,6 +71,11 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections of a file database (besides the one write connection).
 const MAX_READERS: usize = 7;
+
+/// How long after a write the checkpointer copies the WAL back into the
+/// database file (about what SQLite's default automatic checkpoint, every
+/// 1,000 pages, would let through at the rate this store writes).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// The embedded migrations of the SQLite schema.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -200,6 +212,11 @@ struct Conns {
 #[derive(Debug)]
 struct WriterThread {
     handle: tokio::runtime::Handle,
+    /// Told of every write; the checkpointer waits for it.
+    wrote: Arc<tokio::sync::Notify>,
+    /// The checkpointer's connection (file databases), closed before the
+    /// writer so that the writer's close is the last one.
+    checkpointer: Slot,
     /// Dropped with the store: ends the thread.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -220,13 +237,72 @@ impl WriterThread {
             .map_err(|e| Error::Database(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(WriterThread {
             handle,
+            wrote: Arc::new(tokio::sync::Notify::new()),
+            checkpointer: Arc::new(Mutex::new(None)),
             _stop: stop,
         })
     }
+
+    /// Start checkpointing the file `options` opens, on this thread: after
+    /// each write (at most every [`CHECKPOINT_EVERY`]), on a connection of
+    /// its own, in two passes. The first copies the WAL back beside the
+    /// writer; under a steady stream of writes it never finishes (each
+    /// commit appends more), and SQLite starts the WAL over only after a
+    /// checkpoint that did. So the second pass holds `writer` (this
+    /// process's write connection, idle meanwhile) and copies what was
+    /// appended since: a few pages, after which the next write starts the
+    /// WAL from its beginning. A failure is logged and tried again after
+    /// the next write.
+    fn checkpoint(&self, options: SqliteConnectOptions, writer: Slot) {
+        let (wrote, slot) = (self.wrote.clone(), self.checkpointer.clone());
+        self.handle.spawn(async move {
+            loop {
+                wrote.notified().await;
+                tokio::time::sleep(CHECKPOINT_EVERY).await;
+                match checkpoint_once(&options, &slot, &writer).await {
+                    Ok(true) => {}
+                    Ok(false) => return, // the store is closed
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checkpoint failed; will try again after the next write");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The checkpointer's two passes ([`WriterThread::checkpoint`]) on the
+/// connection in `slot` (opened from `options` if need be); `Ok(false)` if
+/// the store is closed.
+async fn checkpoint_once(
+    options: &SqliteConnectOptions,
+    slot: &Slot,
+    writer: &Slot,
+) -> std::result::Result<bool, sqlx::Error> {
+    const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+    let mut taken = slot.clone().lock_owned().await;
+    if taken.is_none() {
+        if writer.lock().await.is_none() {
+            return Ok(false);
+        }
+        *taken = Some(SqliteConnection::connect_with(options).await?);
+    }
+    let Some(c) = taken.as_mut() else {
+        return Ok(false);
+    };
+    sqlx::query(PASSIVE).fetch_all(&mut *c).await?;
+    let writer = writer.lock().await;
+    if writer.is_none() {
+        return Ok(false);
+    }
+    sqlx::query(PASSIVE).fetch_all(&mut *c).await?;
+    drop(writer);
+    Ok(true)
 }
 
 impl Conns {
     async fn writer(&self) -> Taken {
+        self.thread.wrote.notify_one();
         self.writer.clone().lock_owned().await
     }
 
@@ -368,17 +444,23 @@ impl SqliteStore {
                 }
                 let options = file_options(&path)
                     .create_if_missing(create)
-                    .journal_mode(SqliteJournalMode::Wal);
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // The checkpointer does it, beside this connection
+                    // (this only bounds the WAL if it cannot).
+                    .pragma("wal_autocheckpoint", "10000");
                 let writer = SqliteConnection::connect_with(&options)
                     .await
                     .map_err(|e| connect_err(url, e))?;
                 // Readers find the file in WAL mode already.
                 let readers = Readers::new(file_options(&path), MAX_READERS);
+                let thread = WriterThread::start()?;
+                let writer = Arc::new(Mutex::new(Some(writer)));
+                thread.checkpoint(file_options(&path), writer.clone());
                 SqliteStore {
                     conns: Conns {
-                        writer: Arc::new(Mutex::new(Some(writer))),
+                        writer,
                         readers: Some(Arc::new(readers)),
-                        thread: Arc::new(WriterThread::start()?),
+                        thread: Arc::new(thread),
                     },
                     location: path.display().to_string(),
                 }
@@ -440,12 +522,21 @@ impl SqliteStore {
         if let Some(readers) = &self.conns.readers {
             readers.close().await;
         }
+        // Held until the writer is closed too: the checkpointer, finding
+        // both closed, stops instead of opening its connection again.
+        let mut checkpointer = self.conns.thread.checkpointer.lock().await;
+        if let Some(c) = checkpointer.take()
+            && let Err(e) = c.close().await
+        {
+            tracing::warn!(error = %e, "closing the checkpoint connection");
+        }
         let writer = self.conns.writer.lock().await.take();
         if let Some(writer) = writer
             && let Err(e) = writer.close().await
         {
             tracing::warn!(error = %e, database = %self.location, "closing the database");
         }
+        drop(checkpointer);
     }
 
     /// Call a procedure with the parameter document `doc`.
@@ -505,6 +596,7 @@ impl SqliteStore {
         query: Query,
     ) -> Result<std::result::Result<Vec<SqliteRow>, sqlx::Error>> {
         let slot = self.conns.writer.clone();
+        self.conns.thread.wrote.notify_one();
         if let Ok(mut writer) = slot.clone().try_lock_owned() {
             let conn = conn(&mut writer)?;
             return Ok(query.fetch_all(conn).await);
@@ -1847,6 +1939,65 @@ mod tests {
             .collect();
         let filter = format!("status IN ({})", terminal.join(", "));
         assert!(sql.contains(&filter), "missing {filter:?}");
+    }
+
+    /// After a checkpoint, writes start the WAL over from its beginning
+    /// (its file does not grow) instead of making it longer; a closed
+    /// store's checkpointer stops. (Without writes beside it, the first pass
+    /// alone would finish; what the second pass adds under a steady stream
+    /// of writes is measured by the benchmarks, not here.)
+    #[tokio::test]
+    async fn a_checkpoint_lets_the_wal_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let wal = dir.path().join("wal.db-wal");
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let now = crate::conformance::T0;
+        let (state, events) = crate::conformance::new_run(now);
+        store.create_run(&state, &events, now).await.unwrap();
+        let big = NewEvent::run(EventKind::ChannelMessage, "x".repeat(64 * 1024));
+        let write_20 = |from: i64| {
+            let (store, id, big) = (&store, &state.run.id, &big);
+            async move {
+                for i in 0..20 {
+                    store
+                        .append_events(id, std::slice::from_ref(big), now + from + i)
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        write_20(0).await;
+        write_20(20).await;
+        let grown = size();
+        assert!(grown > 40 * 64 * 1024, "{grown} bytes of WAL");
+
+        let (ckpt, writer) = (&store.conns.thread.checkpointer, &store.conns.writer);
+        assert!(
+            checkpoint_once(&file_options(&path), ckpt, writer)
+                .await
+                .unwrap()
+        );
+        write_20(40).await;
+        // Appended, the 20 writes would have made it 1.3 MB longer.
+        assert!(size() <= grown, "the WAL started over in the same file");
+        let stored = store
+            .list_events(&state.run.id, EventQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), events.len() + 60);
+
+        store.close().await;
+        assert!(
+            !checkpoint_once(&file_options(&path), ckpt, writer)
+                .await
+                .unwrap()
+        );
+        assert!(ckpt.lock().await.is_none(), "no connection opened again");
+        assert_eq!(size(), 0, "the last connection to close removes the WAL");
     }
 
     #[test]
