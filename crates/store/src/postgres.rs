@@ -143,7 +143,6 @@ mod sql {
     // Statements of write transactions.
     pub const INSERT_RUN: &str = file!("insert_run.sql");
     pub const SAVE_RUN: &str = file!("save_run.sql");
-    pub const LOCK_RUN: &str = file!("lock_run.sql");
     pub const INSERT_TASKS: &str = file!("insert_tasks.sql");
     pub const UPDATE_TASKS: &str = file!("update_tasks.sql");
     pub const PUT_GATES: &str = file!("put_gates.sql");
@@ -522,18 +521,6 @@ impl PostgresStore {
         started: &NewEvent,
         started_data: &str,
     ) -> Attempt<Option<Task>> {
-        let mut tx = self.pool.begin().await?;
-        let seq = sqlx::query(sql::LOCK_RUN)
-            .bind(run_id.as_str())
-            .bind(1_i64)
-            .bind(true)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(seq) = seq else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let seq: i64 = col(&seq, "last_seq")?;
         let claimed = sqlx::query(sql::CLAIM_TASK)
             .bind(run_id.as_str())
             .bind(task_id)
@@ -541,23 +528,12 @@ impl PostgresStore {
             .bind(owner)
             .bind(lease_until)
             .bind(now)
-            .bind(seq)
             .bind(started.kind.as_str())
             .bind(&started.message)
             .bind(started_data)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
-        match claimed {
-            Some(row) => {
-                let task = task_from_row(&row)?;
-                tx.commit().await?;
-                Ok(Some(task))
-            }
-            None => {
-                tx.rollback().await?;
-                Ok(None)
-            }
-        }
+        Ok(claimed.as_ref().map(task_from_row).transpose()?)
     }
 
     async fn complete_task_once(

@@ -1,25 +1,48 @@
--- QUEUED -> RUNNING for exactly attempt $3 of task $2 of run $1, taking the
--- lease (owner $4 until $5, now $6), with the task_started event (seq $7,
--- kind $8, message $9, data $10). Returns the claimed row; none (and no
--- event) if the task is not QUEUED at that attempt. Concurrent claims of one
--- task: the losers find the row changed once the winner commits (READ
+-- A claim in one statement, its own transaction: QUEUED -> RUNNING for
+-- exactly attempt $3 of task $2 of run $1, taking the lease (owner $4 until
+-- $5, now $6), with the task_started event (kind $7, message $8, data $9) at
+-- the run's next event number. Returns the claimed row; none (and nothing
+-- written) if the run is gone or the task is not QUEUED at that attempt.
+--
+-- The run's row lock is taken first (`run`), as every write transaction
+-- takes it before any task row: the task row is locked only when the
+-- update writes it, after the join has read `run`. Concurrent claims of one
+-- task queue on that lock; the losers then find the task row changed (READ
 -- COMMITTED re-checks the WHERE clause on the new row version) and match
--- nothing. The caller holds the run's row lock (lock_run).
-WITH claimed AS (
-    UPDATE tasks
+-- nothing, so no event number is taken either (`seq` runs only for a claim).
+--
+-- Committed without waiting for the WAL flush (`synchronous_commit` off for
+-- this transaction only): a claim lost in a crash leaves its task QUEUED;
+-- the sweeper publishes it again, and the worker that held the lost claim
+-- is refused at completion by the fence, so nothing runs twice to effect.
+-- One statement instead of BEGIN, lock, claim, COMMIT: one round trip.
+WITH run AS MATERIALIZED (
+    SELECT id, set_config('synchronous_commit', 'off', true) AS relaxed
+    FROM runs
+    WHERE id = $1
+    FOR UPDATE
+), claimed AS (
+    UPDATE tasks AS t
     SET status           = 'RUNNING',
         lease_owner      = $4,
         lease_expires_at = $5,
         started_at       = $6,
         finished_at      = NULL
-    WHERE run_id = $1 AND id = $2 AND status = 'QUEUED' AND attempt = $3
-    RETURNING run_id, id, role, title, instructions, needs, expected, validation, gate, round,
-              findings, status, attempt, max_attempts, timeout_ms, dedupe_key, not_before,
-              lease_owner, lease_expires_at, last_error, retryable, result_summary, verdict,
-              queued_at, started_at, finished_at, cost_usd
+    FROM run
+    WHERE t.run_id = run.id AND t.id = $2 AND t.status = 'QUEUED' AND t.attempt = $3
+    RETURNING t.run_id, t.id, t.role, t.title, t.instructions, t.needs, t.expected,
+              t.validation, t.gate, t.round, t.findings, t.status, t.attempt, t.max_attempts,
+              t.timeout_ms, t.dedupe_key, t.not_before, t.lease_owner, t.lease_expires_at,
+              t.last_error, t.retryable, t.result_summary, t.verdict, t.queued_at, t.started_at,
+              t.finished_at, t.cost_usd
+), seq AS (
+    UPDATE runs
+    SET last_seq = last_seq + 1
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM claimed)
+    RETURNING last_seq
 ), started AS (
     INSERT INTO events (run_id, seq, kind, task_id, message, data, created_at)
-    SELECT $1, $7, $8, $2, $9, $10, $6
-    FROM claimed
+    SELECT $1, seq.last_seq, $7, $2, $8, $9, $6
+    FROM seq
 )
 SELECT * FROM claimed;
