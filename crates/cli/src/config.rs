@@ -37,6 +37,9 @@ pub struct Config {
     pub requeue_after: Duration,
     /// `SWEEP_INTERVAL_MS`: how often the sweeper runs (default 1000).
     pub sweep_every: Duration,
+    /// `TICK_ALL_INTERVAL_MS`: how often a sweep also ticks every active run,
+    /// the net for lost wake-ups (default 10000).
+    pub tick_all_every: Duration,
     /// `WORKER_CONCURRENCY`: attempts per role at once in this process (default 2).
     pub concurrency: usize,
     /// `SCRIPTED_FIXTURE`: fixture file for the scripted provider (default: built-in TODO app).
@@ -119,6 +122,9 @@ impl Config {
             ),
             sweep_every: Duration::from_millis(
                 parse_num::<u64>("SWEEP_INTERVAL_MS", 1000)?.max(10),
+            ),
+            tick_all_every: Duration::from_millis(
+                parse_num::<u64>("TICK_ALL_INTERVAL_MS", 10_000)?.max(10),
             ),
             concurrency: parse_num::<usize>("WORKER_CONCURRENCY", 2)?.max(1),
             scripted_fixture: var("SCRIPTED_FIXTURE"),

@@ -31,6 +31,9 @@ pub struct Engine {
     /// When the sweeper last pruned the broker's idle consumers (engine
     /// clock, ms); shared by clones so they prune once between them.
     pub(crate) last_prune: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// When a sweep last ticked every active run (engine clock, ms); shared
+    /// by clones.
+    pub(crate) last_tick_all: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Bound on the runs kept in `Engine::saved`; the map is cleared when reached.
@@ -61,6 +64,7 @@ impl Engine {
             steps: std::sync::Arc::new(tokio::sync::watch::channel(Steps::default()).0),
             saved: Default::default(),
             last_prune: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
+            last_tick_all: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         }
     }
 

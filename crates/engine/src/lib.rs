@@ -120,6 +120,14 @@ pub struct EngineOptions {
     pub heartbeat_every: Duration,
     /// How often the sweeper runs (default 1 s).
     pub sweep_every: Duration,
+    /// How often a sweep also ticks every active run (default 10 s): the
+    /// safety net for a wake-up that was lost (a worker or a retry timer
+    /// that died between its commit and its wake-up, a broker that lost
+    /// it). Completions take their runs' next steps themselves and wake the
+    /// engine loop for the rest, and retries wake it when their backoff
+    /// ends, so the net is rarely needed; each of its rounds reads every
+    /// active run.
+    pub tick_all_every: Duration,
     /// A task queued longer than this without being claimed is published again (default 30 s).
     pub requeue_after: Duration,
     /// How long a worker waits on its queue before checking for shutdown (default 250 ms).
@@ -141,6 +149,7 @@ impl Default for EngineOptions {
             lease_ttl,
             heartbeat_every: lease_ttl / 3,
             sweep_every: Duration::from_secs(1),
+            tick_all_every: Duration::from_secs(10),
             requeue_after: Duration::from_secs(30),
             poll_timeout: Duration::from_millis(250),
             concurrency: 2,

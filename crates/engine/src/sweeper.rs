@@ -6,7 +6,9 @@
 //!   are treated the same at once, without waiting for the lease to expire;
 //! - QUEUED tasks whose message may be lost are published again (a duplicate
 //!   is harmless: the claim is conditional);
-//! - active runs are ticked, which queues retries whose backoff has passed;
+//! - every `tick_all_every` (10 s), active runs are ticked: the safety net
+//!   for a lost wake-up (a retry whose timer died with its process, a
+//!   completion whose wake-up was lost);
 //! - every [`PRUNE_EVERY`], the broker forgets consumers idle for
 //!   [`CONSUMER_IDLE`] with nothing pending (those of exited processes).
 
@@ -87,10 +89,19 @@ impl Engine {
             }
         }
 
-        for run in store.active_runs().await? {
-            match self.tick(&run).await {
-                Ok(_) => report.ticked += 1,
-                Err(e) => warn!(run = %run, error = %e, "tick failed"),
+        let every = i64::try_from(self.opts.tick_all_every.as_millis()).unwrap_or(i64::MAX);
+        let last = self.last_tick_all.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= every
+            && self
+                .last_tick_all
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            for run in store.active_runs().await? {
+                match self.tick(&run).await {
+                    Ok(_) => report.ticked += 1,
+                    Err(e) => warn!(run = %run, error = %e, "tick failed"),
+                }
             }
         }
 

@@ -761,3 +761,60 @@ async fn workers_without_the_engine_loop_step_runs_and_announce_their_end() {
         "the loop announced the end"
     );
 }
+
+/// Sweeps run every second, but tick every active run (the net for a lost
+/// wake-up) only every `tick_all_every`; a run whose wake-up was lost is
+/// moved on by the next such round.
+#[tokio::test]
+async fn a_lost_wake_up_is_repaired_by_the_next_round_of_ticks() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let opts = EngineOptions {
+        tick_all_every: Duration::from_secs(10),
+        ..EngineOptions::default()
+    };
+    let h = harness(generic(), clock.clone(), opts).await;
+    let wf = Workflow::builtin("sdlc").unwrap();
+    let run = h
+        .engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap();
+    assert_eq!(
+        h.engine.sweep().await.unwrap().ticked,
+        1,
+        "the first sweep ticks"
+    );
+
+    // A worker elsewhere completes `requirements` and its wake-up is lost.
+    let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
+    execute_delivery(
+        h.engine.deps(),
+        h.engine.options(),
+        &WorkerId::new(Role::BusinessAnalyst),
+        &d,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        h.broker.wakes(Duration::ZERO).await.unwrap(),
+        vec![run.clone()]
+    );
+    assert_eq!(
+        status_of(&h.store, &run, "requirements").await,
+        (TaskStatus::Succeeded, 1)
+    );
+
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.sweep().await.unwrap().ticked, 0, "not yet");
+    assert_eq!(
+        status_of(&h.store, &run, "plan").await.0,
+        TaskStatus::Pending
+    );
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(h.engine.sweep().await.unwrap().ticked, 1);
+    assert_eq!(
+        status_of(&h.store, &run, "plan").await,
+        (TaskStatus::Queued, 1),
+        "moved on by the round of ticks"
+    );
+}
