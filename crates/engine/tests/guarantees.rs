@@ -27,6 +27,15 @@ async fn harness(
     Harness::with(provider, clock, opts).await
 }
 
+/// Submit the demo goal as an `sdlc` run with millisecond retry backoff.
+async fn submit_sdlc(engine: &orch_engine::Engine) -> RunId {
+    let wf = Workflow::builtin("sdlc").unwrap();
+    engine
+        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
+        .await
+        .unwrap()
+}
+
 fn generic() -> Arc<dyn Provider> {
     Arc::new(generic_provider())
 }
@@ -52,12 +61,7 @@ async fn events_of(store: &Arc<dyn Store>, run: &RunId, kind: EventKind, task: &
 #[tokio::test]
 async fn a_message_delivered_twice_runs_the_task_once() {
     let h = harness(generic(), Arc::new(SystemClock), EngineOptions::default()).await;
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
     let deps = h.engine.deps().clone();
     let opts = h.engine.options().clone();
@@ -102,12 +106,7 @@ async fn a_worker_that_lost_its_lease_cannot_commit() {
         ..EngineOptions::default()
     };
     let h = harness(generic(), clock.clone(), opts).await;
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
 
     // Worker A claims attempt 1, then goes silent past its lease.
@@ -192,12 +191,7 @@ async fn a_task_whose_worker_vanished_is_rerun_after_its_lease_expires() {
         ..EngineOptions::default()
     };
     let h = harness(generic(), clock.clone(), opts).await;
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let first = next_delivery(&h.broker, Role::BusinessAnalyst).await;
     let now = clock.now_ms();
     h.store
@@ -256,12 +250,7 @@ async fn the_demo_run_completes_through_both_gates_with_one_rework_round() {
     )
     .await;
     let rt = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let done = h
         .engine
         .wait(
@@ -332,12 +321,7 @@ tasks:
     let provider = Arc::new(ScriptedProvider::from_yaml("failing", fixture).unwrap());
     let h = harness(provider, Arc::new(SystemClock), EngineOptions::default()).await;
     let rt = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let waiting = h
         .engine
         .wait(
@@ -469,12 +453,7 @@ roles:
 #[tokio::test]
 async fn cancel_stops_a_run_and_fences_out_its_workers() {
     let h = harness(generic(), Arc::new(SystemClock), EngineOptions::default()).await;
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
     h.engine
         .apply_input(
@@ -524,12 +503,7 @@ async fn llm_events_precede_the_outcome_and_a_slow_call_is_logged_while_it_runs(
     let provider =
         Arc::new(ScriptedProvider::from_yaml("slow", "delay_ms: 700\nroles: {}").unwrap());
     let h = harness(provider, Arc::new(SystemClock), EngineOptions::default()).await;
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
     let (deps, opts) = (h.engine.deps().clone(), h.engine.options().clone());
     let attempt = tokio::spawn(async move {
@@ -583,12 +557,7 @@ async fn status_of(store: &Arc<dyn Store>, run: &RunId, task: &str) -> (TaskStat
 #[tokio::test]
 async fn a_completion_beside_the_engine_takes_the_next_step() {
     let h = harness(generic(), Arc::new(SystemClock), EngineOptions::default()).await;
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let steps = h.engine.changes();
     let saved = steps.borrow().count;
     let d = next_delivery(&h.broker, Role::BusinessAnalyst).await;
@@ -721,12 +690,7 @@ async fn workers_without_the_engine_loop_step_runs_and_announce_their_end() {
     let stepped = workers.changes();
     let serve = Runtime::start(h.engine.clone(), &[], true);
     let worker = Runtime::start(workers, &Role::SPECIALISTS, false);
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     let saved_by_serve = h.engine.changes().borrow().count;
     let done = tokio::time::timeout(
         Duration::from_secs(60),
@@ -773,12 +737,7 @@ async fn a_lost_wake_up_is_repaired_by_the_next_round_of_ticks() {
         ..EngineOptions::default()
     };
     let h = harness(generic(), clock.clone(), opts).await;
-    let wf = Workflow::builtin("sdlc").unwrap();
-    let run = h
-        .engine
-        .submit(GOAL, serde_json::Value::Null, &wf, fast_settings())
-        .await
-        .unwrap();
+    let run = submit_sdlc(&h.engine).await;
     assert_eq!(
         h.engine.sweep().await.unwrap().ticked,
         1,
