@@ -1797,7 +1797,7 @@ impl Store for PostgresStore {
     }
 
     /// The completion and the step in one transaction with one durable
-    /// commit ([`Self::complete_and_save_once`]), where the default would
+    /// commit (`complete_and_save_once`), where the default would
     /// commit twice and read the tasks after.
     async fn complete_and_save(
         &self,

@@ -30,7 +30,7 @@
 //!
 //! Checkpoints run beside the writer, not in its commits: a connection of
 //! its own copies the WAL back into the database at most every
-//! [`CHECKPOINT_EVERY`] after writes (see [`WriterThread::checkpoint`]); the
+//! `CHECKPOINT_EVERY` after writes (see `WriterThread::checkpoint`); the
 //! write connection's automatic checkpoint is left only as a bound
 //! (`wal_autocheckpoint=10000` pages) should that fall behind. The last
 //! connection to close checkpoints what is left and removes the WAL.
