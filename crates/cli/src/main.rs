@@ -412,7 +412,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::dispatch(cli.command)) {
+    let result = runtime.block_on(async {
+        let result = commands::dispatch(cli.command).await;
+        wiring::close_stores().await;
+        result
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

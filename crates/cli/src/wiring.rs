@@ -11,11 +11,28 @@ use orch_store::Store;
 
 use crate::config::Config;
 
+/// Stores this process opened, closed by [`close_stores`] before it exits.
+static OPENED: std::sync::Mutex<Vec<Arc<dyn Store>>> = std::sync::Mutex::new(Vec::new());
+
 /// Open the store named by `DATABASE_URL`, creating and migrating it if needed.
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>> {
-    orch_store::connect(&cfg.database_url)
+    let store = orch_store::connect(&cfg.database_url)
         .await
-        .with_context(|| format!("opening DATABASE_URL={}", redact_url(&cfg.database_url)))
+        .with_context(|| format!("opening DATABASE_URL={}", redact_url(&cfg.database_url)))?;
+    OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(store.clone());
+    Ok(store)
+}
+
+/// Close every store [`open_store`] opened (the command is done with them):
+/// a SQLite file then holds every commit, without its WAL beside it.
+pub async fn close_stores() {
+    let stores = std::mem::take(&mut *OPENED.lock().unwrap_or_else(|p| p.into_inner()));
+    for store in stores {
+        store.close().await;
+    }
 }
 
 /// Hide a password in a database URL before it is printed.

@@ -72,6 +72,9 @@ fn the_demo_runs_end_to_end_and_every_read_command_answers() {
         out.contains("code_review gate FAILED"),
         "the demo shows one rework round: {out}"
     );
+    // The command closed its store: the database file alone holds the run.
+    let wal = env.dir.path().join("orch.db-wal");
+    assert!(!wal.exists(), "no WAL left beside the database");
 
     let runs = env.json(&["list", "--json"]);
     let id = runs[0]["id"].as_str().unwrap().to_string();

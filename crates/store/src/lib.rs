@@ -510,6 +510,13 @@ pub trait Store:
     /// Backend name for logs and `status` (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 
+    /// Close the store's connections once nothing uses it any more; later
+    /// calls fail. On SQLite the last connection to a file copies the WAL
+    /// back into the database and removes it, so the file alone holds every
+    /// commit. A process that exits without closing loses nothing either:
+    /// the next open replays the WAL.
+    async fn close(&self) {}
+
     /// [`TaskStore::claim_task`], then what a worker needs to run the
     /// attempt: the run row (its budget and spending now), the run's channel
     /// messages and the latest version of each upstream artifact named in

@@ -1796,6 +1796,10 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    async fn close(&self) {
+        PostgresStore::close(self).await;
+    }
+
     /// The completion and the step in one transaction with one durable
     /// commit (`complete_and_save_once`), where the default would
     /// commit twice and read the tasks after.

@@ -1837,6 +1837,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     /// The completion and the step in one statement, so one transaction and
     /// one call to the writer (`proc_complete_step`) where the engine would
     /// make three: the completion, its re-read of the run and its save.
