@@ -34,10 +34,22 @@ pub struct SweepReport {
 
 const BATCH: u32 = 500;
 
-/// Whether a sweep at `now` prunes, the last prune having been at `last`
-/// (`i64::MIN`: never).
-fn prune_due(last: i64, now: i64) -> bool {
-    last == i64::MIN || now.saturating_sub(last) >= PRUNE_EVERY.as_millis() as i64
+/// Whether something done `every` is due at `now`, it having last been done
+/// at `last` (`i64::MIN`: never).
+fn due(last: i64, now: i64, every: std::time::Duration) -> bool {
+    let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+    last == i64::MIN || now.saturating_sub(last) >= every
+}
+
+/// Take the turn of a sweep at `now` to do what is done `every` (the last
+/// time in `last`, shared by the engine's clones): true for one sweep only
+/// when it is due.
+fn take_turn(last: &std::sync::atomic::AtomicI64, now: i64, every: std::time::Duration) -> bool {
+    let at = last.load(Ordering::Relaxed);
+    due(at, now, every)
+        && last
+            .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// How often a sweep also prunes the broker's idle consumers.
@@ -89,14 +101,7 @@ impl Engine {
             }
         }
 
-        let every = i64::try_from(self.opts.tick_all_every.as_millis()).unwrap_or(i64::MAX);
-        let last = self.last_tick_all.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= every
-            && self
-                .last_tick_all
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if take_turn(&self.last_tick_all, now, self.opts.tick_all_every) {
             for run in store.active_runs().await? {
                 match self.tick(&run).await {
                     Ok(_) => report.ticked += 1,
@@ -105,13 +110,7 @@ impl Engine {
             }
         }
 
-        let last = self.last_prune.load(Ordering::Relaxed);
-        if prune_due(last, now)
-            && self
-                .last_prune
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if take_turn(&self.last_prune, now, PRUNE_EVERY) {
             match self.deps.broker.prune_consumers(CONSUMER_IDLE).await {
                 Ok(n) => {
                     if n > 0 {
@@ -166,7 +165,11 @@ fn process_alive(pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{PRUNE_EVERY, prune_due};
+    use super::{PRUNE_EVERY, due};
+
+    fn prune_due(last: i64, now: i64) -> bool {
+        due(last, now, PRUNE_EVERY)
+    }
 
     #[test]
     fn consumers_are_pruned_at_the_first_sweep_then_every_ten_minutes() {

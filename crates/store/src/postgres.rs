@@ -490,6 +490,7 @@ impl PostgresStore {
         tx.commit().await?;
         Ok(Stepped { version, current })
     }
+
     /// The conflict of a save whose changed task moved: names the task
     /// (best effort: it may move again).
     async fn moved_task(&self, run_id: &RunId, diff: &StateDiff) -> Error {
