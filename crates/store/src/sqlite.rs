@@ -13,20 +13,32 @@
 //! statement: an `INSERT` into a procedure, a TEMP view whose `INSTEAD OF`
 //! trigger performs the whole change (`queries/sqlite/proc_*.sql`, installed
 //! on the write connection when it opens). A single statement is atomic and,
-//! outside an explicit transaction, its own transaction; as a write statement
-//! it takes the write lock before reading anything (the `BEGIN IMMEDIATE`
-//! behaviour, so no lock upgrade can fail with `SQLITE_BUSY` in WAL mode). Its
+//! run alone, its own transaction; as a write statement it takes the write
+//! lock before reading anything (the `BEGIN IMMEDIATE` behaviour, so no lock
+//! upgrade can fail with `SQLITE_BUSY` in WAL mode). Its
 //! parameters travel as one JSON document (artifact contents as a second
 //! one) read with `->>` and `json_each`, so batches of events, tasks, gates
 //! and artifacts cost nothing extra. A condition that must stop the write
 //! (version conflict, lease lost, task not claimable) is a
-//! `RAISE(ROLLBACK, 'orch-assert:...')`: nothing is written, and the store
-//! maps the message to its error or result. With no explicit transaction a
-//! dropped future cannot leave one open.
+//! `RAISE(ABORT, 'orch-assert:...')`: the statement's changes are undone,
+//! and the store maps the message to its error or result.
 //!
 //! Writers are queued on one dedicated connection (see [`SqliteStore`]);
 //! readers use connections of their own. Other processes sharing the file
 //! are waited for up to [`BUSY_TIMEOUT`].
+//!
+//! Group commit. A write that finds the connection free runs at once, its
+//! own transaction. Writes that arrive while it is busy queue up, and the
+//! writer thread runs all that have queued (up to [`MAX_BATCH`]) in one
+//! transaction, answering each only once that transaction has committed:
+//! one commit (its WAL frames, its locks) for many writes, and pages that
+//! several of them change (the tail of the event log, the task indexes, the
+//! database header) written once instead of once each. A refused statement
+//! (`RAISE(ABORT)`) undoes only itself; any other failure rolls the batch
+//! back and runs its writes again one at a time, so one write's error is
+//! never another's. Undoing one statement inside a transaction takes a
+//! statement journal, which the write connection keeps in memory
+//! (`temp_store=memory`) rather than in a temporary file.
 //!
 //! Checkpoints run beside the writer, not in its commits: a connection of
 //! its own copies the WAL back into the database at most every
@@ -71,6 +83,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections of a file database (besides the one write connection).
 const MAX_READERS: usize = 7;
+
+/// The most writes [`WriterThread`] commits in one transaction.
+const MAX_BATCH: usize = 64;
 
 /// How long after a write the checkpointer copies the WAL back into the
 /// database file (about what SQLite's default automatic checkpoint, every
@@ -212,6 +227,8 @@ struct Conns {
 #[derive(Debug)]
 struct WriterThread {
     handle: tokio::runtime::Handle,
+    /// Writes waiting for the connection, committed in batches.
+    queue: Arc<WriteQueue>,
     /// Told of every write; the checkpointer waits for it.
     wrote: Arc<tokio::sync::Notify>,
     /// The checkpointer's connection (file databases), closed before the
@@ -237,10 +254,41 @@ impl WriterThread {
             .map_err(|e| Error::Database(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(WriterThread {
             handle,
+            queue: Arc::new(WriteQueue::default()),
             wrote: Arc::new(tokio::sync::Notify::new()),
             checkpointer: Arc::new(Mutex::new(None)),
             _stop: stop,
         })
+    }
+
+    /// Start committing the queued writes on `writer`, in batches (see the
+    /// module's "Group commit"): take the connection, take every write
+    /// queued by then, run them in one transaction, answer them; again until
+    /// none is left. The connection is let go between batches so that the
+    /// checkpointer and writers that find it free get their turn.
+    fn drive(&self, writer: Slot) {
+        let queue = self.queue.clone();
+        self.handle.spawn(async move {
+            loop {
+                queue.ready.notified().await;
+                loop {
+                    let mut taken = writer.clone().lock_owned().await;
+                    let batch = queue.take(MAX_BATCH);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let Some(c) = taken.as_mut() else {
+                        for job in batch {
+                            let _ = job.reply.send(Err(closed()));
+                        }
+                        return;
+                    };
+                    if run_batch(c, batch).await {
+                        queue.batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
     }
 
     /// Start checkpointing the file `options` opens, on this thread: after
@@ -298,6 +346,127 @@ async fn checkpoint_once(
     sqlx::query(PASSIVE).fetch_all(&mut *c).await?;
     drop(writer);
     Ok(true)
+}
+
+/// A statement for the write connection, built afresh for each run of it
+/// (a batch that fails is run again one write at a time).
+type MakeQuery = Box<dyn Fn() -> Query + Send + Sync>;
+
+/// What a statement on the write connection returned.
+type Answer = std::result::Result<Vec<SqliteRow>, sqlx::Error>;
+
+/// A queued write and where its answer goes.
+struct Job {
+    make: MakeQuery,
+    reply: tokio::sync::oneshot::Sender<Result<Answer>>,
+}
+
+/// The writes waiting for the write connection ([`WriterThread::drive`]).
+#[derive(Default)]
+struct WriteQueue {
+    jobs: std::sync::Mutex<std::collections::VecDeque<Job>>,
+    /// Told of every write queued.
+    ready: tokio::sync::Notify,
+    /// Transactions of more than one write committed, for tests.
+    batches: AtomicUsize,
+}
+
+impl std::fmt::Debug for WriteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteQueue")
+            .field("queued", &self.jobs().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteQueue {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Job>> {
+        // A panic while the lock is held cannot leave the queue half-changed.
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jobs().is_empty()
+    }
+
+    fn push(&self, job: Job) {
+        self.jobs().push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// Up to `max` of the queued writes, oldest first.
+    fn take(&self, max: usize) -> Vec<Job> {
+        let mut jobs = self.jobs();
+        let n = jobs.len().min(max);
+        jobs.drain(..n).collect()
+    }
+}
+
+/// The error of a write that finds the store closed.
+fn closed() -> Error {
+    Error::Database("the store is closed".into())
+}
+
+/// Run `batch` on `c` in one transaction and answer each write once it has
+/// committed; a lone write runs on its own. A refusal (`orch-assert`) undoes
+/// only its own statement; any other failure (of a statement, of `BEGIN` or
+/// of `COMMIT`) rolls the transaction back and runs the writes again one at
+/// a time, each answered with its own result. True if several writes
+/// committed as one.
+async fn run_batch(c: &mut SqliteConnection, batch: Vec<Job>) -> bool {
+    if batch.len() > 1 {
+        if let Some(answers) = in_one_transaction(c, &batch).await {
+            for (job, answer) in batch.into_iter().zip(answers) {
+                let _ = job.reply.send(Ok(answer));
+            }
+            return true;
+        }
+        tracing::debug!(
+            writes = batch.len(),
+            "a batch of writes failed as a whole; running them one at a time"
+        );
+    }
+    for job in batch {
+        let answer = (job.make)().fetch_all(&mut *c).await;
+        let _ = job.reply.send(Ok(answer));
+    }
+    false
+}
+
+/// The answers of `batch` run in one committed transaction; `None` (nothing
+/// written) if a statement failed other than by a refusal, or the
+/// transaction could not begin or commit.
+async fn in_one_transaction(c: &mut SqliteConnection, batch: &[Job]) -> Option<Vec<Answer>> {
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut *c)
+        .await
+        .ok()?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch {
+        let answer = (job.make)().fetch_all(&mut *c).await;
+        if let Err(e) = &answer
+            && Refusal::of(e).is_none()
+        {
+            rollback(c).await;
+            return None;
+        }
+        answers.push(answer);
+    }
+    if sqlx::raw_sql("COMMIT").execute(&mut *c).await.is_err() {
+        rollback(c).await;
+        return None;
+    }
+    Some(answers)
+}
+
+/// Roll back the open transaction, if one is still open (a failed statement
+/// may have ended it already).
+async fn rollback(c: &mut SqliteConnection) {
+    if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await {
+        tracing::debug!(error = %e, "rollback of a batch of writes");
+    }
 }
 
 impl Conns {
@@ -423,11 +592,14 @@ impl SqliteStore {
                 let writer = SqliteConnection::connect_with(&options)
                     .await
                     .map_err(|e| connect_err(url, e))?;
+                let writer = Arc::new(Mutex::new(Some(writer)));
+                let thread = WriterThread::start()?;
+                thread.drive(writer.clone());
                 SqliteStore {
                     conns: Conns {
-                        writer: Arc::new(Mutex::new(Some(writer))),
+                        writer,
                         readers: None,
-                        thread: Arc::new(WriterThread::start()?),
+                        thread: Arc::new(thread),
                     },
                     location: "sqlite::memory:".into(),
                 }
@@ -447,7 +619,9 @@ impl SqliteStore {
                     .journal_mode(SqliteJournalMode::Wal)
                     // The checkpointer does it, beside this connection
                     // (this only bounds the WAL if it cannot).
-                    .pragma("wal_autocheckpoint", "10000");
+                    .pragma("wal_autocheckpoint", "10000")
+                    // Statement journals of batched writes: see "Group commit".
+                    .pragma("temp_store", "memory");
                 let writer = SqliteConnection::connect_with(&options)
                     .await
                     .map_err(|e| connect_err(url, e))?;
@@ -455,6 +629,7 @@ impl SqliteStore {
                 let readers = Readers::new(file_options(&path), MAX_READERS);
                 let thread = WriterThread::start()?;
                 let writer = Arc::new(Mutex::new(Some(writer)));
+                thread.drive(writer.clone());
                 thread.checkpoint(file_options(&path), writer.clone());
                 SqliteStore {
                     conns: Conns {
@@ -546,7 +721,8 @@ impl SqliteStore {
         doc: &Doc<'_, T>,
         map: impl FnOnce(sqlx::Error) -> Error,
     ) -> Result<Call> {
-        self.call_with(sqlx::query(sql).bind(to_json(doc)?), map)
+        let doc = to_json(doc)?;
+        self.call_with(Box::new(move || sqlx::query(sql).bind(doc.clone())), map)
             .await
     }
 
@@ -554,10 +730,10 @@ impl SqliteStore {
     /// connection, in one round trip. `map` turns database errors into ours.
     async fn call_with(
         &self,
-        query: Query,
+        make: MakeQuery,
         map: impl FnOnce(sqlx::Error) -> Error,
     ) -> Result<Call> {
-        match self.on_writer(query).await? {
+        match self.on_writer(make).await? {
             Ok(rows) => Ok(Call::Done(rows)),
             Err(e) => match Refusal::of(&e) {
                 Some(refusal) => Ok(Call::Refused(refusal)),
@@ -582,32 +758,30 @@ impl SqliteStore {
     }
 
     /// Run a single-statement write on the write connection.
-    async fn write_one(&self, query: Query) -> Result<Vec<SqliteRow>> {
-        self.on_writer(query).await?.map_err(db_err)
+    async fn write_one(&self, make: MakeQuery) -> Result<Vec<SqliteRow>> {
+        self.on_writer(make).await?.map_err(db_err)
     }
 
-    /// Run `query` on the write connection: at once on the caller's task if
-    /// the connection is free (no queue, so nothing waits on this caller's
-    /// runtime; one hand-off fewer), else queued on the writer thread
-    /// ([`WriterThread`]). The outer error is the store's (closed), the
-    /// inner the statement's.
-    async fn on_writer(
-        &self,
-        query: Query,
-    ) -> Result<std::result::Result<Vec<SqliteRow>, sqlx::Error>> {
-        let slot = self.conns.writer.clone();
-        self.conns.thread.wrote.notify_one();
-        if let Ok(mut writer) = slot.clone().try_lock_owned() {
+    /// Run the statement `make` builds on the write connection: at once on
+    /// the caller's task if the connection is free and no write is queued
+    /// (no hand-off, and nothing waits on this caller's runtime), else
+    /// queued for the writer thread, which commits it in a batch with the
+    /// others queued ([`WriterThread::drive`]). The outer error is the
+    /// store's (closed), the inner the statement's.
+    async fn on_writer(&self, make: MakeQuery) -> Result<Answer> {
+        let thread = &self.conns.thread;
+        thread.wrote.notify_one();
+        if thread.queue.is_empty()
+            && let Ok(mut writer) = self.conns.writer.clone().try_lock_owned()
+        {
             let conn = conn(&mut writer)?;
-            return Ok(query.fetch_all(conn).await);
+            return Ok(make().fetch_all(conn).await);
         }
-        let call = self.conns.thread.handle.spawn(async move {
-            let mut writer = slot.lock_owned().await;
-            let conn = conn(&mut writer)?;
-            Ok(query.fetch_all(conn).await)
-        });
-        call.await
-            .map_err(|e| Error::Database(format!("the SQLite writer thread failed: {e}")))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        thread.queue.push(Job { make, reply });
+        answer
+            .await
+            .map_err(|_| Error::Database("the SQLite writer thread stopped".into()))?
     }
 
     /// Run a claim procedure call (`sql`: [`sql::CLAIM_TASK`] or
@@ -1344,7 +1518,10 @@ impl RunStore for SqliteStore {
         // the writer's page cache is warm where a reader's starts cold after
         // every commit (measured: S1 2.00 -> 1.71 ms per task).
         let rows = self
-            .write_one(sqlx::query(sql::LOAD_RUN_PROGRESS).bind(id.as_str()))
+            .write_one({
+                let id = id.to_string();
+                Box::new(move || sqlx::query(sql::LOAD_RUN_PROGRESS).bind(id.clone()))
+            })
             .await?;
         let mut run = None;
         let mut tasks = Vec::with_capacity(known.tasks.len());
@@ -1525,8 +1702,14 @@ impl TaskStore for SqliteStore {
 
     async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
         let (doc, artifacts) = complete_docs(fence, outcome, now)?;
-        let query = sqlx::query(sql::COMPLETE_TASK).bind(doc).bind(artifacts);
-        self.call_with(query, db_err).await?.completed(fence)?;
+        let make = move || {
+            sqlx::query(sql::COMPLETE_TASK)
+                .bind(doc.clone())
+                .bind(artifacts.clone())
+        };
+        self.call_with(Box::new(make), db_err)
+            .await?
+            .completed(fence)?;
         Ok(())
     }
 
@@ -1721,7 +1904,9 @@ impl DeadLetterStore for SqliteStore {
 
     async fn mark_replayed(&self, id: i64, now: Millis) -> Result<DeadLetter> {
         let rows = self
-            .write_one(sqlx::query(sql::MARK_REPLAYED).bind(id).bind(now))
+            .write_one(Box::new(move || {
+                sqlx::query(sql::MARK_REPLAYED).bind(id).bind(now)
+            }))
             .await?;
         let row = rows.first().ok_or(Error::DeadLetterNotFound(id))?;
         dead_letter_from_row(row)
@@ -1731,24 +1916,27 @@ impl DeadLetterStore for SqliteStore {
 #[async_trait]
 impl JournalStore for SqliteStore {
     async fn record_llm_call(&self, call: &LlmCallRecord) -> Result<()> {
-        let query = sqlx::query(sql::RECORD_LLM_CALL)
-            .bind(call.run_id.as_str().to_string())
-            .bind(call.task_id.clone())
-            .bind(i64::from(call.attempt))
-            .bind(i64::from(call.step))
-            .bind(call.request_hash.clone())
-            .bind(call.provider.clone())
-            .bind(call.model.clone())
-            .bind(call.request.clone())
-            .bind(call.response.clone())
-            .bind(token_param(call.input_tokens))
-            .bind(token_param(call.output_tokens))
-            .bind(token_param(call.cache_read_tokens))
-            .bind(token_param(call.cache_write_tokens))
-            .bind(call.latency_ms)
-            .bind(call.cost_usd)
-            .bind(call.created_at);
-        self.write_one(query).await?;
+        let call = call.clone();
+        let make = move || {
+            sqlx::query(sql::RECORD_LLM_CALL)
+                .bind(call.run_id.as_str().to_string())
+                .bind(call.task_id.clone())
+                .bind(i64::from(call.attempt))
+                .bind(i64::from(call.step))
+                .bind(call.request_hash.clone())
+                .bind(call.provider.clone())
+                .bind(call.model.clone())
+                .bind(call.request.clone())
+                .bind(call.response.clone())
+                .bind(token_param(call.input_tokens))
+                .bind(token_param(call.output_tokens))
+                .bind(token_param(call.cache_read_tokens))
+                .bind(token_param(call.cache_write_tokens))
+                .bind(call.latency_ms)
+                .bind(call.cost_usd)
+                .bind(call.created_at)
+        };
+        self.write_one(Box::new(make)).await?;
         Ok(())
     }
 
@@ -1815,7 +2003,10 @@ impl TokenStore for SqliteStore {
 
     async fn revoke_token(&self, id: &str, now: Millis) -> Result<ApiToken> {
         let rows = self
-            .write_one(sqlx::query(sql::REVOKE_TOKEN).bind(id).bind(now))
+            .write_one({
+                let id = id.to_string();
+                Box::new(move || sqlx::query(sql::REVOKE_TOKEN).bind(id.clone()).bind(now))
+            })
             .await?;
         let row = rows
             .first()
@@ -1864,11 +2055,14 @@ impl Store for SqliteStore {
                 now,
             )?,
         };
-        let query = sqlx::query(sql::COMPLETE_STEP)
-            .bind(doc)
-            .bind(artifacts)
-            .bind(to_json(&step_doc)?);
-        let rows = match self.call_with(query, db_err).await {
+        let step_doc = to_json(&step_doc)?;
+        let make = move || {
+            sqlx::query(sql::COMPLETE_STEP)
+                .bind(doc.clone())
+                .bind(artifacts.clone())
+                .bind(step_doc.clone())
+        };
+        let rows = match self.call_with(Box::new(make), db_err).await {
             Ok(call) => call.completed(fence)?,
             Err(e) => {
                 // Whatever failed (nothing was written), the completion must
@@ -1950,6 +2144,86 @@ mod tests {
     /// store's checkpointer stops. (Without writes beside it, the first pass
     /// alone would finish; what the second pass adds under a steady stream
     /// of writes is measured by the benchmarks, not here.)
+    /// What one of [`write_at_once`]'s writes returned.
+    enum Outcome {
+        Appended(Result<Vec<i64>>),
+        Refused(Result<Vec<i64>>),
+        Duplicate(Result<()>),
+    }
+
+    /// 60 writes made at once: appends to `state`'s run; every 20th (from
+    /// the 7th) to an unknown run; with `duplicates`, every 20th (from the
+    /// 13th) creates the run again. The number of appends that succeeded.
+    async fn write_at_once(store: &SqliteStore, state: &RunState, duplicates: bool) -> usize {
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..60 {
+            let (store, state) = (store.clone(), state.clone());
+            writes.spawn(async move {
+                let note = [NewEvent::run(EventKind::Checkpoint, format!("note {i}"))];
+                match i % 20 {
+                    7 => Outcome::Refused(
+                        store.append_events(&RunId::generate(), &note, 2_000).await,
+                    ),
+                    13 if duplicates => {
+                        Outcome::Duplicate(store.create_run(&state, &[], 2_000).await)
+                    }
+                    _ => Outcome::Appended(store.append_events(&state.run.id, &note, 2_000).await),
+                }
+            });
+        }
+        let mut appended = 0;
+        while let Some(outcome) = writes.join_next().await {
+            match outcome.unwrap() {
+                Outcome::Appended(seqs) => {
+                    assert_eq!(seqs.unwrap().len(), 1);
+                    appended += 1;
+                }
+                Outcome::Refused(r) => {
+                    assert!(matches!(r, Err(Error::RunNotFound(_))), "{r:?}");
+                }
+                Outcome::Duplicate(r) => assert!(matches!(r, Err(Error::Conflict(_))), "{r:?}"),
+            }
+        }
+        appended
+    }
+
+    /// Writes made at once commit in batches, yet each gets its own answer:
+    /// a refused one (an unknown run) undoes only itself, and a failed one
+    /// (a run created twice, which rolls its batch back and runs it again
+    /// one write at a time) takes nothing with it.
+    #[tokio::test]
+    async fn concurrent_writes_commit_together_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batches.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let (state, events) = crate::conformance::new_run(1_000);
+        store.create_run(&state, &events, 1_000).await.unwrap();
+        let created = store
+            .list_events(&state.run.id, EventQuery::default())
+            .await
+            .unwrap()
+            .len();
+
+        assert_eq!(write_at_once(&store, &state, false).await, 57);
+        assert!(
+            store.conns.thread.queue.batches.load(Ordering::Relaxed) > 0,
+            "no writes were committed together"
+        );
+        assert_eq!(write_at_once(&store, &state, true).await, 54);
+
+        let log = store
+            .list_events(&state.run.id, EventQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(log.len(), created + 57 + 54);
+        // Numbered 1, 2, 3, ... with no gap: every refusal and failure took
+        // back its own sequence numbers and nothing else.
+        for (i, e) in log.iter().enumerate() {
+            assert_eq!(e.seq, i as i64 + 1);
+        }
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn a_checkpoint_lets_the_wal_start_over() {
         let dir = tempfile::tempdir().unwrap();
@@ -1974,12 +2248,15 @@ mod tests {
             }
         };
         let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let (ckpt, writer) = (&store.conns.thread.checkpointer, &store.conns.writer);
+        // The background checkpointer waits for its connection meanwhile.
+        let held = ckpt.lock().await;
         write_20(0).await;
         write_20(20).await;
         let grown = size();
         assert!(grown > 40 * 64 * 1024, "{grown} bytes of WAL");
+        drop(held);
 
-        let (ckpt, writer) = (&store.conns.thread.checkpointer, &store.conns.writer);
         assert!(
             checkpoint_once(&file_options(&path), ckpt, writer)
                 .await

@@ -5,7 +5,7 @@ CREATE TEMP TABLE proc_appended (last_seq INTEGER NOT NULL);
 CREATE TEMP VIEW proc_append_events (doc) AS SELECT NULL WHERE 0;
 CREATE TEMP TRIGGER proc_append_events INSTEAD OF INSERT ON proc_append_events
 BEGIN
-    SELECT RAISE(ROLLBACK, 'orch-assert:run_exists')
+    SELECT RAISE(ABORT, 'orch-assert:run_exists')
     WHERE NOT EXISTS (SELECT 1 FROM runs WHERE id = NEW.doc ->> 'run_id');
     INSERT INTO proc_add_events (doc) VALUES (NEW.doc);
     DELETE FROM proc_appended;

@@ -12,6 +12,6 @@ BEGIN
         finished_at      = NULL
     WHERE run_id = NEW.doc ->> 'run_id' AND id = NEW.doc ->> 'task_id' AND status = 'QUEUED'
       AND attempt = NEW.doc ->> 'attempt';
-    SELECT RAISE(ROLLBACK, 'orch-assert:claimed') WHERE changes() <> 1;
+    SELECT RAISE(ABORT, 'orch-assert:claimed') WHERE changes() <> 1;
     INSERT INTO proc_add_events (doc) VALUES (NEW.doc);
 END;

@@ -23,7 +23,7 @@ BEGIN
     WHERE run_id = NEW.doc ->> 'run_id' AND id = NEW.doc ->> 'task_id' AND status = 'RUNNING'
       AND attempt = NEW.doc ->> 'attempt' AND lease_owner = NEW.doc ->> 'owner'
       AND lease_expires_at >= NEW.doc ->> 'now';
-    SELECT RAISE(ROLLBACK, 'orch-assert:lease_held') WHERE changes() <> 1;
+    SELECT RAISE(ABORT, 'orch-assert:lease_held') WHERE changes() <> 1;
     INSERT INTO artifacts (run_id, name, version, kind, path, task_id, attempt, content,
                            metadata, created_at)
     SELECT NEW.doc ->> 'run_id', a.value ->> 0,

@@ -11,7 +11,7 @@
 CREATE TEMP VIEW proc_save_run (doc) AS SELECT NULL WHERE 0;
 CREATE TEMP TRIGGER proc_save_run INSTEAD OF INSERT ON proc_save_run
 BEGIN
-    SELECT RAISE(ROLLBACK, 'orch-assert:run_exists')
+    SELECT RAISE(ABORT, 'orch-assert:run_exists')
     WHERE NOT EXISTS (SELECT 1 FROM runs WHERE id = NEW.doc ->> 'run_id');
     UPDATE runs
     SET status        = NEW.doc ->> 'status',
@@ -23,7 +23,7 @@ BEGIN
                              ELSE updated_at END,
         version       = version + 1
     WHERE id = NEW.doc ->> 'run_id' AND version = NEW.doc ->> 'expected_version';
-    SELECT RAISE(ROLLBACK, 'orch-assert:run_version') WHERE changes() <> 1;
+    SELECT RAISE(ABORT, 'orch-assert:run_version') WHERE changes() <> 1;
     UPDATE tasks
     SET role             = c.value ->> 'role',
         title            = c.value ->> 'title',
@@ -59,7 +59,7 @@ BEGIN
       AND tasks.id = c.value ->> 'id'
       AND tasks.status = c.value ->> 'expected_status'
       AND tasks.attempt = c.value ->> 'expected_attempt';
-    SELECT RAISE(ROLLBACK, 'orch-assert:tasks_unchanged')
+    SELECT RAISE(ABORT, 'orch-assert:tasks_unchanged')
     WHERE changes() <> json_array_length(NEW.doc, '$.changed');
     INSERT INTO dead_letters (run_id, task_id, role, attempts, error, created_at)
     SELECT NEW.doc ->> 'run_id', d.value ->> 0, d.value ->> 1, d.value ->> 2, d.value ->> 3,
