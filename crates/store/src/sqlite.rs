@@ -66,6 +66,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+mod batch;
+
+use batch::{Answer, Job, Write, WriteQueue};
+
 use crate::rows::{
     artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row, llm_call_from_row,
     opt_json_col, parse_col, run_from_row, task_from_row, task_ref_from_row, token_from_row,
@@ -283,9 +287,7 @@ impl WriterThread {
                         }
                         return;
                     };
-                    if run_batch(c, batch).await {
-                        queue.batches.fetch_add(1, Ordering::Relaxed);
-                    }
+                    queue.run(c, batch).await;
                 }
             }
         });
@@ -348,125 +350,9 @@ async fn checkpoint_once(
     Ok(true)
 }
 
-/// A statement for the write connection, built afresh for each run of it
-/// (a batch that fails is run again one write at a time).
-type MakeQuery = Box<dyn Fn() -> Query + Send + Sync>;
-
-/// What a statement on the write connection returned.
-type Answer = std::result::Result<Vec<SqliteRow>, sqlx::Error>;
-
-/// A queued write and where its answer goes.
-struct Job {
-    make: MakeQuery,
-    reply: tokio::sync::oneshot::Sender<Result<Answer>>,
-}
-
-/// The writes waiting for the write connection ([`WriterThread::drive`]).
-#[derive(Default)]
-struct WriteQueue {
-    jobs: std::sync::Mutex<std::collections::VecDeque<Job>>,
-    /// Told of every write queued.
-    ready: tokio::sync::Notify,
-    /// Transactions of more than one write committed, for tests.
-    batches: AtomicUsize,
-}
-
-impl std::fmt::Debug for WriteQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteQueue")
-            .field("queued", &self.jobs().len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl WriteQueue {
-    fn jobs(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Job>> {
-        // A panic while the lock is held cannot leave the queue half-changed.
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.jobs().is_empty()
-    }
-
-    fn push(&self, job: Job) {
-        self.jobs().push_back(job);
-        self.ready.notify_one();
-    }
-
-    /// Up to `max` of the queued writes, oldest first.
-    fn take(&self, max: usize) -> Vec<Job> {
-        let mut jobs = self.jobs();
-        let n = jobs.len().min(max);
-        jobs.drain(..n).collect()
-    }
-}
-
 /// The error of a write that finds the store closed.
 fn closed() -> Error {
     Error::Database("the store is closed".into())
-}
-
-/// Run `batch` on `c` in one transaction and answer each write once it has
-/// committed; a lone write runs on its own. A refusal (`orch-assert`) undoes
-/// only its own statement; any other failure (of a statement, of `BEGIN` or
-/// of `COMMIT`) rolls the transaction back and runs the writes again one at
-/// a time, each answered with its own result. True if several writes
-/// committed as one.
-async fn run_batch(c: &mut SqliteConnection, batch: Vec<Job>) -> bool {
-    if batch.len() > 1 {
-        if let Some(answers) = in_one_transaction(c, &batch).await {
-            for (job, answer) in batch.into_iter().zip(answers) {
-                let _ = job.reply.send(Ok(answer));
-            }
-            return true;
-        }
-        tracing::debug!(
-            writes = batch.len(),
-            "a batch of writes failed as a whole; running them one at a time"
-        );
-    }
-    for job in batch {
-        let answer = (job.make)().fetch_all(&mut *c).await;
-        let _ = job.reply.send(Ok(answer));
-    }
-    false
-}
-
-/// The answers of `batch` run in one committed transaction; `None` (nothing
-/// written) if a statement failed other than by a refusal, or the
-/// transaction could not begin or commit.
-async fn in_one_transaction(c: &mut SqliteConnection, batch: &[Job]) -> Option<Vec<Answer>> {
-    sqlx::raw_sql("BEGIN IMMEDIATE")
-        .execute(&mut *c)
-        .await
-        .ok()?;
-    let mut answers = Vec::with_capacity(batch.len());
-    for job in batch {
-        let answer = (job.make)().fetch_all(&mut *c).await;
-        if let Err(e) = &answer
-            && Refusal::of(e).is_none()
-        {
-            rollback(c).await;
-            return None;
-        }
-        answers.push(answer);
-    }
-    if sqlx::raw_sql("COMMIT").execute(&mut *c).await.is_err() {
-        rollback(c).await;
-        return None;
-    }
-    Some(answers)
-}
-
-/// Roll back the open transaction, if one is still open (a failed statement
-/// may have ended it already).
-async fn rollback(c: &mut SqliteConnection) {
-    if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await {
-        tracing::debug!(error = %e, "rollback of a batch of writes");
-    }
 }
 
 impl Conns {
@@ -721,8 +607,7 @@ impl SqliteStore {
         doc: &Doc<'_, T>,
         map: impl FnOnce(sqlx::Error) -> Error,
     ) -> Result<Call> {
-        let doc = to_json(doc)?;
-        self.call_with(Box::new(move || sqlx::query(sql).bind(doc.clone())), map)
+        self.call_with(Write::new(sql).text(to_json(doc)?), map)
             .await
     }
 
@@ -730,10 +615,10 @@ impl SqliteStore {
     /// connection, in one round trip. `map` turns database errors into ours.
     async fn call_with(
         &self,
-        make: MakeQuery,
+        write: Write,
         map: impl FnOnce(sqlx::Error) -> Error,
     ) -> Result<Call> {
-        match self.on_writer(make).await? {
+        match self.on_writer(write).await? {
             Ok(rows) => Ok(Call::Done(rows)),
             Err(e) => match Refusal::of(&e) {
                 Some(refusal) => Ok(Call::Refused(refusal)),
@@ -758,8 +643,8 @@ impl SqliteStore {
     }
 
     /// Run a single-statement write on the write connection.
-    async fn write_one(&self, make: MakeQuery) -> Result<Vec<SqliteRow>> {
-        self.on_writer(make).await?.map_err(db_err)
+    async fn write_one(&self, write: Write) -> Result<Vec<SqliteRow>> {
+        self.on_writer(write).await?.map_err(db_err)
     }
 
     /// Run the statement `make` builds on the write connection: at once on
@@ -768,17 +653,17 @@ impl SqliteStore {
     /// queued for the writer thread, which commits it in a batch with the
     /// others queued ([`WriterThread::drive`]). The outer error is the
     /// store's (closed), the inner the statement's.
-    async fn on_writer(&self, make: MakeQuery) -> Result<Answer> {
+    async fn on_writer(&self, write: Write) -> Result<Answer> {
         let thread = &self.conns.thread;
         thread.wrote.notify_one();
         if thread.queue.is_empty()
             && let Ok(mut writer) = self.conns.writer.clone().try_lock_owned()
         {
             let conn = conn(&mut writer)?;
-            return Ok(make().fetch_all(conn).await);
+            return Ok(write.query().fetch_all(conn).await);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        thread.queue.push(Job { make, reply });
+        thread.queue.push(Job { write, reply });
         answer
             .await
             .map_err(|_| Error::Database("the SQLite writer thread stopped".into()))?
@@ -1518,10 +1403,7 @@ impl RunStore for SqliteStore {
         // the writer's page cache is warm where a reader's starts cold after
         // every commit (measured: S1 2.00 -> 1.71 ms per task).
         let rows = self
-            .write_one({
-                let id = id.to_string();
-                Box::new(move || sqlx::query(sql::LOAD_RUN_PROGRESS).bind(id.clone()))
-            })
+            .write_one(Write::new(sql::LOAD_RUN_PROGRESS).text(id.as_str()))
             .await?;
         let mut run = None;
         let mut tasks = Vec::with_capacity(known.tasks.len());
@@ -1702,14 +1584,8 @@ impl TaskStore for SqliteStore {
 
     async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
         let (doc, artifacts) = complete_docs(fence, outcome, now)?;
-        let make = move || {
-            sqlx::query(sql::COMPLETE_TASK)
-                .bind(doc.clone())
-                .bind(artifacts.clone())
-        };
-        self.call_with(Box::new(make), db_err)
-            .await?
-            .completed(fence)?;
+        let write = Write::new(sql::COMPLETE_TASK).text(doc).text(artifacts);
+        self.call_with(write, db_err).await?.completed(fence)?;
         Ok(())
     }
 
@@ -1904,9 +1780,7 @@ impl DeadLetterStore for SqliteStore {
 
     async fn mark_replayed(&self, id: i64, now: Millis) -> Result<DeadLetter> {
         let rows = self
-            .write_one(Box::new(move || {
-                sqlx::query(sql::MARK_REPLAYED).bind(id).bind(now)
-            }))
+            .write_one(Write::new(sql::MARK_REPLAYED).int(id).int(now))
             .await?;
         let row = rows.first().ok_or(Error::DeadLetterNotFound(id))?;
         dead_letter_from_row(row)
@@ -1916,27 +1790,24 @@ impl DeadLetterStore for SqliteStore {
 #[async_trait]
 impl JournalStore for SqliteStore {
     async fn record_llm_call(&self, call: &LlmCallRecord) -> Result<()> {
-        let call = call.clone();
-        let make = move || {
-            sqlx::query(sql::RECORD_LLM_CALL)
-                .bind(call.run_id.as_str().to_string())
-                .bind(call.task_id.clone())
-                .bind(i64::from(call.attempt))
-                .bind(i64::from(call.step))
-                .bind(call.request_hash.clone())
-                .bind(call.provider.clone())
-                .bind(call.model.clone())
-                .bind(call.request.clone())
-                .bind(call.response.clone())
-                .bind(token_param(call.input_tokens))
-                .bind(token_param(call.output_tokens))
-                .bind(token_param(call.cache_read_tokens))
-                .bind(token_param(call.cache_write_tokens))
-                .bind(call.latency_ms)
-                .bind(call.cost_usd)
-                .bind(call.created_at)
-        };
-        self.write_one(Box::new(make)).await?;
+        let write = Write::new(sql::RECORD_LLM_CALL)
+            .text(call.run_id.as_str())
+            .text(call.task_id.as_str())
+            .int(i64::from(call.attempt))
+            .int(i64::from(call.step))
+            .text(call.request_hash.as_str())
+            .text(call.provider.as_str())
+            .text(call.model.as_str())
+            .text(call.request.as_str())
+            .text(call.response.as_str())
+            .int(token_param(call.input_tokens))
+            .int(token_param(call.output_tokens))
+            .int(token_param(call.cache_read_tokens))
+            .int(token_param(call.cache_write_tokens))
+            .int(call.latency_ms)
+            .real(call.cost_usd)
+            .int(call.created_at);
+        self.write_one(write).await?;
         Ok(())
     }
 
@@ -2003,10 +1874,7 @@ impl TokenStore for SqliteStore {
 
     async fn revoke_token(&self, id: &str, now: Millis) -> Result<ApiToken> {
         let rows = self
-            .write_one({
-                let id = id.to_string();
-                Box::new(move || sqlx::query(sql::REVOKE_TOKEN).bind(id.clone()).bind(now))
-            })
+            .write_one(Write::new(sql::REVOKE_TOKEN).text(id).int(now))
             .await?;
         let row = rows
             .first()
@@ -2055,14 +1923,11 @@ impl Store for SqliteStore {
                 now,
             )?,
         };
-        let step_doc = to_json(&step_doc)?;
-        let make = move || {
-            sqlx::query(sql::COMPLETE_STEP)
-                .bind(doc.clone())
-                .bind(artifacts.clone())
-                .bind(step_doc.clone())
-        };
-        let rows = match self.call_with(Box::new(make), db_err).await {
+        let write = Write::new(sql::COMPLETE_STEP)
+            .text(doc)
+            .text(artifacts)
+            .text(to_json(&step_doc)?);
+        let rows = match self.call_with(write, db_err).await {
             Ok(call) => call.completed(fence)?,
             Err(e) => {
                 // Whatever failed (nothing was written), the completion must
@@ -2208,6 +2073,10 @@ mod tests {
         assert!(
             store.conns.thread.queue.batches.load(Ordering::Relaxed) > 0,
             "no writes were committed together"
+        );
+        assert!(
+            store.conns.thread.queue.chains.load(Ordering::Relaxed) > 0,
+            "no writes ran chained"
         );
         assert_eq!(write_at_once(&store, &state, true).await, 54);
 
