@@ -21,7 +21,8 @@ use sqlx::{Either, Executor};
 use super::{Query, Refusal};
 use crate::Result;
 
-/// The most writes of one statement chained into one call.
+/// The most writes of one statement chained into one call (chains are 1,
+/// 2, 4 or 8 long).
 const MAX_CHAIN: usize = 8;
 
 /// What a statement on the write connection returned.
@@ -166,57 +167,68 @@ impl WriteQueue {
     /// The answers of `batch` (in its order) run in one committed
     /// transaction, writes of the same statement chained; `None` (nothing
     /// written) if a statement failed other than by a refusal, or the
-    /// transaction could not begin or commit.
+    /// transaction could not begin or commit. `BEGIN` rides with the first
+    /// chain and `COMMIT` with the last: a batch makes no more calls than
+    /// its chains.
     async fn in_one_transaction(
         &self,
         c: &mut SqliteConnection,
         batch: &[Job],
     ) -> Option<Vec<Answer>> {
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut *c)
-            .await
-            .ok()?;
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].write.sql);
         let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
-        let mut rest = &order[..];
+        let (mut rest, mut begun, mut committed) = (&order[..], false, false);
         while let Some(&first) = rest.first() {
             let sql = batch[first].write.sql;
             let same = rest
                 .iter()
                 .take_while(|&&i| batch[i].write.sql == sql)
                 .count();
-            let chain = &rest[..same.min(MAX_CHAIN)];
+            // A power of two: fewer texts to prepare and keep.
+            let len = 1 << same.min(MAX_CHAIN).ilog2();
+            let chain = &rest[..len];
             let writes: Vec<&Write> = chain.iter().map(|&i| &batch[i].write).collect();
-            let Some(ran) = self.run_chain(c, &writes).await else {
+            let ends = Ends {
+                begin: !begun,
+                commit: chain.len() == rest.len(),
+            };
+            let ran = self.run_chain(c, &writes, ends).await;
+            begun = true;
+            let Some(ran) = ran else {
                 rollback(c).await;
                 return None;
             };
-            let done = ran.len();
-            for (&i, answer) in chain.iter().zip(ran) {
+            committed = ran.committed;
+            rest = &rest[ran.answers.len()..];
+            for (&i, answer) in chain.iter().zip(ran.answers) {
                 answers[i] = Some(answer);
             }
-            rest = &rest[done..];
         }
         let answers: Option<Vec<Answer>> = answers.into_iter().collect();
-        if answers.is_none() || sqlx::raw_sql("COMMIT").execute(&mut *c).await.is_err() {
+        let committed = committed || sqlx::raw_sql("COMMIT").execute(&mut *c).await.is_ok();
+        if answers.is_none() || !committed {
             rollback(c).await;
             return None;
         }
         answers
     }
 
-    /// Run `writes` (all of one statement) as one chain: the answers of
-    /// those that ran, in order, at least one. A refusal ends the chain: its
-    /// write's answer is the last one, and the writes after it have not run.
-    /// `None` if a statement failed other than by a refusal (or the chain
-    /// did not run as many statements as its writes make).
-    async fn run_chain(&self, c: &mut SqliteConnection, writes: &[&Write]) -> Option<Vec<Answer>> {
-        let chained = Chained::of(writes[0].sql, writes.len());
-        let fits = writes.iter().all(|w| w.params.len() == chained.params);
-        if writes.len() == 1 || !fits {
-            let answer = writes[0].query().fetch_all(&mut *c).await;
-            return refused_or_done(&answer).then_some(vec![answer]);
+    /// Run `writes` (all of one statement) as one chain, after `BEGIN
+    /// IMMEDIATE` and before `COMMIT` as `ends` says: the answers of those
+    /// that ran, in order, at least one. A refusal ends the chain: its
+    /// write's answer is the last one, and the writes after it (and the
+    /// `COMMIT`) have not run. `None` if a statement failed other than by a
+    /// refusal, or the chain did not run every statement it holds.
+    async fn run_chain(
+        &self,
+        c: &mut SqliteConnection,
+        writes: &[&Write],
+        ends: Ends,
+    ) -> Option<Ran> {
+        let chained = Chained::of(writes[0].sql, writes.len(), ends);
+        if !writes.iter().all(|w| w.params.len() == chained.params) {
+            return None;
         }
         let mut query = sqlx::query(chained.text);
         for w in writes {
@@ -224,31 +236,59 @@ impl WriteQueue {
                 query = w.params[n - 1].bind_to(query);
             }
         }
-        self.chains
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if writes.len() > 1 {
+            self.chains
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut results = c.fetch_many(query);
-        let (mut answers, mut rows, mut statements) = (Vec::new(), Vec::new(), 0);
+        let mut ran = Ran {
+            answers: Vec::with_capacity(writes.len()),
+            committed: false,
+        };
+        // Statements ended: `BEGIN`, the writes' own, then `COMMIT`.
+        let (mut ended, mut rows): (usize, Vec<SqliteRow>) = (0, Vec::new());
+        let first = usize::from(ends.begin);
         while let Some(result) = results.next().await {
             match result {
                 Ok(Either::Right(row)) => rows.push(row),
                 Ok(Either::Left(_)) => {
-                    statements += 1;
-                    if statements % chained.statements == 0 {
-                        answers.push(Ok(std::mem::take(&mut rows)));
+                    ended += 1;
+                    let own = ended.checked_sub(first).filter(|&n| n > 0);
+                    if let Some(own) = own
+                        && own % chained.statements == 0
+                        && ran.answers.len() < writes.len()
+                    {
+                        ran.answers.push(Ok(std::mem::take(&mut rows)));
                     }
                 }
                 Err(e) => {
                     let answer = Err(e);
-                    if !refused_or_done(&answer) {
+                    if ran.answers.len() == writes.len() || !refused_or_done(&answer) {
                         return None;
                     }
-                    answers.push(answer);
-                    return Some(answers);
+                    ran.answers.push(answer);
+                    return Some(ran);
                 }
             }
         }
-        (answers.len() == writes.len()).then_some(answers)
+        let expected = first + writes.len() * chained.statements + usize::from(ends.commit);
+        ran.committed = ends.commit;
+        (ended == expected).then_some(ran)
     }
+}
+
+/// Whether a chain opens the batch's transaction, and whether it closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ends {
+    begin: bool,
+    commit: bool,
+}
+
+/// What a chain ran.
+struct Ran {
+    answers: Vec<Answer>,
+    /// The `COMMIT` at its end ran.
+    committed: bool,
 }
 
 /// True unless `answer` is a failure other than a refusal.
@@ -287,17 +327,27 @@ struct Chained {
 }
 
 impl Chained {
-    /// `sql` `k` times with anonymous parameters. Made once for each
-    /// statement and `k`, and kept: sqlx keeps a prepared statement for each
-    /// text, so the same text must come back.
-    fn of(sql: &'static str, k: usize) -> Chained {
-        static MADE: OnceLock<Mutex<HashMap<(&'static str, usize), Chained>>> = OnceLock::new();
+    /// `sql` `k` times with anonymous parameters, after `BEGIN IMMEDIATE`
+    /// and before `COMMIT` as `ends` says. Made once for each statement, `k`
+    /// and `ends`, and kept: sqlx keeps a prepared statement for each text,
+    /// so the same text must come back.
+    fn of(sql: &'static str, k: usize, ends: Ends) -> Chained {
+        type Made = HashMap<(&'static str, usize, Ends), Chained>;
+        static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
         let made = MADE.get_or_init(Mutex::default);
         let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
-        *made.entry((sql, k)).or_insert_with(|| {
+        *made.entry((sql, k, ends)).or_insert_with(|| {
             let shape = Shape::of(sql);
             let (copy, refs) = anonymous(sql);
-            let text = vec![copy; k].join("\n");
+            let mut text = if ends.begin {
+                "BEGIN IMMEDIATE;\n".to_string()
+            } else {
+                String::new()
+            };
+            text.push_str(&vec![copy; k].join("\n"));
+            if ends.commit {
+                text.push_str("\nCOMMIT;");
+            }
             Chained {
                 text: Box::leak(text.into_boxed_str()),
                 statements: shape.statements.max(1),
@@ -473,10 +523,24 @@ mod tests {
 
     #[test]
     fn chains_are_made_once() {
-        let a = Chained::of(super::super::sql::COMPLETE_STEP, 3);
-        let b = Chained::of(super::super::sql::COMPLETE_STEP, 3);
+        let ends = Ends {
+            begin: true,
+            commit: true,
+        };
+        let a = Chained::of(super::super::sql::COMPLETE_STEP, 3, ends);
+        let b = Chained::of(super::super::sql::COMPLETE_STEP, 3, ends);
         assert!(std::ptr::eq(a.text, b.text));
         assert_eq!((a.statements, a.params, a.refs), (2, 3, &[1, 2, 3][..]));
         assert_eq!(a.text.matches("jsonb(?), jsonb(?), jsonb(?)").count(), 3);
+        assert!(a.text.starts_with("BEGIN IMMEDIATE;\n") && a.text.ends_with("\nCOMMIT;"));
+        let middle = Chained::of(
+            super::super::sql::COMPLETE_STEP,
+            3,
+            Ends {
+                begin: false,
+                commit: false,
+            },
+        );
+        assert!(!middle.text.contains("BEGIN") && !middle.text.contains("COMMIT"));
     }
 }
