@@ -281,11 +281,12 @@ impl WriterThread {
                     if batch.is_empty() {
                         break;
                     }
+                    // Closed: every write, now and later, is told so.
                     let Some(c) = taken.as_mut() else {
                         for job in batch {
                             let _ = job.reply.send(Err(closed()));
                         }
-                        return;
+                        continue;
                     };
                     queue.run(c, batch).await;
                 }
@@ -2091,6 +2092,46 @@ mod tests {
             assert_eq!(e.seq, i as i64 + 1);
         }
         store.close().await;
+    }
+
+    /// Writes queued on a closed store are answered with an error, not
+    /// left waiting.
+    #[tokio::test]
+    async fn writes_after_close_fail_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("closed.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let (state, events) = crate::conformance::new_run(1_000);
+        store.create_run(&state, &events, 1_000).await.unwrap();
+        store.close().await;
+        for _ in 0..2 {
+            // The connection held meanwhile, as a heartbeat would: the
+            // writes must queue rather than run inline.
+            let held = store.conns.writer.clone().lock_owned().await;
+            let mut writes = tokio::task::JoinSet::new();
+            for i in 0..10 {
+                let (store, id) = (store.clone(), state.run.id.clone());
+                writes.spawn(async move {
+                    let note = [NewEvent::run(EventKind::Checkpoint, format!("late {i}"))];
+                    store.append_events(&id, &note, 2_000).await
+                });
+            }
+            tokio::task::yield_now().await;
+            drop(held);
+            let all = async {
+                while let Some(r) = writes.join_next().await {
+                    let r = r.unwrap();
+                    assert!(
+                        matches!(&r, Err(Error::Database(m)) if m.contains("closed")),
+                        "{r:?}"
+                    );
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), all)
+                .await
+                .expect("writes to a closed store were left waiting");
+        }
     }
 
     #[tokio::test]
