@@ -9,14 +9,19 @@
 # in flight) and the load measures the API and run creation, not the agents.
 #
 # Usage: scripts/bench-api.sh [DURATION_SECONDS=10] [CONNECTIONS=32]
-# Needs wrk (Debian package `wrk`); builds the release binary.
+# Needs wrk (Debian package `wrk`); builds the release binary, unless
+# ORCH_BIN names the binary to measure (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 CONNS=${2:-32}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-cargo build --release -q
-BIN=$PWD/target/release/orchestrator
+if [ -n "${ORCH_BIN:-}" ]; then
+  BIN=$ORCH_BIN
+else
+  cargo build --release -q
+  BIN=$PWD/target/release/orchestrator
+fi
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 export DATABASE_URL="sqlite://$WORK/bench.db" LLM_PROVIDER=scripted ORCH_LOG=error
