@@ -522,6 +522,26 @@ mod tests {
     }
 
     #[test]
+    fn the_statements_of_each_write_are_counted() {
+        // A chain's answers are told apart by these counts (a wrong one
+        // makes every batch of that write fall back to one at a time).
+        use super::super::sql;
+        for (text, statements) in [
+            (sql::CLAIM_TASK, 2),
+            (sql::CLAIM_ATTEMPT, 5),
+            (sql::COMPLETE_TASK, 1),
+            (sql::COMPLETE_STEP, 2),
+            (sql::CREATE_RUN, 1),
+            (sql::SAVE_RUN, 1),
+            (sql::APPEND_EVENTS, 2),
+            (sql::LOAD_RUN_PROGRESS, 3),
+            (sql::RECORD_LLM_CALL, 1),
+        ] {
+            assert_eq!(Shape::of(text).statements, statements, "{text}");
+        }
+    }
+
+    #[test]
     fn chains_are_made_once() {
         let ends = Ends {
             begin: true,
