@@ -29,7 +29,7 @@
 //!
 //! Group commit. A write that finds the connection free runs at once, its
 //! own transaction. Writes that arrive while it is busy queue up, and the
-//! writer thread runs all that have queued (up to [`MAX_BATCH`]) in one
+//! writer thread runs all that have queued (up to 64, `MAX_BATCH`) in one
 //! transaction, answering each only once that transaction has committed:
 //! one commit (its WAL frames, its locks) for many writes, and pages that
 //! several of them change (the tail of the event log, the task indexes, the
