@@ -337,7 +337,6 @@ impl Chained {
         let made = MADE.get_or_init(Mutex::default);
         let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
         *made.entry((sql, k, ends)).or_insert_with(|| {
-            let shape = Shape::of(sql);
             let (copy, refs) = anonymous(sql);
             let mut text = if ends.begin {
                 "BEGIN IMMEDIATE;\n".to_string()
@@ -350,45 +349,24 @@ impl Chained {
             }
             Chained {
                 text: Box::leak(text.into_boxed_str()),
-                statements: shape.statements.max(1),
-                params: shape.params,
+                statements: statements(sql).max(1),
+                params: refs.iter().copied().max().unwrap_or(0),
                 refs: Box::leak(refs.into_boxed_slice()),
             }
         })
     }
 }
 
-/// What a statement text holds: its statements and its highest parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Shape {
-    statements: usize,
-    params: usize,
-}
-
-impl Shape {
-    /// Statements are counted by their `;`, parameters read as `?n`; both
-    /// outside comments and string literals.
-    fn of(sql: &str) -> Shape {
-        let mut shape = Shape {
-            statements: 0,
-            params: 0,
-        };
-        scan(sql, |piece| {
-            if let Piece::Code(code) = piece {
-                shape.statements += code.matches(';').count();
-                let mut rest = code;
-                while let Some(at) = rest.find('?') {
-                    let digits: &str = &rest[at + 1..];
-                    let len = digits.bytes().take_while(u8::is_ascii_digit).count();
-                    if let Ok(n) = digits[..len].parse::<usize>() {
-                        shape.params = shape.params.max(n);
-                    }
-                    rest = &digits[len..];
-                }
-            }
-        });
-        shape
-    }
+/// The statements in `sql`, counted by their `;` outside comments and
+/// string literals.
+fn statements(sql: &str) -> usize {
+    let mut n = 0;
+    scan(sql, |piece| {
+        if let Piece::Code(code) = piece {
+            n += code.matches(';').count();
+        }
+    });
+    n
 }
 
 /// `sql` with each parameter `?n` outside comments and literals made
@@ -470,16 +448,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shapes_count_statements_and_parameters_outside_comments_and_literals() {
+    fn statements_and_parameters_are_read_outside_comments_and_literals() {
         let sql = "-- ?9; a comment\nINSERT INTO t (a) VALUES (jsonb(?1)); /* ?7; */\n\
                    SELECT ';?8', \"x?5\" FROM t WHERE b = ?2 AND c = ?12;\n";
-        assert_eq!(
-            Shape::of(sql),
-            Shape {
-                statements: 2,
-                params: 12
-            }
-        );
+        assert_eq!(statements(sql), 2);
+        assert_eq!(anonymous(sql).1, vec![1, 2, 12]);
     }
 
     #[test]
@@ -537,7 +510,7 @@ mod tests {
             (sql::LOAD_RUN_PROGRESS, 3),
             (sql::RECORD_LLM_CALL, 1),
         ] {
-            assert_eq!(Shape::of(text).statements, statements, "{text}");
+            assert_eq!(super::statements(text), statements, "{text}");
         }
     }
 
