@@ -198,9 +198,7 @@ type Taken = OwnedMutexGuard<Option<SqliteConnection>>;
 
 /// The connection inside a taken slot.
 fn conn(taken: &mut Taken) -> Result<&mut SqliteConnection> {
-    taken
-        .as_mut()
-        .ok_or_else(|| Error::Database("the store is closed".into()))
+    taken.as_mut().ok_or_else(closed)
 }
 
 /// The connections of a store. Neither is a sqlx pool: a pool pings every
