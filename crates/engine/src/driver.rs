@@ -28,6 +28,9 @@ pub struct Engine {
     saved: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<RunId, std::sync::Arc<RunState>>>,
     >,
+    /// Completions of one run in this process take their steps one at a
+    /// time ([`Engine::complete`]).
+    stepping: std::sync::Arc<RunTurns>,
     /// When the sweeper last pruned the broker's idle consumers (engine
     /// clock, ms); shared by clones so they prune once between them.
     pub(crate) last_prune: std::sync::Arc<std::sync::atomic::AtomicI64>,
@@ -38,6 +41,55 @@ pub struct Engine {
 
 /// Bound on the runs kept in `Engine::saved`; the map is cleared when reached.
 const MAX_SAVED_RUNS: usize = 4096;
+
+/// A turn per run: one holder at a time for each run, others wait. A run's
+/// entry lives while someone holds or waits for its turn.
+#[derive(Debug, Default)]
+struct RunTurns {
+    turns:
+        std::sync::Mutex<std::collections::HashMap<RunId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A run's turn, given back when dropped.
+struct Turn<'a> {
+    turns: &'a RunTurns,
+    run_id: &'a RunId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl RunTurns {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<RunId, std::sync::Arc<tokio::sync::Mutex<()>>>,
+    > {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn take<'a>(&'a self, run_id: &'a RunId) -> Turn<'a> {
+        let turn = self.map().entry(run_id.clone()).or_default().clone();
+        Turn {
+            turns: self,
+            run_id,
+            guard: Some(turn.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.turns.map();
+        // Only the map holds it: no one holds or waits for this run's turn.
+        if map
+            .get(self.run_id)
+            .is_some_and(|t| std::sync::Arc::strong_count(t) == 1)
+        {
+            map.remove(self.run_id);
+        }
+    }
+}
 
 /// The steps an [`Engine`] saved ([`Engine::changes`]): how many, and the
 /// run and status of the last one, so a waiter can tell whether its run may
@@ -63,6 +115,7 @@ impl Engine {
             opts,
             steps: std::sync::Arc::new(tokio::sync::watch::channel(Steps::default()).0),
             saved: Default::default(),
+            stepping: Default::default(),
             last_prune: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             last_tick_all: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         }
@@ -322,6 +375,11 @@ impl Engine {
     /// `claimed_state` (the run read with the claim), else read from the
     /// store: a worker process steps the runs it works on as an engine
     /// process would.
+    /// Completions of one run in this process take their steps one at a
+    /// time: the second of two tasks finishing together (a backend and a
+    /// frontend) steps from the run as the first left it, where it would
+    /// otherwise be refused for the version the first moved and leave its
+    /// step to the loop (a wake-up, a re-read and a save).
     /// Returns whether an engine loop must be woken: when the step was not
     /// saved or not current, and, if `loop_here` is false (no engine loop in
     /// this process, so no waiter of a run here), when it ended the run or
@@ -336,6 +394,7 @@ impl Engine {
         claimed_state: Option<RunState>,
         loop_here: bool,
     ) -> orch_store::Result<bool> {
+        let _turn = self.stepping.take(&fence.run_id).await;
         let cached = self
             .saved
             .lock()
@@ -583,5 +642,33 @@ impl Decided {
     /// Nothing to save.
     fn is_empty(&self) -> bool {
         self.diff.is_empty() && self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One holder of a run's turn at a time; other runs are not held up;
+    /// a turn no one holds or waits for leaves nothing behind.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_has_one_turn_at_a_time() {
+        use std::time::Duration;
+        let turns = RunTurns::default();
+        let (a, b) = (RunId::generate(), RunId::generate());
+        let first = turns.take(&a).await;
+        // Another run's turn is free meanwhile.
+        let other = tokio::time::timeout(Duration::from_secs(1), turns.take(&b)).await;
+        assert!(other.is_ok(), "another run's turn was held up");
+        drop(other);
+        // The same run's is not, until the first is given back.
+        let waited = tokio::time::timeout(Duration::from_secs(1), turns.take(&a)).await;
+        assert!(waited.is_err(), "two holders of one run's turn");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(1), turns.take(&a)).await;
+        assert!(second.is_ok(), "a turn given back was not free");
+        assert_eq!(turns.map().len(), 1, "only the held turn is kept");
+        drop(second);
+        assert!(turns.map().is_empty(), "turns no one holds are forgotten");
     }
 }
