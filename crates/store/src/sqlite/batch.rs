@@ -195,7 +195,7 @@ impl WriteQueue {
             };
             let ran = self.run_chain(c, &writes, ends).await;
             begun = true;
-            let Some(ran) = ran else {
+            let Some(ran) = ran.filter(|ran| !ran.answers.is_empty()) else {
                 rollback(c).await;
                 return None;
             };
@@ -205,13 +205,17 @@ impl WriteQueue {
                 answers[i] = Some(answer);
             }
         }
-        let answers: Option<Vec<Answer>> = answers.into_iter().collect();
-        let committed = committed || sqlx::raw_sql("COMMIT").execute(&mut *c).await.is_ok();
-        if answers.is_none() || !committed {
+        // Every write answered before anything commits: a batch reported
+        // as failed is run again, so it must not have committed.
+        let Some(answers) = answers.into_iter().collect::<Option<Vec<Answer>>>() else {
+            rollback(c).await;
+            return None;
+        };
+        if !committed && sqlx::raw_sql("COMMIT").execute(&mut *c).await.is_err() {
             rollback(c).await;
             return None;
         }
-        answers
+        Some(answers)
     }
 
     /// Run `writes` (all of one statement) as one chain, after `BEGIN
