@@ -30,6 +30,7 @@ use orch_core::{
 };
 
 pub mod conformance;
+mod doc;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

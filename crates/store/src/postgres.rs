@@ -42,21 +42,27 @@
 //! their own transaction: both are repaired if a crash loses them (see
 //! [`Durability`]), and any later durable commit flushes them first.
 //!
-//! Batching: rows of one kind (tasks, events, gates, artifacts, dead letters)
-//! are written by one statement whatever their number, as one array per
-//! column (`INSERT ... SELECT ... FROM UNNEST($2::text[], ...)`); each
-//! statement is one round trip, and statements whose batch is empty are
-//! skipped. A claim is four round trips (`BEGIN`, lock, claim with its event,
-//! `COMMIT`), a completion four, an append one.
+//! Writes: creating a run, an engine save, a completion (alone or with the
+//! step that follows it) and an append are each one call of a write
+//! procedure (`migrations/postgres/0007_write_functions.sql`): one statement,
+//! its own transaction, one round trip, whatever the number of rows. The
+//! procedures take the same JSON documents as the SQLite store's
+//! (`doc.rs`) and do what SQLite's do; a refusal is an exception whose
+//! message starts with `orch-assert:`. A claim is one statement too
+//! (`claim_task.sql`). Where a completion with its step was eight round
+//! trips (`BEGIN`, totals, task, `SAVEPOINT`, version, tasks, events,
+//! `COMMIT`), it is one.
 
 use std::time::Duration;
 
+use crate::doc::{
+    Doc, NoFields, StepDoc, complete_docs, create_doc, save_doc, to_json, token_param,
+};
 use async_trait::async_trait;
 use orch_core::{
     Artifact, DeadLetter, Event, EventKind, Gate, Millis, NewEvent, Run, RunId, RunState,
-    RunStatus, StateDiff, Task, TaskStatus,
+    RunStatus, StateDiff, Task,
 };
-use serde::Serialize;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres};
 
@@ -67,7 +73,7 @@ use crate::rows::{
 use crate::{
     ApiToken, ArtifactStore, DeadLetterStore, Durability, Error, EventQuery, EventStore, Fence,
     JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats,
-    StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore, still_in_flight,
+    StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
 /// Connections of one store's pool. Each operation holds one connection for
@@ -124,7 +130,6 @@ mod sql {
     pub const RECORD_LLM_CALL: &str = file!("record_llm_call.sql");
     pub const FIND_LLM_CALL: &str = file!("find_llm_call.sql");
     pub const LIST_LLM_CALLS: &str = file!("list_llm_calls.sql");
-    pub const APPEND_EVENTS: &str = file!("append_events.sql");
 
     // API tokens.
     pub const INSERT_TOKEN: &str = file!("insert_token.sql");
@@ -140,21 +145,17 @@ mod sql {
     pub const STATS_DEAD_LETTERS: &str = file!("stats_dead_letters.sql");
     pub const STATS_LLM: &str = file!("stats_llm.sql");
 
-    // Statements of write transactions.
-    pub const INSERT_RUN: &str = file!("insert_run.sql");
-    pub const SAVE_RUN: &str = file!("save_run.sql");
-    pub const INSERT_TASKS: &str = file!("insert_tasks.sql");
-    pub const UPDATE_TASKS: &str = file!("update_tasks.sql");
-    pub const PUT_GATES: &str = file!("put_gates.sql");
-    pub const INSERT_DEAD_LETTERS: &str = file!("insert_dead_letters.sql");
-    pub const INSERT_EVENTS: &str = file!("insert_events.sql");
+    // Writes of several rows: calls of the write procedures
+    // (`migrations/postgres/0007_write_functions.sql`), and the claim.
+    pub const CREATE_RUN: &str = file!("call_create_run.sql");
+    pub const SAVE_RUN: &str = file!("call_save_run.sql");
+    pub const APPEND_EVENTS: &str = file!("call_append_events.sql");
+    pub const COMPLETE_TASK: &str = file!("call_complete_task.sql");
+    pub const COMPLETE_STEP: &str = file!("call_complete_step.sql");
     pub const CLAIM_TASK: &str = file!("claim_task.sql");
-    pub const COMPLETE_RUN_TOTALS: &str = file!("complete_run_totals.sql");
-    pub const COMPLETE_TASK: &str = file!("complete_task.sql");
 }
 
 type Query = sqlx::query::Query<'static, Postgres, PgArguments>;
-type Tx = sqlx::Transaction<'static, Postgres>;
 
 /// The PostgreSQL implementation of every store capability.
 #[derive(Debug, Clone)]
@@ -344,54 +345,21 @@ impl PostgresStore {
     }
 
     // -----------------------------------------------------------------------
-    // One attempt of each write operation
+    // One attempt of each write operation: one call of a write procedure
+    // (`migrations/postgres/0007_write_functions.sql`), one round trip.
 
-    async fn create_run_once(
-        &self,
-        state: &RunState,
-        events: &EventColumns<'_>,
-        tasks: &TaskColumns<'_>,
-        gates: &GateColumns<'_>,
-        now: Millis,
-    ) -> Attempt<()> {
-        let run = &state.run;
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(sql::INSERT_RUN)
-            .bind(run.id.as_str())
-            .bind(&run.goal)
-            .bind(to_json(&run.context)?)
-            .bind(&run.workflow)
-            .bind(run.status.as_str())
-            .bind(run.status_reason.as_deref())
-            .bind(to_json(&run.success_criteria)?)
-            .bind(to_json(&run.settings)?)
-            .bind(&run.provider)
-            .bind(i64::from(run.iterations))
-            .bind(run.cost_usd)
-            .bind(run.tokens_in)
-            .bind(run.tokens_out)
-            .bind(run.version)
-            .bind(events.len)
-            .bind(run.created_at)
-            .bind(run.updated_at)
-            .bind(run.finished_at)
-            .execute(&mut *tx)
-            .await;
-        if let Err(e) = inserted {
-            return Err(if is_unique_violation(&e) {
-                Failure::Store(Error::Conflict(format!(
-                    "{} (the run already exists)",
-                    run.id
-                )))
-            } else {
-                Failure::Sql(e)
-            });
+    async fn create_run_once(&self, run_id: &RunId, doc: &str) -> Attempt<()> {
+        match sqlx::query(sql::CREATE_RUN)
+            .bind(doc)
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Failure::Store(Error::Conflict(format!(
+                "{run_id} (the run already exists)"
+            )))),
+            Err(e) => Err(e.into()),
         }
-        insert_tasks(&mut tx, &run.id, tasks).await?;
-        put_gates(&mut tx, &run.id, gates).await?;
-        insert_events(&mut tx, &run.id, events.len, events, now).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn save_run_once(
@@ -399,96 +367,67 @@ impl PostgresStore {
         run_id: &RunId,
         expected_version: i64,
         diff: &StateDiff,
-        state: &RunState,
-        cols: &SaveColumns<'_>,
-        now: Millis,
+        doc: &str,
+        relaxed: bool,
     ) -> Attempt<i64> {
-        let mut tx = self.pool.begin().await?;
-        match save_in(&mut tx, run_id, expected_version, diff, state, cols, now).await? {
-            Saved::At(version) => {
-                tx.commit().await?;
-                Ok(version)
-            }
-            Saved::VersionMoved => {
-                tx.rollback().await?;
-                self.require_run(run_id).await?;
-                Err(Error::Conflict(format!(
-                    "{run_id} (it is no longer at version {expected_version})"
+        let saved = sqlx::query(sql::SAVE_RUN)
+            .bind(doc)
+            .bind(relaxed)
+            .fetch_one(&self.pool)
+            .await;
+        match saved {
+            Ok(row) => Ok(col(&row, "version")?),
+            Err(e) => Err(match refusal(&e) {
+                Some("run_version") => {
+                    self.require_run(run_id).await?;
+                    Error::Conflict(format!(
+                        "{run_id} (it is no longer at version {expected_version})"
+                    ))
+                    .into()
+                }
+                Some("tasks_unchanged") => self.moved_task(run_id, diff).await.into(),
+                _ if is_unique_violation(&e) => Error::Conflict(format!(
+                    "{run_id} (a new task already exists: {})",
+                    message(&e)
                 ))
-                .into())
-            }
-            Saved::TaskMoved => {
-                tx.rollback().await?;
-                Err(self.moved_task(run_id, diff).await.into())
-            }
+                .into(),
+                _ => e.into(),
+            }),
         }
     }
 
     /// The completion of [`Self::complete_task_once`] and, in the same
-    /// transaction, behind a savepoint, the step of
-    /// [`Self::save_run_once`]: a step that no longer applies (or fails) is
-    /// rolled back alone and the completion commits without it. One durable
-    /// commit for both.
+    /// transaction, the step of [`Self::save_run_once`]: a step that no
+    /// longer applies (or fails) is rolled back alone and the completion
+    /// commits without it (`orch_complete_step`). One durable commit for
+    /// both.
     async fn complete_and_save_once(
         &self,
         fence: &Fence,
-        outcome: &TaskOutcome,
-        complete: &CompleteColumns<'_>,
-        step: &Step<'_>,
-        save: &SaveColumns<'_>,
-        now: Millis,
+        doc: &str,
+        artifacts: &str,
+        step: &str,
     ) -> Attempt<Stepped> {
-        let run_id = &fence.run_id;
-        let mut tx = self.pool.begin().await?;
-        complete_in(&mut tx, fence, outcome, complete, now).await?;
-        sqlx::query("SAVEPOINT step").execute(&mut *tx).await?;
-        let saved = save_in(
-            &mut tx,
-            run_id,
-            step.expected_version,
-            step.diff,
-            step.state,
-            save,
-            now,
-        )
-        .await;
-        let version = match saved {
-            Ok(Saved::At(version)) => Some(version),
-            Ok(Saved::VersionMoved | Saved::TaskMoved) => {
-                tracing::debug!(run = %run_id, "step after a completion no longer applies");
-                None
+        let row = sqlx::query(sql::COMPLETE_STEP)
+            .bind(doc)
+            .bind(artifacts)
+            .bind(step)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| fenced(fence, e))?;
+        let version: Option<i64> = col(&row, "saved_version")?;
+        if let Some(e) = col::<Option<String>>(&row, "step_error")? {
+            let run = &fence.run_id;
+            if e.starts_with(REFUSED) {
+                tracing::debug!(run = %run, refusal = %e, "step after a completion no longer applies");
+            } else {
+                tracing::warn!(run = %run, error = %e, "step after a completion not saved; the engine will take it");
             }
-            Err(Failure::Sql(e)) if is_connection_error(&e) || is_retryable(&e) => {
-                return Err(Failure::Sql(e));
-            }
-            Err(e) => {
-                let e = match e {
-                    Failure::Sql(e) => self.db_err(e),
-                    Failure::Store(e) => e,
-                };
-                tracing::warn!(run = %run_id, error = %e, "step after a completion not saved; the engine will take it");
-                None
-            }
-        };
-        if version.is_none() {
-            sqlx::query("ROLLBACK TO SAVEPOINT step")
-                .execute(&mut *tx)
-                .await?;
         }
-        // In the transaction, after the save: a task that ended before this
-        // read is seen; one that ends after it waits for this transaction's
-        // row lock on the run and then finds its own step refused.
-        let current = version.is_some()
-            && (step.in_flight.is_empty() || {
-                let rows = sqlx::query(sql::LIST_TASKS)
-                    .bind(run_id.as_str())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?;
-                still_in_flight(step.in_flight, &tasks)
-            });
-        tx.commit().await?;
-        Ok(Stepped { version, current })
+        Ok(Stepped {
+            version,
+            current: col(&row, "still_current")?,
+        })
     }
 
     /// The conflict of a save whose changed task moved: names the task
@@ -537,539 +476,40 @@ impl PostgresStore {
         Ok(claimed.as_ref().map(task_from_row).transpose()?)
     }
 
-    async fn complete_task_once(
-        &self,
-        fence: &Fence,
-        outcome: &TaskOutcome,
-        cols: &CompleteColumns<'_>,
-        now: Millis,
-    ) -> Attempt<()> {
-        let mut tx = self.pool.begin().await?;
-        complete_in(&mut tx, fence, outcome, cols, now).await?;
-        tx.commit().await?;
+    async fn complete_task_once(&self, fence: &Fence, doc: &str, artifacts: &str) -> Attempt<()> {
+        sqlx::query(sql::COMPLETE_TASK)
+            .bind(doc)
+            .bind(artifacts)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| fenced(fence, e))?;
         Ok(())
     }
 }
 
-// ---------------------------------------------------------------------------
-// Statements shared by transactions
+/// The prefix of a write procedure's refusal (`RAISE EXCEPTION
+/// 'orch-assert:...'`).
+const REFUSED: &str = "orch-assert:";
 
-/// The statements of a fenced completion, in `tx`: the run's totals and
-/// event numbers, then the task, its artifacts, events and journal rows.
-/// [`Error::LeaseLost`] (the caller rolls back) if the fence does not hold.
-async fn complete_in(
-    tx: &mut Tx,
-    fence: &Fence,
-    outcome: &TaskOutcome,
-    cols: &CompleteColumns<'_>,
-    now: Millis,
-) -> Attempt<()> {
-    let lost = || Error::LeaseLost {
-        run: fence.run_id.to_string(),
-        task: fence.task_id.clone(),
-        attempt: fence.attempt,
-    };
-    let usage = &outcome.usage;
-    let seq = sqlx::query(sql::COMPLETE_RUN_TOTALS)
-        .bind(fence.run_id.as_str())
-        .bind(cols.events.len)
-        .bind(usage.cost_usd)
-        .bind(usage.input_tokens)
-        .bind(usage.output_tokens)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(seq) = seq else {
-        return Err(lost().into());
-    };
-    let last_seq: i64 = col(&seq, "last_seq")?;
-    let e = &cols.events;
-    let j = &cols.llm_calls;
-    let done = sqlx::query(sql::COMPLETE_TASK)
-        .bind(fence.run_id.as_str())
-        .bind(&fence.task_id)
-        .bind(i64::from(fence.attempt))
-        .bind(&fence.owner)
-        .bind(now)
-        .bind(outcome.status.as_str())
-        .bind(outcome.summary.as_deref())
-        .bind(&cols.verdict)
-        .bind(outcome.error.as_deref())
-        .bind(outcome.retryable)
-        .bind(usage.cost_usd)
-        .bind(&cols.artifacts.name)
-        .bind(&cols.artifacts.kind)
-        .bind(&cols.artifacts.path)
-        .bind(&cols.artifacts.content)
-        .bind(&cols.artifacts.metadata)
-        .bind(last_seq)
-        .bind(&e.kind)
-        .bind(&e.task_id)
-        .bind(&e.message)
-        .bind(&e.data)
-        .bind(&j.run_id)
-        .bind(&j.task_id)
-        .bind(&j.attempt)
-        .bind(&j.step)
-        .bind(&j.request_hash)
-        .bind(&j.provider)
-        .bind(&j.model)
-        .bind(&j.request)
-        .bind(&j.response)
-        .bind(&j.input_tokens)
-        .bind(&j.output_tokens)
-        .bind(&j.cache_read_tokens)
-        .bind(&j.cache_write_tokens)
-        .bind(&j.latency_ms)
-        .bind(&j.cost_usd)
-        .bind(&j.created_at)
-        .fetch_one(&mut **tx)
-        .await?;
-    let completed: i64 = col(&done, "completed")?;
-    if completed != 1 {
-        return Err(lost().into());
-    }
-    Ok(())
-}
-
-/// How the statements of a save ([`save_in`]) ended.
-enum Saved {
-    /// Written; the run's new version.
-    At(i64),
-    /// The run is gone or no longer at the expected version: nothing written.
-    VersionMoved,
-    /// A changed task is no longer at its expected status and attempt: the
-    /// run row and some tasks were written; the caller rolls them back.
-    TaskMoved,
-}
-
-/// The statements of an engine save, in `tx`; see [`Saved`] for the cases
-/// the caller must roll back.
-async fn save_in(
-    tx: &mut Tx,
-    run_id: &RunId,
-    expected_version: i64,
-    diff: &StateDiff,
-    state: &RunState,
-    cols: &SaveColumns<'_>,
-    now: Millis,
-) -> Attempt<Saved> {
-    let run = &state.run;
-    let saved = sqlx::query(sql::SAVE_RUN)
-        .bind(run_id.as_str())
-        .bind(expected_version)
-        .bind(run.status.as_str())
-        .bind(run.status_reason.as_deref())
-        .bind(i64::from(run.iterations))
-        .bind(to_json(&run.settings)?)
-        .bind(run.finished_at)
-        .bind(diff.run_changed)
-        .bind(cols.events.len)
-        .bind(now)
-        .bind(!cols.durable)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(saved) = saved else {
-        return Ok(Saved::VersionMoved);
-    };
-    let version: i64 = col(&saved, "version")?;
-    let last_seq: i64 = col(&saved, "last_seq")?;
-
-    if cols.changed.len > 0 {
-        let query = bind_tasks(
-            sqlx::query(sql::UPDATE_TASKS).bind(run_id.as_str()),
-            &cols.changed,
-        )
-        .bind(&cols.expected_status)
-        .bind(&cols.expected_attempt);
-        let updated = query.execute(&mut **tx).await?.rows_affected();
-        if updated != cols.changed.len as u64 {
-            return Ok(Saved::TaskMoved);
-        }
-    }
-    if let Err(e) = insert_tasks(tx, run_id, &cols.new_tasks).await {
-        return Err(match e {
-            Failure::Sql(e) if is_unique_violation(&e) => Failure::Store(Error::Conflict(format!(
-                "{run_id} (a new task already exists: {})",
-                message(&e)
-            ))),
-            e => e,
-        });
-    }
-    put_gates(tx, run_id, &cols.gates).await?;
-    if !cols.dead.task_id.is_empty() {
-        sqlx::query(sql::INSERT_DEAD_LETTERS)
-            .bind(run_id.as_str())
-            .bind(now)
-            .bind(&cols.dead.task_id)
-            .bind(&cols.dead.role)
-            .bind(&cols.dead.attempts)
-            .bind(&cols.dead.error)
-            .execute(&mut **tx)
-            .await?;
-    }
-    insert_events(tx, run_id, last_seq, &cols.events, now).await?;
-    Ok(Saved::At(version))
-}
-
-/// Insert new tasks after the run's existing ones (nothing if none).
-async fn insert_tasks(tx: &mut Tx, run_id: &RunId, tasks: &TaskColumns<'_>) -> Attempt<()> {
-    if tasks.len > 0 {
-        bind_tasks(sqlx::query(sql::INSERT_TASKS).bind(run_id.as_str()), tasks)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Insert or update gates (nothing if none).
-async fn put_gates(tx: &mut Tx, run_id: &RunId, g: &GateColumns<'_>) -> Attempt<()> {
-    if !g.kind.is_empty() {
-        sqlx::query(sql::PUT_GATES)
-            .bind(run_id.as_str())
-            .bind(&g.kind)
-            .bind(&g.status)
-            .bind(&g.required)
-            .bind(&g.review_task)
-            .bind(&g.rework_rounds)
-            .bind(&g.reason)
-            .bind(&g.findings)
-            .bind(&g.updated_at)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Insert events numbered up to `last_seq`, which the transaction has already
-/// allocated on the run row (nothing if none).
-async fn insert_events(
-    tx: &mut Tx,
-    run_id: &RunId,
-    last_seq: i64,
-    events: &EventColumns<'_>,
-    now: Millis,
-) -> Attempt<()> {
-    if events.len > 0 {
-        let e = events;
-        sqlx::query(sql::INSERT_EVENTS)
-            .bind(run_id.as_str())
-            .bind(last_seq)
-            .bind(now)
-            .bind(&e.kind)
-            .bind(&e.task_id)
-            .bind(&e.message)
-            .bind(&e.data)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Bind a task batch's 26 column arrays (`$2..$27`).
-fn bind_tasks(query: Query, t: &TaskColumns<'_>) -> Query {
-    query
-        .bind(&t.id)
-        .bind(&t.role)
-        .bind(&t.title)
-        .bind(&t.instructions)
-        .bind(&t.needs)
-        .bind(&t.expected)
-        .bind(&t.validation)
-        .bind(&t.gate)
-        .bind(&t.round)
-        .bind(&t.findings)
-        .bind(&t.status)
-        .bind(&t.attempt)
-        .bind(&t.max_attempts)
-        .bind(&t.timeout_ms)
-        .bind(&t.dedupe_key)
-        .bind(&t.not_before)
-        .bind(&t.lease_owner)
-        .bind(&t.lease_expires_at)
-        .bind(&t.last_error)
-        .bind(&t.retryable)
-        .bind(&t.result_summary)
-        .bind(&t.verdict)
-        .bind(&t.queued_at)
-        .bind(&t.started_at)
-        .bind(&t.finished_at)
-        .bind(&t.cost_usd)
-}
-
-// ---------------------------------------------------------------------------
-// Batches as column arrays
-
-/// Events: one array per column of `insert_events.sql`.
-#[derive(Debug, Default)]
-struct EventColumns<'a> {
-    /// The number of events (as bound: `i64`).
-    len: i64,
-    kind: Vec<&'static str>,
-    task_id: Vec<Option<&'a str>>,
-    message: Vec<&'a str>,
-    data: Vec<String>,
-}
-
-impl<'a> EventColumns<'a> {
-    fn of(events: &'a [NewEvent]) -> Result<Self> {
-        let mut c = EventColumns {
-            len: events.len() as i64,
-            ..EventColumns::default()
-        };
-        for e in events {
-            c.kind.push(e.kind.as_str());
-            c.task_id.push(e.task_id.as_deref());
-            c.message.push(&e.message);
-            c.data.push(to_json(&e.data)?);
-        }
-        Ok(c)
+/// What a write procedure refused (the part after [`REFUSED`]), if `e` is a
+/// refusal.
+fn refusal(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(d) => d.message().strip_prefix(REFUSED),
+        _ => None,
     }
 }
 
-/// Tasks: one array per column of `insert_tasks.sql` / `update_tasks.sql`.
-#[derive(Debug, Default)]
-struct TaskColumns<'a> {
-    len: usize,
-    id: Vec<&'a str>,
-    role: Vec<&'static str>,
-    title: Vec<&'a str>,
-    instructions: Vec<&'a str>,
-    needs: Vec<String>,
-    expected: Vec<String>,
-    validation: Vec<String>,
-    gate: Vec<Option<&'static str>>,
-    round: Vec<i64>,
-    findings: Vec<String>,
-    status: Vec<&'static str>,
-    attempt: Vec<i64>,
-    max_attempts: Vec<i64>,
-    timeout_ms: Vec<i64>,
-    dedupe_key: Vec<&'a str>,
-    not_before: Vec<Option<Millis>>,
-    lease_owner: Vec<Option<&'a str>>,
-    lease_expires_at: Vec<Option<Millis>>,
-    last_error: Vec<Option<&'a str>>,
-    retryable: Vec<bool>,
-    result_summary: Vec<Option<&'a str>>,
-    verdict: Vec<Option<String>>,
-    queued_at: Vec<Option<Millis>>,
-    started_at: Vec<Option<Millis>>,
-    finished_at: Vec<Option<Millis>>,
-    cost_usd: Vec<f64>,
-}
-
-impl<'a> TaskColumns<'a> {
-    fn of(tasks: impl IntoIterator<Item = &'a Task>) -> Result<Self> {
-        let mut c = TaskColumns::default();
-        for t in tasks {
-            c.len += 1;
-            c.id.push(&t.id);
-            c.role.push(t.role.as_str());
-            c.title.push(&t.title);
-            c.instructions.push(&t.instructions);
-            c.needs.push(to_json(&t.needs)?);
-            c.expected.push(to_json(&t.expected)?);
-            c.validation.push(to_json(&t.validation)?);
-            c.gate.push(t.gate.map(|g| g.as_str()));
-            c.round.push(i64::from(t.round));
-            c.findings.push(to_json(&t.findings)?);
-            c.status.push(t.status.as_str());
-            c.attempt.push(i64::from(t.attempt));
-            c.max_attempts.push(i64::from(t.max_attempts));
-            c.timeout_ms.push(t.timeout_ms);
-            c.dedupe_key.push(&t.dedupe_key);
-            c.not_before.push(t.not_before);
-            c.lease_owner.push(t.lease_owner.as_deref());
-            c.lease_expires_at.push(t.lease_expires_at);
-            c.last_error.push(t.last_error.as_deref());
-            c.retryable.push(t.retryable);
-            c.result_summary.push(t.result_summary.as_deref());
-            c.verdict.push(t.verdict.as_ref().map(to_json).transpose()?);
-            c.queued_at.push(t.queued_at);
-            c.started_at.push(t.started_at);
-            c.finished_at.push(t.finished_at);
-            c.cost_usd.push(t.cost_usd);
-        }
-        Ok(c)
-    }
-}
-
-/// Gates: one array per column of `put_gates.sql`.
-#[derive(Debug, Default)]
-struct GateColumns<'a> {
-    kind: Vec<&'static str>,
-    status: Vec<&'static str>,
-    required: Vec<bool>,
-    review_task: Vec<Option<&'a str>>,
-    rework_rounds: Vec<i64>,
-    reason: Vec<Option<&'a str>>,
-    findings: Vec<String>,
-    updated_at: Vec<Millis>,
-}
-
-impl<'a> GateColumns<'a> {
-    fn of(gates: impl IntoIterator<Item = &'a Gate>) -> Result<Self> {
-        let mut c = GateColumns::default();
-        for g in gates {
-            c.kind.push(g.kind.as_str());
-            c.status.push(g.status.as_str());
-            c.required.push(g.required);
-            c.review_task.push(g.review_task.as_deref());
-            c.rework_rounds.push(i64::from(g.rework_rounds));
-            c.reason.push(g.reason.as_deref());
-            c.findings.push(to_json(&g.findings)?);
-            c.updated_at.push(g.updated_at);
-        }
-        Ok(c)
-    }
-}
-
-/// Dead letters: one array per column of `insert_dead_letters.sql`.
-#[derive(Debug, Default)]
-struct DeadColumns<'a> {
-    task_id: Vec<&'a str>,
-    role: Vec<&'static str>,
-    attempts: Vec<i64>,
-    error: Vec<&'a str>,
-}
-
-/// Everything an engine save writes besides the run row.
-#[derive(Debug)]
-struct SaveColumns<'a> {
-    changed: TaskColumns<'a>,
-    expected_status: Vec<&'static str>,
-    expected_attempt: Vec<i64>,
-    new_tasks: TaskColumns<'a>,
-    gates: GateColumns<'a>,
-    dead: DeadColumns<'a>,
-    events: EventColumns<'a>,
-    /// Wait for the WAL flush at commit (not for [`Durability::Derived`]).
-    durable: bool,
-}
-
-impl<'a> SaveColumns<'a> {
-    fn of(
-        diff: &'a StateDiff,
-        events: &'a [NewEvent],
-        dead: &'a [NewDeadLetter],
-        durable: bool,
-    ) -> Result<Self> {
-        let mut dead_cols = DeadColumns::default();
-        for d in dead {
-            dead_cols.task_id.push(&d.task_id);
-            dead_cols.role.push(d.role.as_str());
-            dead_cols.attempts.push(i64::from(d.attempts));
-            dead_cols.error.push(&d.error);
-        }
-        Ok(SaveColumns {
-            changed: TaskColumns::of(diff.changed_tasks.iter().map(|c| &c.task))?,
-            expected_status: diff
-                .changed_tasks
-                .iter()
-                .map(|c| c.expected_status.as_str())
-                .collect(),
-            expected_attempt: diff
-                .changed_tasks
-                .iter()
-                .map(|c| i64::from(c.expected_attempt))
-                .collect(),
-            new_tasks: TaskColumns::of(&diff.new_tasks)?,
-            gates: GateColumns::of(&diff.changed_gates)?,
-            dead: dead_cols,
-            events: EventColumns::of(events)?,
-            durable,
+/// A completion's error: the fence's refusal as [`Error::LeaseLost`].
+fn fenced(fence: &Fence, e: sqlx::Error) -> Failure {
+    if refusal(&e) == Some("lease_held") {
+        Failure::Store(Error::LeaseLost {
+            run: fence.run_id.to_string(),
+            task: fence.task_id.clone(),
+            attempt: fence.attempt,
         })
-    }
-}
-
-impl<'a> CompleteColumns<'a> {
-    /// Refuses an outcome that is not an attempt's end.
-    fn of(outcome: &'a TaskOutcome) -> Result<Self> {
-        if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
-            return Err(Error::Database(format!(
-                "a task attempt ends SUCCEEDED or FAILED, not {}",
-                outcome.status
-            )));
-        }
-        let mut artifacts = ArtifactColumns::default();
-        for a in &outcome.artifacts {
-            artifacts.name.push(&a.name);
-            artifacts.kind.push(&a.kind);
-            artifacts.path.push(a.path.as_deref());
-            artifacts.content.push(&a.content);
-            artifacts.metadata.push(to_json(&a.metadata)?);
-        }
-        Ok(CompleteColumns {
-            verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
-            artifacts,
-            events: EventColumns::of(&outcome.events)?,
-            llm_calls: LlmCallColumns::of(&outcome.llm_calls),
-        })
-    }
-}
-
-/// Artifacts: one array per column of `complete_task.sql`.
-#[derive(Debug, Default)]
-struct ArtifactColumns<'a> {
-    name: Vec<&'a str>,
-    kind: Vec<&'a str>,
-    path: Vec<Option<&'a str>>,
-    content: Vec<&'a str>,
-    metadata: Vec<String>,
-}
-
-/// What a completion writes besides the task row's scalar fields.
-#[derive(Debug)]
-struct CompleteColumns<'a> {
-    verdict: Option<String>,
-    artifacts: ArtifactColumns<'a>,
-    events: EventColumns<'a>,
-    llm_calls: LlmCallColumns<'a>,
-}
-
-/// Journal records committed with an outcome, one array per column.
-#[derive(Debug, Default)]
-struct LlmCallColumns<'a> {
-    run_id: Vec<&'a str>,
-    task_id: Vec<&'a str>,
-    attempt: Vec<i64>,
-    step: Vec<i64>,
-    request_hash: Vec<&'a str>,
-    provider: Vec<&'a str>,
-    model: Vec<&'a str>,
-    request: Vec<&'a str>,
-    response: Vec<&'a str>,
-    input_tokens: Vec<i64>,
-    output_tokens: Vec<i64>,
-    cache_read_tokens: Vec<i64>,
-    cache_write_tokens: Vec<i64>,
-    latency_ms: Vec<i64>,
-    cost_usd: Vec<f64>,
-    created_at: Vec<i64>,
-}
-
-impl<'a> LlmCallColumns<'a> {
-    fn of(calls: &'a [LlmCallRecord]) -> Self {
-        let mut c = LlmCallColumns::default();
-        for r in calls {
-            c.run_id.push(r.run_id.as_str());
-            c.task_id.push(&r.task_id);
-            c.attempt.push(i64::from(r.attempt));
-            c.step.push(i64::from(r.step));
-            c.request_hash.push(&r.request_hash);
-            c.provider.push(&r.provider);
-            c.model.push(&r.model);
-            c.request.push(&r.request);
-            c.response.push(&r.response);
-            c.input_tokens.push(token_param(r.input_tokens));
-            c.output_tokens.push(token_param(r.output_tokens));
-            c.cache_read_tokens.push(token_param(r.cache_read_tokens));
-            c.cache_write_tokens.push(token_param(r.cache_write_tokens));
-            c.latency_ms.push(r.latency_ms);
-            c.cost_usd.push(r.cost_usd);
-            c.created_at.push(r.created_at);
-        }
-        c
+    } else {
+        Failure::Sql(e)
     }
 }
 
@@ -1234,18 +674,9 @@ pub fn redact_url(url: &str) -> String {
 // ---------------------------------------------------------------------------
 // Encoding and decoding
 
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Database(format!("cannot encode JSON: {e}")))
-}
-
 /// `0` means "no limit": `LIMIT NULL`.
 fn limit(n: u32) -> Option<i64> {
     (n > 0).then_some(i64::from(n))
-}
-
-/// A token count as a column value (saturating: counts never get near `i64::MAX`).
-fn token_param(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 // ---------------------------------------------------------------------------
@@ -1254,13 +685,9 @@ fn token_param(n: u64) -> i64 {
 #[async_trait]
 impl RunStore for PostgresStore {
     async fn create_run(&self, state: &RunState, events: &[NewEvent], now: Millis) -> Result<()> {
-        let events = EventColumns::of(events)?;
-        let tasks = TaskColumns::of(&state.tasks)?;
-        let gates = GateColumns::of(&state.gates)?;
-        self.retrying(&state.run.id, || {
-            self.create_run_once(state, &events, &tasks, &gates, now)
-        })
-        .await
+        let doc = to_json(&create_doc(state, events, now)?)?;
+        self.retrying(&state.run.id, || self.create_run_once(&state.run.id, &doc))
+            .await
     }
 
     /// One round trip instead of load_run's three when no engine saved the
@@ -1353,9 +780,18 @@ impl RunStore for PostgresStore {
         now: Millis,
         durability: Durability,
     ) -> Result<i64> {
-        let cols = SaveColumns::of(diff, events, dead, durability == Durability::Durable)?;
+        let doc = to_json(&save_doc(
+            run_id,
+            expected_version,
+            diff,
+            state,
+            events,
+            dead,
+            now,
+        )?)?;
+        let relaxed = durability == Durability::Derived;
         self.retrying(run_id, || {
-            self.save_run_once(run_id, expected_version, diff, state, &cols, now)
+            self.save_run_once(run_id, expected_version, diff, &doc, relaxed)
         })
         .await
     }
@@ -1429,9 +865,9 @@ impl TaskStore for PostgresStore {
     }
 
     async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
-        let cols = CompleteColumns::of(outcome)?;
+        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
         self.retrying(&fence.run_id, || {
-            self.complete_task_once(fence, outcome, &cols, now)
+            self.complete_task_once(fence, &doc, &artifacts)
         })
         .await
     }
@@ -1486,30 +922,21 @@ impl EventStore for PostgresStore {
             self.require_run(run_id).await?;
             return Ok(Vec::new());
         }
-        let e = &EventColumns::of(events)?;
-        let rows = self
+        let doc = to_json(&Doc::new(run_id, now, events, NoFields {})?)?;
+        let last = self
             .retrying(run_id, || async {
-                let rows = sqlx::query(sql::APPEND_EVENTS)
-                    .bind(run_id.as_str())
-                    .bind(now)
-                    .bind(&e.kind)
-                    .bind(&e.task_id)
-                    .bind(&e.message)
-                    .bind(&e.data)
-                    .fetch_all(&self.pool)
+                let row = sqlx::query(sql::APPEND_EVENTS)
+                    .bind(&doc)
+                    .fetch_one(&self.pool)
                     .await?;
-                Ok(rows)
+                Ok(col::<Option<i64>>(&row, "last_seq")?)
             })
             .await?;
-        if rows.is_empty() {
+        let Some(last) = last else {
             return Err(Error::RunNotFound(run_id.to_string()));
-        }
-        let mut seqs = rows
-            .iter()
-            .map(|row| col::<i64>(row, "seq"))
-            .collect::<Result<Vec<_>>>()?;
-        seqs.sort_unstable();
-        Ok(seqs)
+        };
+        let n = events.len() as i64;
+        Ok((last - n + 1..=last).collect())
     }
 
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>> {
@@ -1811,10 +1238,21 @@ impl Store for PostgresStore {
         now: Millis,
         step: &Step<'_>,
     ) -> Result<Stepped> {
-        let complete = CompleteColumns::of(outcome)?;
-        let save = SaveColumns::of(step.diff, step.events, step.dead, true)?;
+        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
+        let step = to_json(&StepDoc {
+            in_flight: step.in_flight,
+            step: save_doc(
+                &fence.run_id,
+                step.expected_version,
+                step.diff,
+                step.state,
+                step.events,
+                step.dead,
+                now,
+            )?,
+        })?;
         self.retrying(&fence.run_id, || {
-            self.complete_and_save_once(fence, outcome, &complete, step, &save, now)
+            self.complete_and_save_once(fence, &doc, &artifacts, &step)
         })
         .await
     }
@@ -1822,6 +1260,8 @@ impl Store for PostgresStore {
 
 #[cfg(test)]
 mod tests {
+    use orch_core::TaskStatus;
+
     use super::*;
 
     /// The bucket bounds and terminal statuses written out in the duration

@@ -56,9 +56,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orch_core::{
     Artifact, DeadLetter, Event, EventKind, Gate, Millis, NewEvent, Run, RunId, RunState,
-    RunStatus, StateDiff, Task, TaskStatus,
+    RunStatus, StateDiff, Task,
 };
 use serde::Serialize;
+
+use crate::doc::{
+    ClaimDoc, Doc, NoFields, StepDoc, complete_docs, create_doc, save_doc, to_json, token_param,
+};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow,
     SqliteSynchronous,
@@ -815,369 +819,6 @@ impl Call {
     }
 }
 
-/// The parameter document (`?1`) of a procedure call: what any call may carry
-/// (read by the shared procedures `proc_add_events`, `proc_add_tasks` and
-/// `proc_put_gates`) and the operation's own fields.
-#[derive(Debug, Serialize)]
-struct Doc<'a, T> {
-    run_id: &'a str,
-    now: Millis,
-    events: Vec<EventDoc<'a>>,
-    tasks: Vec<TaskDoc<'a>>,
-    gates: Vec<GateDoc<'a>>,
-    #[serde(flatten)]
-    op: T,
-}
-
-impl<'a, T> Doc<'a, T> {
-    fn new(run_id: &'a RunId, now: Millis, events: &'a [NewEvent], op: T) -> Result<Self> {
-        Ok(Doc {
-            run_id: run_id.as_str(),
-            now,
-            events: events.iter().map(EventDoc::new).collect::<Result<_>>()?,
-            tasks: Vec::new(),
-            gates: Vec::new(),
-            op,
-        })
-    }
-}
-
-/// An event to append: `[kind, task_id, message, data as JSON text]`.
-#[derive(Debug, Serialize)]
-struct EventDoc<'a>(&'static str, Option<&'a str>, &'a str, String);
-
-impl<'a> EventDoc<'a> {
-    fn new(e: &'a NewEvent) -> Result<Self> {
-        Ok(EventDoc(
-            e.kind.as_str(),
-            e.task_id.as_deref(),
-            &e.message,
-            to_json(&e.data)?,
-        ))
-    }
-}
-
-/// A task row; JSON columns as JSON text. `expected_*` only for updates.
-#[derive(Debug, Serialize)]
-struct TaskDoc<'a> {
-    id: &'a str,
-    role: &'static str,
-    title: &'a str,
-    instructions: &'a str,
-    needs: String,
-    expected: String,
-    validation: String,
-    gate: Option<&'static str>,
-    round: u32,
-    findings: String,
-    status: &'static str,
-    attempt: u32,
-    max_attempts: u32,
-    timeout_ms: i64,
-    dedupe_key: &'a str,
-    not_before: Option<Millis>,
-    lease_owner: Option<&'a str>,
-    lease_expires_at: Option<Millis>,
-    last_error: Option<&'a str>,
-    retryable: bool,
-    result_summary: Option<&'a str>,
-    verdict: Option<String>,
-    queued_at: Option<Millis>,
-    started_at: Option<Millis>,
-    finished_at: Option<Millis>,
-    cost_usd: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expected_status: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expected_attempt: Option<u32>,
-}
-
-impl<'a> TaskDoc<'a> {
-    fn new(t: &'a Task) -> Result<Self> {
-        Ok(TaskDoc {
-            id: &t.id,
-            role: t.role.as_str(),
-            title: &t.title,
-            instructions: &t.instructions,
-            needs: to_json(&t.needs)?,
-            expected: to_json(&t.expected)?,
-            validation: to_json(&t.validation)?,
-            gate: t.gate.map(|g| g.as_str()),
-            round: t.round,
-            findings: to_json(&t.findings)?,
-            status: t.status.as_str(),
-            attempt: t.attempt,
-            max_attempts: t.max_attempts,
-            timeout_ms: t.timeout_ms,
-            dedupe_key: &t.dedupe_key,
-            not_before: t.not_before,
-            lease_owner: t.lease_owner.as_deref(),
-            lease_expires_at: t.lease_expires_at,
-            last_error: t.last_error.as_deref(),
-            retryable: t.retryable,
-            result_summary: t.result_summary.as_deref(),
-            verdict: t.verdict.as_ref().map(to_json).transpose()?,
-            queued_at: t.queued_at,
-            started_at: t.started_at,
-            finished_at: t.finished_at,
-            cost_usd: t.cost_usd,
-            expected_status: None,
-            expected_attempt: None,
-        })
-    }
-}
-
-/// A gate row; findings as JSON text.
-#[derive(Debug, Serialize)]
-struct GateDoc<'a> {
-    kind: &'static str,
-    status: &'static str,
-    required: bool,
-    review_task: Option<&'a str>,
-    rework_rounds: u32,
-    reason: Option<&'a str>,
-    findings: String,
-    updated_at: Millis,
-}
-
-impl<'a> GateDoc<'a> {
-    fn new(g: &'a Gate) -> Result<Self> {
-        Ok(GateDoc {
-            kind: g.kind.as_str(),
-            status: g.status.as_str(),
-            required: g.required,
-            review_task: g.review_task.as_deref(),
-            rework_rounds: g.rework_rounds,
-            reason: g.reason.as_deref(),
-            findings: to_json(&g.findings)?,
-            updated_at: g.updated_at,
-        })
-    }
-}
-
-/// `proc_create_run`: the run row; JSON columns as JSON text.
-#[derive(Debug, Serialize)]
-struct CreateRunDoc<'a> {
-    goal: &'a str,
-    context: String,
-    workflow: &'a str,
-    status: &'static str,
-    status_reason: Option<&'a str>,
-    success_criteria: String,
-    settings: String,
-    provider: &'a str,
-    iterations: u32,
-    cost_usd: f64,
-    tokens_in: i64,
-    tokens_out: i64,
-    version: i64,
-    created_at: Millis,
-    updated_at: Millis,
-    finished_at: Option<Millis>,
-}
-
-/// The parameter document of `proc_save_run` (see [`RunStore::save_run`]).
-fn save_doc<'a>(
-    run_id: &'a RunId,
-    expected_version: i64,
-    diff: &'a StateDiff,
-    state: &'a RunState,
-    events: &'a [NewEvent],
-    dead: &'a [NewDeadLetter],
-    now: Millis,
-) -> Result<Doc<'a, SaveRunDoc<'a>>> {
-    let run = &state.run;
-    let changed = diff
-        .changed_tasks
-        .iter()
-        .map(|c| {
-            let mut doc = TaskDoc::new(&c.task)?;
-            doc.expected_status = Some(c.expected_status.as_str());
-            doc.expected_attempt = Some(c.expected_attempt);
-            Ok(doc)
-        })
-        .collect::<Result<_>>()?;
-    let op = SaveRunDoc {
-        expected_version,
-        run_changed: diff.run_changed,
-        status: run.status.as_str(),
-        status_reason: run.status_reason.as_deref(),
-        iterations: run.iterations,
-        settings: to_json(&run.settings)?,
-        finished_at: run.finished_at,
-        changed,
-        dead: dead
-            .iter()
-            .map(|d| {
-                (
-                    d.task_id.as_str(),
-                    d.role.as_str(),
-                    d.attempts,
-                    d.error.as_str(),
-                )
-            })
-            .collect(),
-    };
-    let mut doc = Doc::new(run_id, now, events, op)?;
-    doc.tasks = diff
-        .new_tasks
-        .iter()
-        .map(TaskDoc::new)
-        .collect::<Result<_>>()?;
-    doc.gates = diff
-        .changed_gates
-        .iter()
-        .map(GateDoc::new)
-        .collect::<Result<_>>()?;
-    Ok(doc)
-}
-
-/// `proc_save_run`: the engine-owned run fields, the changed tasks, the dead
-/// letters (`[task_id, role, attempts, error]`).
-#[derive(Debug, Serialize)]
-struct SaveRunDoc<'a> {
-    expected_version: i64,
-    run_changed: bool,
-    status: &'static str,
-    status_reason: Option<&'a str>,
-    iterations: u32,
-    settings: String,
-    finished_at: Option<Millis>,
-    changed: Vec<TaskDoc<'a>>,
-    dead: Vec<(&'a str, &'static str, u32, &'a str)>,
-}
-
-/// `proc_complete_step`'s step: `proc_save_run`'s document and `[task id,
-/// attempt]` of the other tasks it saw in flight.
-#[derive(Debug, Serialize)]
-struct StepDoc<'a> {
-    in_flight: &'a [(String, u32)],
-    #[serde(flatten)]
-    step: Doc<'a, SaveRunDoc<'a>>,
-}
-
-/// `proc_claim_task`.
-#[derive(Debug, Serialize)]
-struct ClaimDoc<'a> {
-    task_id: &'a str,
-    attempt: u32,
-    owner: &'a str,
-    lease_until: Millis,
-    /// Names of the upstream artifacts to read with the claim
-    /// (`claim_context.sql`), and the tasks whose versions count.
-    upstream: &'a [String],
-    upstream_tasks: &'a [String],
-}
-
-/// The parameter documents of `proc_complete_task` (see
-/// [`TaskStore::complete_task`]): the outcome, and its artifacts.
-fn complete_docs(fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<(String, String)> {
-    if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
-        return Err(Error::Database(format!(
-            "a task attempt ends SUCCEEDED or FAILED, not {}",
-            outcome.status
-        )));
-    }
-    let usage = &outcome.usage;
-    let op = CompleteDoc {
-        task_id: &fence.task_id,
-        attempt: fence.attempt,
-        owner: &fence.owner,
-        status: outcome.status.as_str(),
-        summary: outcome.summary.as_deref(),
-        verdict: outcome.verdict.as_ref().map(to_json).transpose()?,
-        error: outcome.error.as_deref(),
-        retryable: outcome.retryable,
-        cost_usd: usage.cost_usd,
-        input_tokens: usage.input_tokens,
-        output_tokens: usage.output_tokens,
-        llm_calls: outcome.llm_calls.iter().map(LlmCallDoc::new).collect(),
-    };
-    let doc = Doc::new(&fence.run_id, now, &outcome.events, op)?;
-    // `[name, kind, path, content, metadata, earlier entries of the same name and path]`.
-    let mut artifacts = Vec::with_capacity(outcome.artifacts.len());
-    for (i, a) in outcome.artifacts.iter().enumerate() {
-        let earlier = outcome.artifacts[..i]
-            .iter()
-            .filter(|b| b.name == a.name && b.path == a.path)
-            .count();
-        artifacts.push((
-            a.name.as_str(),
-            a.kind.as_str(),
-            a.path.as_deref(),
-            a.content.as_str(),
-            to_json(&a.metadata)?,
-            earlier,
-        ));
-    }
-    Ok((to_json(&doc)?, to_json(&artifacts)?))
-}
-
-/// `proc_complete_task` (the artifacts go separately, as `?2`).
-#[derive(Debug, Serialize)]
-struct CompleteDoc<'a> {
-    task_id: &'a str,
-    attempt: u32,
-    owner: &'a str,
-    status: &'static str,
-    summary: Option<&'a str>,
-    verdict: Option<String>,
-    error: Option<&'a str>,
-    retryable: bool,
-    cost_usd: f64,
-    input_tokens: i64,
-    output_tokens: i64,
-    llm_calls: Vec<LlmCallDoc<'a>>,
-}
-
-/// A journal record committed with an outcome (`proc_complete_task`).
-#[derive(Debug, Serialize)]
-struct LlmCallDoc<'a> {
-    run_id: &'a str,
-    task_id: &'a str,
-    attempt: u32,
-    step: u32,
-    request_hash: &'a str,
-    provider: &'a str,
-    model: &'a str,
-    request: &'a str,
-    response: &'a str,
-    input_tokens: i64,
-    output_tokens: i64,
-    cache_read_tokens: i64,
-    cache_write_tokens: i64,
-    latency_ms: i64,
-    cost_usd: f64,
-    created_at: Millis,
-}
-
-impl<'a> LlmCallDoc<'a> {
-    fn new(c: &'a LlmCallRecord) -> Self {
-        LlmCallDoc {
-            run_id: c.run_id.as_str(),
-            task_id: &c.task_id,
-            attempt: c.attempt,
-            step: c.step,
-            request_hash: &c.request_hash,
-            provider: &c.provider,
-            model: &c.model,
-            request: &c.request,
-            response: &c.response,
-            input_tokens: token_param(c.input_tokens),
-            output_tokens: token_param(c.output_tokens),
-            cache_read_tokens: token_param(c.cache_read_tokens),
-            cache_write_tokens: token_param(c.cache_write_tokens),
-            latency_ms: c.latency_ms,
-            cost_usd: c.cost_usd,
-            created_at: c.created_at,
-        }
-    }
-}
-
-/// No fields of its own.
-#[derive(Debug, Serialize)]
-struct NoFields {}
-
 // ---------------------------------------------------------------------------
 // Errors
 
@@ -1262,18 +903,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 // ---------------------------------------------------------------------------
 // Encoding and decoding
 
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Database(format!("cannot encode JSON: {e}")))
-}
-
 /// `0` means "no limit": SQLite's `LIMIT -1`.
 fn limit(n: u32) -> i64 {
     if n == 0 { -1 } else { i64::from(n) }
-}
-
-/// A token count as a column value (saturating: counts never get near `i64::MAX`).
-fn token_param(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Fill `stats` from the rows of [`sql::STATS`].
@@ -1327,35 +959,7 @@ fn stats_from_rows(rows: &[SqliteRow]) -> Result<Stats> {
 impl RunStore for SqliteStore {
     async fn create_run(&self, state: &RunState, events: &[NewEvent], now: Millis) -> Result<()> {
         let run = &state.run;
-        let op = CreateRunDoc {
-            goal: &run.goal,
-            context: to_json(&run.context)?,
-            workflow: &run.workflow,
-            status: run.status.as_str(),
-            status_reason: run.status_reason.as_deref(),
-            success_criteria: to_json(&run.success_criteria)?,
-            settings: to_json(&run.settings)?,
-            provider: &run.provider,
-            iterations: run.iterations,
-            cost_usd: run.cost_usd,
-            tokens_in: run.tokens_in,
-            tokens_out: run.tokens_out,
-            version: run.version,
-            created_at: run.created_at,
-            updated_at: run.updated_at,
-            finished_at: run.finished_at,
-        };
-        let mut doc = Doc::new(&run.id, now, events, op)?;
-        doc.tasks = state
-            .tasks
-            .iter()
-            .map(TaskDoc::new)
-            .collect::<Result<_>>()?;
-        doc.gates = state
-            .gates
-            .iter()
-            .map(GateDoc::new)
-            .collect::<Result<_>>()?;
+        let doc = create_doc(state, events, now)?;
         let call = self
             .call(sql::CREATE_RUN, &doc, |e| {
                 if is_unique_violation(&e) {
@@ -1981,6 +1585,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use orch_core::TaskStatus;
+
     use super::*;
 
     /// The bucket bounds and terminal statuses written out in the duration
