@@ -397,10 +397,8 @@ impl PostgresStore {
     }
 
     /// The completion of [`Self::complete_task_once`] and, in the same
-    /// transaction, the step of [`Self::save_run_once`]: a step that no
-    /// longer applies (or fails) is rolled back alone and the completion
-    /// commits without it (`orch_complete_step`). One durable commit for
-    /// both.
+    /// transaction, the step of [`Self::save_run_once`] if it still applies
+    /// (`orch_complete_step`). One durable commit for both.
     async fn complete_and_save_once(
         &self,
         fence: &Fence,
@@ -416,13 +414,8 @@ impl PostgresStore {
             .await
             .map_err(|e| fenced(fence, e))?;
         let version: Option<i64> = col(&row, "saved_version")?;
-        if let Some(e) = col::<Option<String>>(&row, "step_error")? {
-            let run = &fence.run_id;
-            if e.starts_with(REFUSED) {
-                tracing::debug!(run = %run, refusal = %e, "step after a completion no longer applies");
-            } else {
-                tracing::warn!(run = %run, error = %e, "step after a completion not saved; the engine will take it");
-            }
+        if version.is_none() {
+            tracing::debug!(run = %fence.run_id, "step after a completion no longer applies");
         }
         Ok(Stepped {
             version,
@@ -1251,10 +1244,25 @@ impl Store for PostgresStore {
                 now,
             )?,
         })?;
-        self.retrying(&fence.run_id, || {
-            self.complete_and_save_once(fence, &doc, &artifacts, &step)
-        })
-        .await
+        let stepped = self
+            .retrying(&fence.run_id, || {
+                self.complete_and_save_once(fence, &doc, &artifacts, &step)
+            })
+            .await;
+        match stepped {
+            Err(e @ (Error::LeaseLost { .. } | Error::Connect { .. })) => Err(e),
+            Err(e) => {
+                // Whatever failed (nothing was written), the completion must
+                // not wait on the step: commit it alone.
+                tracing::warn!(run = %fence.run_id, error = %e, "step not saved with the completion; the engine will take it");
+                self.retrying(&fence.run_id, || {
+                    self.complete_task_once(fence, &doc, &artifacts)
+                })
+                .await?;
+                Ok(Stepped::default())
+            }
+            ok => ok,
+        }
     }
 }
 

@@ -154,26 +154,32 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'orch-assert:lease_held';
     END IF;
-    INSERT INTO artifacts (run_id, name, version, kind, path, task_id, attempt, content,
-                           metadata, created_at)
-    SELECT v_run, a.v ->> 0,
-           COALESCE((SELECT MAX(b.version) FROM artifacts b
-                     WHERE b.run_id = v_run AND b.name = a.v ->> 0
-                       AND COALESCE(b.path, '') = COALESCE(a.v ->> 2, '')), 0)
-             + 1 + (a.v ->> 5)::bigint,
-           a.v ->> 1, a.v ->> 2, v_task, (doc ->> 'attempt')::bigint, a.v ->> 3, a.v ->> 4,
-           v_now
-    FROM jsonb_array_elements(arts) WITH ORDINALITY AS a(v, ord)
-    ORDER BY a.ord;
-    PERFORM orch_add_events(doc, v_seq);
-    INSERT INTO llm_calls (run_id, task_id, attempt, step, request_hash, provider, model,
-                           request, response, input_tokens, output_tokens, cache_read_tokens,
-                           cache_write_tokens, latency_ms, cost_usd, created_at)
-    SELECT c.run_id, c.task_id, c.attempt, c.step, c.request_hash, c.provider, c.model,
-           c.request, c.response, c.input_tokens, c.output_tokens, c.cache_read_tokens,
-           c.cache_write_tokens, c.latency_ms, c.cost_usd, c.created_at
-    FROM jsonb_populate_recordset(NULL::llm_calls, doc -> 'llm_calls') AS c
-    ON CONFLICT (run_id, task_id, attempt, step) DO NOTHING;
+    IF jsonb_array_length(arts) > 0 THEN
+        INSERT INTO artifacts (run_id, name, version, kind, path, task_id, attempt, content,
+                               metadata, created_at)
+        SELECT v_run, a.v ->> 0,
+               COALESCE((SELECT MAX(b.version) FROM artifacts b
+                         WHERE b.run_id = v_run AND b.name = a.v ->> 0
+                           AND COALESCE(b.path, '') = COALESCE(a.v ->> 2, '')), 0)
+                 + 1 + (a.v ->> 5)::bigint,
+               a.v ->> 1, a.v ->> 2, v_task, (doc ->> 'attempt')::bigint, a.v ->> 3, a.v ->> 4,
+               v_now
+        FROM jsonb_array_elements(arts) WITH ORDINALITY AS a(v, ord)
+        ORDER BY a.ord;
+    END IF;
+    IF jsonb_array_length(doc -> 'events') > 0 THEN
+        PERFORM orch_add_events(doc, v_seq);
+    END IF;
+    IF jsonb_array_length(doc -> 'llm_calls') > 0 THEN
+        INSERT INTO llm_calls (run_id, task_id, attempt, step, request_hash, provider, model,
+                               request, response, input_tokens, output_tokens, cache_read_tokens,
+                               cache_write_tokens, latency_ms, cost_usd, created_at)
+        SELECT c.run_id, c.task_id, c.attempt, c.step, c.request_hash, c.provider, c.model,
+               c.request, c.response, c.input_tokens, c.output_tokens, c.cache_read_tokens,
+               c.cache_write_tokens, c.latency_ms, c.cost_usd, c.created_at
+        FROM jsonb_populate_recordset(NULL::llm_calls, doc -> 'llm_calls') AS c
+        ON CONFLICT (run_id, task_id, attempt, step) DO NOTHING;
+    END IF;
 END;
 $$;
 
@@ -257,13 +263,22 @@ BEGIN
             RAISE EXCEPTION 'orch-assert:tasks_unchanged';
         END IF;
     END IF;
-    PERFORM orch_add_tasks(doc);
-    PERFORM orch_put_gates(doc);
-    INSERT INTO dead_letters (run_id, task_id, role, attempts, error, created_at)
-    SELECT v_run, d.v ->> 0, d.v ->> 1, (d.v ->> 2)::bigint, d.v ->> 3, v_now
-    FROM jsonb_array_elements(doc -> 'dead') WITH ORDINALITY AS d(v, ord)
-    ORDER BY d.ord;
-    PERFORM orch_add_events(doc, v_seq);
+    -- Each part only if there is one: a nested statement costs even with no rows.
+    IF jsonb_array_length(doc -> 'tasks') > 0 THEN
+        PERFORM orch_add_tasks(doc);
+    END IF;
+    IF jsonb_array_length(doc -> 'gates') > 0 THEN
+        PERFORM orch_put_gates(doc);
+    END IF;
+    IF jsonb_array_length(doc -> 'dead') > 0 THEN
+        INSERT INTO dead_letters (run_id, task_id, role, attempts, error, created_at)
+        SELECT v_run, d.v ->> 0, d.v ->> 1, (d.v ->> 2)::bigint, d.v ->> 3, v_now
+        FROM jsonb_array_elements(doc -> 'dead') WITH ORDINALITY AS d(v, ord)
+        ORDER BY d.ord;
+    END IF;
+    IF jsonb_array_length(doc -> 'events') > 0 THEN
+        PERFORM orch_add_events(doc, v_seq);
+    END IF;
     RETURN v_version;
 END;
 $$;
@@ -272,33 +287,40 @@ $$;
 -- from it (SQLite: proc_complete_step): `step` is orch_save_run's document
 -- with `in_flight` ([[task id, attempt], ...] of the other tasks the step saw
 -- QUEUED or RUNNING). A refused completion rolls everything back. The step is
--- saved if it still applies; if not (or it fails), it alone is rolled back
--- (a subtransaction) and the completion commits without it, the reason in
--- `step_error`. A serialization failure or deadlock fails the whole call
--- (the caller runs it again). `current`: the step was saved and every task
--- it saw in flight still is (a task that ends after this read waits for the
--- run's row lock and then finds its own step refused).
+-- saved only if it applies with the completion in: the run at its expected
+-- version, each changed task at its expected status and attempt, none of its
+-- new tasks there yet (checked first, under the run's row lock that the
+-- completion took, so the save cannot be refused after; no subtransaction).
+-- If not, the completion commits alone and `saved_version` is NULL.
+-- `still_current`: the step was saved and every task it saw in flight still
+-- is (a task that ends after this read waits for the run's row lock and then
+-- finds its own step refused).
 CREATE FUNCTION orch_complete_step(doc jsonb, arts jsonb, step jsonb,
-                                   OUT saved_version bigint, OUT still_current boolean,
-                                   OUT step_error text)
+                                   OUT saved_version bigint, OUT still_current boolean)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_run text := step ->> 'run_id';
 BEGIN
     still_current := false;
     PERFORM orch_complete_task(doc, arts);
-    BEGIN
-        saved_version := orch_save_run(step, false);
-    EXCEPTION
-        WHEN serialization_failure OR deadlock_detected THEN
-            RAISE;
-        WHEN OTHERS THEN
-            saved_version := NULL;
-            step_error := SQLERRM;
-    END;
-    IF saved_version IS NOT NULL THEN
-        SELECT count(*) = jsonb_array_length(step -> 'in_flight') INTO still_current
-        FROM jsonb_array_elements(step -> 'in_flight') AS f(v)
-        JOIN tasks AS t ON t.run_id = step ->> 'run_id' AND t.id = f.v ->> 0
-        WHERE t.attempt = (f.v ->> 1)::bigint AND t.status IN ('QUEUED', 'RUNNING');
+    IF NOT EXISTS (SELECT 1 FROM runs
+                   WHERE id = v_run AND version = (step ->> 'expected_version')::bigint)
+       OR (SELECT count(*)
+           FROM jsonb_array_elements(step -> 'changed') AS c(v)
+           JOIN tasks AS t ON t.run_id = v_run AND t.id = c.v ->> 'id'
+           WHERE t.status = c.v ->> 'expected_status'
+             AND t.attempt = (c.v ->> 'expected_attempt')::bigint)
+          <> jsonb_array_length(step -> 'changed')
+       OR EXISTS (SELECT 1
+                  FROM jsonb_array_elements(step -> 'tasks') AS n(v)
+                  JOIN tasks AS t ON t.run_id = v_run AND t.id = n.v ->> 'id')
+    THEN
+        RETURN;
     END IF;
+    saved_version := orch_save_run(step, false);
+    SELECT count(*) = jsonb_array_length(step -> 'in_flight') INTO still_current
+    FROM jsonb_array_elements(step -> 'in_flight') AS f(v)
+    JOIN tasks AS t ON t.run_id = v_run AND t.id = f.v ->> 0
+    WHERE t.attempt = (f.v ->> 1)::bigint AND t.status IN ('QUEUED', 'RUNNING');
 END;
 $$;
