@@ -232,11 +232,6 @@ pub async fn run(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
         (engine, runtime)
     };
     let sdlc = Workflow::builtin("sdlc").expect("built-in");
-    let mut report = serde_json::Map::new();
-    report.insert(
-        "store".into(),
-        "sqlite (file, WAL, synchronous=NORMAL)".into(),
-    );
     report.insert("provider".into(), "scripted (zero latency)".into());
     report.insert("concurrency_per_role".into(), a.concurrency.into());
     // The issues' targets: embedded (SQLite, in process) and distributed
