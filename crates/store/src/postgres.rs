@@ -61,7 +61,7 @@ use crate::doc::{
 use async_trait::async_trait;
 use orch_core::{
     Artifact, DeadLetter, Event, EventKind, Gate, Millis, NewEvent, Run, RunId, RunState,
-    RunStatus, StateDiff, Task,
+    RunStatus, StateDiff, Task, TaskStatus,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres};
@@ -464,6 +464,7 @@ impl PostgresStore {
             .bind(started.kind.as_str())
             .bind(&started.message)
             .bind(started_data)
+            .bind(TaskStatus::Queued.as_str())
             .fetch_optional(&self.pool)
             .await?;
         Ok(claimed.as_ref().map(task_from_row).transpose()?)
@@ -851,6 +852,7 @@ impl TaskStore for PostgresStore {
             .bind(i64::from(fence.attempt))
             .bind(fence.owner.as_str())
             .bind(lease_until)
+            .bind(TaskStatus::Running.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| self.db_err(e))?;
@@ -1268,8 +1270,6 @@ impl Store for PostgresStore {
 
 #[cfg(test)]
 mod tests {
-    use orch_core::TaskStatus;
-
     use super::*;
 
     /// The bucket bounds and terminal statuses written out in the duration

@@ -127,6 +127,9 @@ DECLARE
     v_task text   := doc ->> 'task_id';
     v_now  bigint := (doc ->> 'now')::bigint;
     v_seq  bigint;
+    -- A variable, not a literal, in the fence below: see claim_task.sql (a
+    -- literal lets the cached plan use the partial index tasks_running_by_lease).
+    v_running text := 'RUNNING';
 BEGIN
     UPDATE runs
     SET last_seq   = last_seq + jsonb_array_length(doc -> 'events'),
@@ -148,7 +151,7 @@ BEGIN
         lease_owner      = NULL,
         lease_expires_at = NULL,
         cost_usd         = cost_usd + (doc ->> 'cost_usd')::float8
-    WHERE run_id = v_run AND id = v_task AND status = 'RUNNING'
+    WHERE run_id = v_run AND id = v_task AND status = v_running
       AND attempt = (doc ->> 'attempt')::bigint AND lease_owner = doc ->> 'owner'
       AND lease_expires_at >= v_now;
     IF NOT FOUND THEN

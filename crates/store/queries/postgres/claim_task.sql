@@ -16,6 +16,12 @@
 -- the sweeper publishes it again, and the worker that held the lost claim
 -- is refused at completion by the fence, so nothing runs twice to effect.
 -- One statement instead of BEGIN, lock, claim, COMMIT: one round trip.
+--
+-- $10 is 'QUEUED', bound rather than written: with the literal, the planner
+-- may serve the statement from the partial index tasks_queued_by_time (its
+-- predicate is implied), filtering every queued task and every dead entry
+-- of one, where the primary key finds the row (the plan is made once, while
+-- the table is small, and kept). A parameter implies no index predicate.
 WITH run AS MATERIALIZED (
     SELECT id, set_config('synchronous_commit', 'off', true) AS relaxed
     FROM runs
@@ -29,7 +35,8 @@ WITH run AS MATERIALIZED (
         started_at       = $6,
         finished_at      = NULL
     FROM run
-    WHERE t.run_id = run.id AND t.id = $2 AND t.status = 'QUEUED' AND t.attempt = $3
+    WHERE t.run_id = $1 AND t.id = $2 AND t.run_id = run.id AND t.status = $10
+      AND t.attempt = $3
     RETURNING t.run_id, t.id, t.role, t.title, t.instructions, t.needs, t.expected,
               t.validation, t.gate, t.round, t.findings, t.status, t.attempt, t.max_attempts,
               t.timeout_ms, t.dedupe_key, t.not_before, t.lease_owner, t.lease_expires_at,
