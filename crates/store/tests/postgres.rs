@@ -567,3 +567,52 @@ async fn an_invalid_url_is_a_connect_error() {
         Ok(_) => panic!("expected Error::Connect, got a store"),
     }
 }
+
+/// The hot single-task statements find their task by primary key, even with
+/// the plan PostgreSQL caches for a prepared statement (a generic plan,
+/// made once, here while the table is empty): not by a partial index of all
+/// queued or running tasks, nor by a scan of the run's tasks.
+#[tokio::test]
+async fn single_task_statements_use_the_primary_key() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    db.store().await.close().await;
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut conn)
+        .await
+        .expect("generic plans");
+    let statements = [
+        (
+            "claim",
+            include_str!("../queries/postgres/claim_task.sql"),
+            "'r', 't', 1, 'w', 1, 1, 'task_started', 'm', '{}', 'QUEUED'",
+        ),
+        (
+            "heartbeat",
+            include_str!("../queries/postgres/heartbeat.sql"),
+            "'r', 't', 1, 'w', 1, 'RUNNING'",
+        ),
+    ];
+    for (name, sql, args) in statements {
+        sqlx::raw_sql(AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("PREPARE {name}: {e}"));
+        let plan: Vec<String> =
+            sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE {name}({args})")))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("EXPLAIN {name}: {e}"));
+        let plan = plan.join("\n");
+        let tasks_scan = plan
+            .lines()
+            .find(|l| l.contains("Scan") && l.contains(" on tasks"))
+            .unwrap_or_else(|| panic!("{name}: no scan of tasks in\n{plan}"));
+        assert!(
+            tasks_scan.contains("using tasks_pkey"),
+            "{name} reads tasks by {tasks_scan:?}, not the primary key:\n{plan}"
+        );
+    }
+}
