@@ -935,7 +935,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>> {
-        let events = self
+        let rows = self
             .read_all(
                 sqlx::query(if query.kind.is_some() {
                     sql::LIST_EVENTS_OF_KIND
@@ -947,12 +947,16 @@ impl EventStore for PostgresStore {
                 .bind(limit(query.limit))
                 .bind(query.kind.map(|k| k.as_str())),
             )
-            .await?
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        if events.is_empty() {
-            self.require_run(run_id).await?;
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::RunNotFound(run_id.to_string()));
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // The run's row without events has NULL event columns.
+            if col::<Option<i64>>(row, "seq")?.is_some() {
+                events.push(event_from_row(row)?);
+            }
         }
         Ok(events)
     }
