@@ -606,6 +606,12 @@ pub async fn llm_journal_round_trip(store: &dyn Store) {
         "a second record of one step is ignored"
     );
 
+    let stray = llm_call(&RunId("no-such-run".into()), 1, "h1", "{\"text\":\"lost\"}");
+    assert!(
+        store.record_llm_call(&stray).await.is_err(),
+        "no journal record for a run that does not exist"
+    );
+
     let second = llm_call(&id, 2, "h1", "{\"text\":\"two\"}");
     store
         .record_llm_call(&second)

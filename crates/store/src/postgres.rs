@@ -1082,10 +1082,14 @@ impl JournalStore for PostgresStore {
             .bind(call.latency_ms)
             .bind(call.cost_usd)
             .bind(call.created_at);
-        query
+        let written = query
             .execute(&self.pool)
             .await
             .map_err(|e| self.db_err(e))?;
+        if written.rows_affected() == 0 {
+            // Journaled already, or no such run.
+            self.require_run(&call.run_id).await?;
+        }
         Ok(())
     }
 
