@@ -170,6 +170,15 @@ impl Engine {
         }
     }
 
+    /// The version of `run_id` as this engine last saved it, if it holds it.
+    pub(crate) fn saved_version(&self, run_id: &RunId) -> Option<i64> {
+        self.saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .map(|state| state.run.version)
+    }
+
     pub fn deps(&self) -> &Deps {
         &self.deps
     }

@@ -243,6 +243,8 @@ async fn execute(
         // as last saved (another process took the last step): its step will
         // start from the run as read with the claim.
         with_state: stepper.is_some_and(|s| !s.loop_here),
+        // Unless this process's engine saved the run's last step itself.
+        known_version: stepper.and_then(|s| s.engine.saved_version(&d.run_id)),
     };
     let Some(orch_store::ClaimedAttempt {
         task,

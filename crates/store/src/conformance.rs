@@ -96,6 +96,7 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         upstream: &names,
         upstream_tasks: &writers,
         with_state: true,
+        known_version: None,
     };
     let first = store
         .claim_attempt(&claim(1, "w1", T0 + 20))
@@ -2550,6 +2551,7 @@ pub async fn concurrent_claims_of_many_runs(store: Arc<dyn Store>, runs: usize) 
                     upstream: &names,
                     upstream_tasks: &names,
                     with_state: false,
+                    known_version: None,
                 };
                 let claimed = store.claim_attempt(&claim).await.expect("claim_attempt");
                 (id.clone(), owner.clone(), claimed)

@@ -67,13 +67,14 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::rows::{
-    artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row, llm_call_from_row,
-    parse_col, run_from_row, task_from_row, task_ref_from_row, token_from_row, u64_col,
+    Prefixed, artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row,
+    llm_call_from_row, parse_col, run_from_row, task_from_row, task_ref_from_row, token_from_row,
+    u64_col,
 };
 use crate::{
-    ApiToken, ArtifactStore, DeadLetterStore, Durability, Error, EventQuery, EventStore, Fence,
-    JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter, RunStore, Stats,
-    StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
+    ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Durability, Error, EventQuery,
+    EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter,
+    RunStore, Stats, StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
 };
 
 /// Connections of one store's pool. Each operation holds one connection for
@@ -443,6 +444,39 @@ impl PostgresStore {
         })
     }
 
+    /// A claim ([`sql::CLAIM_TASK`]): the task claimed and the run's row,
+    /// `None` if the task was not QUEUED at that attempt.
+    async fn claim(
+        &self,
+        run_id: &RunId,
+        task_id: &str,
+        attempt: u32,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+    ) -> Result<Option<(Task, Run)>> {
+        let started = NewEvent::task(
+            EventKind::TaskStarted,
+            task_id,
+            format!("started by {owner} (attempt {attempt})"),
+        )
+        .with_data(serde_json::json!({"owner": owner, "attempt": attempt}));
+        let data = to_json(&started.data)?;
+        self.retrying(run_id, || {
+            self.claim_task_once(
+                run_id,
+                task_id,
+                attempt,
+                owner,
+                lease_until,
+                now,
+                &started,
+                &data,
+            )
+        })
+        .await
+    }
+
     async fn claim_task_once(
         &self,
         run_id: &RunId,
@@ -453,7 +487,7 @@ impl PostgresStore {
         now: Millis,
         started: &NewEvent,
         started_data: &str,
-    ) -> Attempt<Option<Task>> {
+    ) -> Attempt<Option<(Task, Run)>> {
         let claimed = sqlx::query(sql::CLAIM_TASK)
             .bind(run_id.as_str())
             .bind(task_id)
@@ -467,7 +501,14 @@ impl PostgresStore {
             .bind(TaskStatus::Queued.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(claimed.as_ref().map(task_from_row).transpose()?)
+        let Some(row) = claimed else {
+            return Ok(None);
+        };
+        let run = run_from_row(&Prefixed {
+            row: &row,
+            prefix: "r_",
+        })?;
+        Ok(Some((task_from_row(&row)?, run)))
     }
 
     async fn complete_task_once(&self, fence: &Fence, doc: &str, artifacts: &str) -> Attempt<()> {
@@ -823,26 +864,10 @@ impl TaskStore for PostgresStore {
         lease_until: Millis,
         now: Millis,
     ) -> Result<Option<Task>> {
-        let started = NewEvent::task(
-            EventKind::TaskStarted,
-            task_id,
-            format!("started by {owner} (attempt {attempt})"),
-        )
-        .with_data(serde_json::json!({"owner": owner, "attempt": attempt}));
-        let data = to_json(&started.data)?;
-        self.retrying(run_id, || {
-            self.claim_task_once(
-                run_id,
-                task_id,
-                attempt,
-                owner,
-                lease_until,
-                now,
-                &started,
-                &data,
-            )
-        })
-        .await
+        let claimed = self
+            .claim(run_id, task_id, attempt, owner, lease_until, now)
+            .await?;
+        Ok(claimed.map(|(task, _)| task))
     }
 
     async fn heartbeat(&self, fence: &Fence, lease_until: Millis) -> Result<bool> {
@@ -1229,6 +1254,50 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         PostgresStore::close(self).await;
+    }
+
+    /// The claim returns the run's row (no read of it after); the whole run
+    /// is read beside the inbox and the upstream artifacts only if asked
+    /// for and the caller does not hold it at its current version.
+    async fn claim_attempt(&self, claim: &Claim<'_>) -> Result<Option<ClaimedAttempt>> {
+        let Some((task, run)) = self
+            .claim(
+                claim.run_id,
+                claim.task_id,
+                claim.attempt,
+                claim.owner,
+                claim.lease_until,
+                claim.now,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let query = EventQuery {
+            kind: Some(EventKind::ChannelMessage),
+            ..EventQuery::default()
+        };
+        let state = async {
+            if claim.with_state && claim.known_version != Some(run.version) {
+                self.load_run(claim.run_id).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (messages, upstream, state) = tokio::join!(
+            self.list_events(claim.run_id, query),
+            self.latest_artifacts_named(claim.run_id, claim.upstream_tasks, claim.upstream),
+            state,
+        );
+        let state: Option<RunState> = state?;
+        Ok(Some(ClaimedAttempt {
+            task,
+            // The later read of the run when there is one.
+            run: state.as_ref().map_or(run, |s| s.run.clone()),
+            messages: messages?,
+            upstream: upstream?,
+            state,
+        }))
     }
 
     /// The completion and the step in one transaction with one durable

@@ -47,6 +47,37 @@ where
     }
 }
 
+/// The columns of `row` whose names start with a prefix, read without it:
+/// one table's columns in a row that joins two with clashing names.
+pub(crate) struct Prefixed<'a, R> {
+    pub(crate) row: &'a R,
+    pub(crate) prefix: &'static str,
+}
+
+impl<R: Row> Prefixed<'_, R> {
+    fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+impl<R: Row> Row for Prefixed<'_, R> {
+    fn text(&self, name: &str) -> sqlx::Result<Option<String>> {
+        self.row.text(&self.name(name))
+    }
+    fn int(&self, name: &str) -> sqlx::Result<Option<i64>> {
+        self.row.int(&self.name(name))
+    }
+    fn int32(&self, name: &str) -> sqlx::Result<Option<i32>> {
+        self.row.int32(&self.name(name))
+    }
+    fn real(&self, name: &str) -> sqlx::Result<Option<f64>> {
+        self.row.real(&self.name(name))
+    }
+    fn flag(&self, name: &str) -> sqlx::Result<Option<bool>> {
+        self.row.flag(&self.name(name))
+    }
+}
+
 /// A column value [`col`] reads: one of the kinds of [`Row`], or its `Option`.
 pub(crate) trait Value: Sized {
     /// The column, `None` if NULL.

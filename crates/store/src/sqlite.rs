@@ -1163,6 +1163,7 @@ impl TaskStore for SqliteStore {
             upstream: &[],
             upstream_tasks: &[],
             with_state: false,
+            known_version: None,
         };
         let Some(rows) = self.claim(sql::CLAIM_TASK, &claim).await? else {
             return Ok(None);

@@ -1,8 +1,10 @@
 -- A claim in one statement, its own transaction: QUEUED -> RUNNING for
 -- exactly attempt $3 of task $2 of run $1, taking the lease (owner $4 until
 -- $5, now $6), with the task_started event (kind $7, message $8, data $9) at
--- the run's next event number. Returns the claimed row; none (and nothing
--- written) if the run is gone or the task is not QUEUED at that attempt.
+-- the run's next event number. Returns the claimed row with the run's row
+-- (its columns prefixed `r_`, read under the lock: the claim changes none of
+-- them); none (and nothing written) if the run is gone or the task is not
+-- QUEUED at that attempt.
 --
 -- The run's row lock is taken first (`run`), as every write transaction
 -- takes it before any task row: the task row is locked only when the
@@ -23,7 +25,10 @@
 -- of one, where the primary key finds the row (the plan is made once, while
 -- the table is small, and kept). A parameter implies no index predicate.
 WITH run AS MATERIALIZED (
-    SELECT id, set_config('synchronous_commit', 'off', true) AS relaxed
+    SELECT id, goal, context, workflow, status, status_reason, success_criteria, settings,
+           provider, iterations, cost_usd, tokens_in, tokens_out, version, created_at,
+           updated_at, finished_at,
+           set_config('synchronous_commit', 'off', true) AS relaxed
     FROM runs
     WHERE id = $1
     FOR UPDATE
@@ -52,4 +57,12 @@ WITH run AS MATERIALIZED (
     SELECT $1, seq.last_seq, $7, $2, $8, $9, $6
     FROM seq
 )
-SELECT * FROM claimed;
+SELECT claimed.*,
+       run.id AS r_id, run.goal AS r_goal, run.context AS r_context, run.workflow AS r_workflow,
+       run.status AS r_status, run.status_reason AS r_status_reason,
+       run.success_criteria AS r_success_criteria, run.settings AS r_settings,
+       run.provider AS r_provider, run.iterations AS r_iterations, run.cost_usd AS r_cost_usd,
+       run.tokens_in AS r_tokens_in, run.tokens_out AS r_tokens_out,
+       run.version AS r_version, run.created_at AS r_created_at,
+       run.updated_at AS r_updated_at, run.finished_at AS r_finished_at
+FROM claimed, run;
