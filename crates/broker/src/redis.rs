@@ -19,7 +19,9 @@
 //! entry that has been pending (delivered, not acknowledged) for longer than
 //! [`RedisBroker::reclaim_after`] (default 30 s): its consumer died, or is
 //! still running a long attempt, in which case the store drops the duplicate.
-//! Otherwise it reads one new entry with `XREADGROUP ... BLOCK`. `XAUTOCLAIM`
+//! Otherwise it reads one new entry with `XREADGROUP ... BLOCK`. Once a pass
+//! over the pending entries finds nothing, the next pass waits
+//! [`RedisBroker::reclaim_every`], so a receive is usually one command. `XAUTOCLAIM`
 //! reports no delivery count: attempts come from the store (the `attempt`
 //! field), never from Redis. A malformed entry is acknowledged and deleted,
 //! then reported as [`Error::Malformed`], so it can never be delivered again.
@@ -114,6 +116,10 @@ pub struct RedisBroker {
     /// `XAUTOCLAIM` cursor per role stream, so successive reclaims walk the
     /// whole pending list instead of rescanning its head.
     cursors: Mutex<HashMap<Role, String>>,
+    /// When a pass over each role stream's pending entries last ended
+    /// without finding one to reclaim: the next pass waits
+    /// [`RedisBroker::reclaim_every`] (a receive is then one command, not two).
+    passes: Mutex<HashMap<Role, std::time::Instant>>,
     /// This broker's consumer name in the `engines` group.
     engine_consumer: String,
 }
@@ -186,6 +192,7 @@ impl RedisBroker {
             idle: Mutex::new(Vec::new()),
             reclaim_after: Self::DEFAULT_RECLAIM_AFTER,
             cursors: Mutex::new(HashMap::new()),
+            passes: Mutex::new(HashMap::new()),
             engine_consumer: format!("engine-{}-{}", std::process::id(), uuid::Uuid::new_v4()),
         };
         for role in Role::ALL {
@@ -364,9 +371,25 @@ impl RedisBroker {
         }
     }
 
+    /// How long after a pass over a role stream's pending entries that
+    /// found nothing to reclaim the next pass begins: a tenth of
+    /// `reclaim_after`, at most a second. An entry pending too long is taken
+    /// within `reclaim_after` plus this.
+    pub fn reclaim_every(&self) -> Duration {
+        (self.reclaim_after / 10).min(Duration::from_secs(1))
+    }
+
     /// `XAUTOCLAIM` one entry of `role`'s stream pending for longer than
-    /// `reclaim_after`, continuing from the last call's cursor.
+    /// `reclaim_after`, continuing from the last call's cursor; nothing
+    /// (without asking Redis) within [`RedisBroker::reclaim_every`] of a
+    /// pass that found nothing.
     async fn reclaim(&self, role: Role, key: &str, consumer: &str) -> Result<Option<StreamId>> {
+        if lock(&self.passes)
+            .get(&role)
+            .is_some_and(|ended| ended.elapsed() < self.reclaim_every())
+        {
+            return Ok(None);
+        }
         let cursor = lock(&self.cursors)
             .get(&role)
             .cloned()
@@ -382,8 +405,13 @@ impl RedisBroker {
         let reply: StreamAutoClaimReply = self
             .group_query(&mut self.conn.clone(), key, WORKERS, &cmd, "XAUTOCLAIM")
             .await?;
-        lock(&self.cursors).insert(role, reply.next_stream_id);
         let entry = reply.claimed.into_iter().find(|e| !e.id.is_empty());
+        if entry.is_none() && reply.next_stream_id == "0-0" {
+            lock(&self.passes).insert(role, std::time::Instant::now());
+        } else {
+            lock(&self.passes).remove(&role);
+        }
+        lock(&self.cursors).insert(role, reply.next_stream_id);
         if let Some(e) = &entry {
             debug!(stream = key, entry = %e.id, consumer, "reclaimed an entry pending too long");
         }
