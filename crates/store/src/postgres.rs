@@ -67,7 +67,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::rows::{
-    Prefixed, artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row,
+    JsonRow, Prefixed, artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row,
     llm_call_from_row, parse_col, run_from_row, task_from_row, task_ref_from_row, token_from_row,
     u64_col,
 };
@@ -444,8 +444,10 @@ impl PostgresStore {
         })
     }
 
-    /// A claim ([`sql::CLAIM_TASK`]): the task claimed and the run's row,
-    /// `None` if the task was not QUEUED at that attempt.
+    /// A claim ([`sql::CLAIM_TASK`]) with what its worker reads (the
+    /// `upstream` artifact names among those `upstream_tasks` wrote); `None`
+    /// if the task was not QUEUED at that attempt.
+    #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
         run_id: &RunId,
@@ -454,7 +456,9 @@ impl PostgresStore {
         owner: &str,
         lease_until: Millis,
         now: Millis,
-    ) -> Result<Option<(Task, Run)>> {
+        upstream: &[String],
+        upstream_tasks: &[String],
+    ) -> Result<Option<Claimed>> {
         let started = NewEvent::task(
             EventKind::TaskStarted,
             task_id,
@@ -472,6 +476,7 @@ impl PostgresStore {
                 now,
                 &started,
                 &data,
+                (upstream, upstream_tasks),
             )
         })
         .await
@@ -487,7 +492,8 @@ impl PostgresStore {
         now: Millis,
         started: &NewEvent,
         started_data: &str,
-    ) -> Attempt<Option<(Task, Run)>> {
+        (upstream, upstream_tasks): (&[String], &[String]),
+    ) -> Attempt<Option<Claimed>> {
         let claimed = sqlx::query(sql::CLAIM_TASK)
             .bind(run_id.as_str())
             .bind(task_id)
@@ -499,6 +505,8 @@ impl PostgresStore {
             .bind(&started.message)
             .bind(started_data)
             .bind(TaskStatus::Queued.as_str())
+            .bind(upstream)
+            .bind(upstream_tasks)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = claimed else {
@@ -508,7 +516,21 @@ impl PostgresStore {
             row: &row,
             prefix: "r_",
         })?;
-        Ok(Some((task_from_row(&row)?, run)))
+        let rows = |name| -> Result<Vec<JsonRow>> {
+            JsonRow::parse_all(col::<Option<String>>(&row, name)?.as_deref())
+        };
+        Ok(Some(Claimed {
+            task: task_from_row(&row)?,
+            run,
+            messages: rows("r_messages")?
+                .iter()
+                .map(event_from_row)
+                .collect::<Result<_>>()?,
+            upstream: rows("r_upstream")?
+                .iter()
+                .map(artifact_from_row)
+                .collect::<Result<_>>()?,
+        }))
     }
 
     async fn complete_task_once(&self, fence: &Fence, doc: &str, artifacts: &str) -> Attempt<()> {
@@ -520,6 +542,14 @@ impl PostgresStore {
             .map_err(|e| fenced(fence, e))?;
         Ok(())
     }
+}
+
+/// What a claim statement returns.
+struct Claimed {
+    task: Task,
+    run: Run,
+    messages: Vec<Event>,
+    upstream: Vec<Artifact>,
 }
 
 /// The prefix of a write procedure's refusal (`RAISE EXCEPTION
@@ -865,9 +895,9 @@ impl TaskStore for PostgresStore {
         now: Millis,
     ) -> Result<Option<Task>> {
         let claimed = self
-            .claim(run_id, task_id, attempt, owner, lease_until, now)
+            .claim(run_id, task_id, attempt, owner, lease_until, now, &[], &[])
             .await?;
-        Ok(claimed.map(|(task, _)| task))
+        Ok(claimed.map(|c| c.task))
     }
 
     async fn heartbeat(&self, fence: &Fence, lease_until: Millis) -> Result<bool> {
@@ -1256,11 +1286,16 @@ impl Store for PostgresStore {
         PostgresStore::close(self).await;
     }
 
-    /// The claim returns the run's row (no read of it after); the whole run
-    /// is read beside the inbox and the upstream artifacts only if asked
-    /// for and the caller does not hold it at its current version.
+    /// The claim returns the run's row, its channel messages and the
+    /// upstream artifacts (one statement); the whole run is read after it
+    /// only if asked for and the caller does not hold it at its version.
     async fn claim_attempt(&self, claim: &Claim<'_>) -> Result<Option<ClaimedAttempt>> {
-        let Some((task, run)) = self
+        let Some(Claimed {
+            task,
+            run,
+            messages,
+            upstream,
+        }) = self
             .claim(
                 claim.run_id,
                 claim.task_id,
@@ -1268,34 +1303,24 @@ impl Store for PostgresStore {
                 claim.owner,
                 claim.lease_until,
                 claim.now,
+                claim.upstream,
+                claim.upstream_tasks,
             )
             .await?
         else {
             return Ok(None);
         };
-        let query = EventQuery {
-            kind: Some(EventKind::ChannelMessage),
-            ..EventQuery::default()
+        let state = if claim.with_state && claim.known_version != Some(run.version) {
+            Some(self.load_run(claim.run_id).await?)
+        } else {
+            None
         };
-        let state = async {
-            if claim.with_state && claim.known_version != Some(run.version) {
-                self.load_run(claim.run_id).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let (messages, upstream, state) = tokio::join!(
-            self.list_events(claim.run_id, query),
-            self.latest_artifacts_named(claim.run_id, claim.upstream_tasks, claim.upstream),
-            state,
-        );
-        let state: Option<RunState> = state?;
         Ok(Some(ClaimedAttempt {
             task,
             // The later read of the run when there is one.
             run: state.as_ref().map_or(run, |s| s.run.clone()),
-            messages: messages?,
-            upstream: upstream?,
+            messages,
+            upstream,
             state,
         }))
     }

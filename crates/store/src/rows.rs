@@ -47,6 +47,60 @@ where
     }
 }
 
+/// A row as a JSON object of its columns by name (PostgreSQL's `to_json`
+/// of a row, as `json_agg` gives rows of a subquery in one column).
+#[derive(Debug)]
+pub(crate) struct JsonRow(pub(crate) serde_json::Map<String, serde_json::Value>);
+
+impl JsonRow {
+    /// The rows of a JSON array of objects (`json_agg`); none for NULL.
+    pub(crate) fn parse_all(text: Option<&str>) -> Result<Vec<JsonRow>> {
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str::<Vec<serde_json::Map<String, serde_json::Value>>>(text)
+            .map(|rows| rows.into_iter().map(JsonRow).collect())
+            .map_err(|e| Error::Decode(format!("rows as JSON: {e}")))
+    }
+
+    /// Column `name`: `None` if NULL; an error if there is no such column
+    /// or it is not of the kind `kind` (`pick` says which).
+    fn get<T>(
+        &self,
+        name: &str,
+        kind: &str,
+        pick: impl FnOnce(&serde_json::Value) -> Option<T>,
+    ) -> sqlx::Result<Option<T>> {
+        match self.0.get(name) {
+            None => Err(sqlx::Error::ColumnNotFound(name.to_string())),
+            Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => pick(v)
+                .map(Some)
+                .ok_or_else(|| sqlx::Error::Decode(format!("expected {kind}, found {v}").into())),
+        }
+    }
+}
+
+impl Row for JsonRow {
+    fn text(&self, name: &str) -> sqlx::Result<Option<String>> {
+        self.get(name, "text", |v| v.as_str().map(str::to_string))
+    }
+    fn int(&self, name: &str) -> sqlx::Result<Option<i64>> {
+        self.get(name, "an integer", serde_json::Value::as_i64)
+    }
+    fn int32(&self, name: &str) -> sqlx::Result<Option<i32>> {
+        self.get(name, "a 32-bit integer", |v| {
+            v.as_i64().and_then(|n| i32::try_from(n).ok())
+        })
+    }
+    fn real(&self, name: &str) -> sqlx::Result<Option<f64>> {
+        self.get(name, "a number", serde_json::Value::as_f64)
+    }
+    fn flag(&self, name: &str) -> sqlx::Result<Option<bool>> {
+        self.get(name, "a boolean", serde_json::Value::as_bool)
+    }
+}
+
 /// The columns of `row` whose names start with a prefix, read without it:
 /// one table's columns in a row that joins two with clashing names.
 pub(crate) struct Prefixed<'a, R> {
@@ -314,4 +368,42 @@ pub(crate) fn dead_letter_from_row(row: &impl Row) -> Result<DeadLetter> {
         created_at: col(row, "created_at")?,
         replayed_at: col(row, "replayed_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON rows read each kind by column name; NULL is `None`; a missing
+    /// column or a value of another kind is an error naming it.
+    #[test]
+    fn json_rows_read_columns_by_name_and_kind() {
+        let rows = JsonRow::parse_all(Some(
+            r#"[{"name": "spec", "version": 3, "cost_usd": 0.30000000000000004,
+                 "retryable": true, "path": null, "round": 70000}]"#,
+        ))
+        .expect("a JSON array of objects");
+        let row = &rows[0];
+        assert_eq!(col::<String>(row, "name").unwrap(), "spec");
+        assert_eq!(col::<i64>(row, "version").unwrap(), 3);
+        assert_eq!(col::<f64>(row, "cost_usd").unwrap(), 0.1 + 0.2);
+        assert!(col::<bool>(row, "retryable").unwrap());
+        assert_eq!(col::<Option<String>>(row, "path").unwrap(), None);
+        assert_eq!(col::<i32>(row, "round").unwrap(), 70000);
+
+        let err = col::<String>(row, "path").unwrap_err().to_string();
+        assert!(err.contains("path") && err.contains("NULL"), "{err}");
+        let err = col::<String>(row, "absent").unwrap_err().to_string();
+        assert!(err.contains("absent"), "{err}");
+        let err = col::<String>(row, "version").unwrap_err().to_string();
+        assert!(
+            err.contains("version") && err.contains("expected text"),
+            "{err}"
+        );
+        assert!(JsonRow::parse_all(Some("[1, 2]")).is_err(), "not objects");
+        assert!(
+            JsonRow::parse_all(None).unwrap().is_empty(),
+            "NULL: no rows"
+        );
+    }
 }

@@ -3,8 +3,14 @@
 -- $5, now $6), with the task_started event (kind $7, message $8, data $9) at
 -- the run's next event number. Returns the claimed row with the run's row
 -- (its columns prefixed `r_`, read under the lock: the claim changes none of
--- them); none (and nothing written) if the run is gone or the task is not
--- QUEUED at that attempt.
+-- them), the run's channel messages (`r_messages`, oldest first) and the
+-- latest version of each (name, path) of the upstream artifacts named in $11
+-- among those the tasks in $12 wrote (`r_upstream`, as
+-- list_latest_artifacts_named.sql), both as JSON arrays of rows (NULL for
+-- none); none (and nothing written) if the run is gone or the task is not
+-- QUEUED at that attempt. The dispatch of a task is published after the
+-- commit that queued it, which follows its upstream's completions, so the
+-- statement's snapshot holds what the task reads.
 --
 -- The run's row lock is taken first (`run`), as every write transaction
 -- takes it before any task row: the task row is locked only when the
@@ -64,5 +70,20 @@ SELECT claimed.*,
        run.provider AS r_provider, run.iterations AS r_iterations, run.cost_usd AS r_cost_usd,
        run.tokens_in AS r_tokens_in, run.tokens_out AS r_tokens_out,
        run.version AS r_version, run.created_at AS r_created_at,
-       run.updated_at AS r_updated_at, run.finished_at AS r_finished_at
+       run.updated_at AS r_updated_at, run.finished_at AS r_finished_at,
+       (SELECT json_agg(m ORDER BY m.seq)
+        FROM (SELECT run_id, seq, kind, task_id, message, data, created_at
+              FROM events
+              WHERE run_id = $1 AND kind = 'channel_message') AS m)::text AS r_messages,
+       (SELECT json_agg(u ORDER BY u.created_at, u.name, u.version, u.id)
+        FROM (SELECT a.id, a.run_id, a.name, a.version, a.kind, a.path, a.task_id, a.attempt,
+                     a.content, a.metadata, a.created_at
+              FROM artifacts a
+              WHERE a.run_id = $1
+                AND a.name = ANY($11::text[])
+                AND a.task_id = ANY($12::text[])
+                AND a.version = (SELECT MAX(b.version) FROM artifacts b
+                                 WHERE b.run_id = a.run_id AND b.name = a.name
+                                   AND COALESCE(b.path, '') = COALESCE(a.path, '')
+                                   AND b.task_id = ANY($12::text[]))) AS u)::text AS r_upstream
 FROM claimed, run;
