@@ -138,9 +138,22 @@ impl Workers {
     fn spawn(&mut self, extra: &[(&str, &str)]) -> Result<()> {
         let exe = std::env::current_exe().context("finding the orchestrator binary")?;
         let mut cmd = std::process::Command::new(exe);
-        cmd.args(["worker"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        cmd.args(["worker"]).stdout(std::process::Stdio::null());
+        // ORCH_BENCH_WORKER_LOG=FILE: the workers' logs (ORCH_LOG sets the
+        // level), appended to FILE; otherwise discarded.
+        match std::env::var_os("ORCH_BENCH_WORKER_LOG") {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.to_string_lossy()))?;
+                cmd.stderr(file);
+            }
+            None => {
+                cmd.stderr(std::process::Stdio::null());
+            }
+        }
         for (k, v) in self
             .env
             .iter()

@@ -257,6 +257,14 @@ async fn execute(
         debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
         return Ok(());
     };
+    debug!(
+        run = %d.run_id,
+        task = %d.task_id,
+        known = ?claim.known_version,
+        version = run.version,
+        read_state = state.is_some(),
+        "claimed"
+    );
     let fence = Fence {
         run_id: d.run_id.clone(),
         task_id: d.task_id.clone(),
