@@ -3,10 +3,10 @@
 //! `orch_*` functions alike, so that both backends take a write in one
 //! statement and encode it the same way.
 
-use orch_core::{Gate, Millis, NewEvent, RunId, RunState, StateDiff, Task, TaskStatus};
+use orch_core::{EventKind, Gate, Millis, NewEvent, RunId, RunState, StateDiff, Task, TaskStatus};
 use serde::Serialize;
 
-use crate::{Error, Fence, LlmCallRecord, NewDeadLetter, Result, TaskOutcome};
+use crate::{Claim, Error, Fence, LlmCallRecord, NewDeadLetter, Result, Step, TaskOutcome};
 
 /// The parameter document (`?1`) of a procedure call: what any call may carry
 /// (read by the shared procedures `proc_add_events`, `proc_add_tasks` and
@@ -307,6 +307,16 @@ pub(crate) struct ClaimDoc<'a> {
     pub(crate) upstream_tasks: &'a [String],
 }
 
+/// The `task_started` event a claim appends.
+pub(crate) fn started_event(claim: &Claim<'_>) -> NewEvent {
+    NewEvent::task(
+        EventKind::TaskStarted,
+        claim.task_id,
+        format!("started by {} (attempt {})", claim.owner, claim.attempt),
+    )
+    .with_data(serde_json::json!({"owner": claim.owner, "attempt": claim.attempt}))
+}
+
 /// The parameter documents of `proc_complete_task` (see
 /// [`TaskStore::complete_task`]): the outcome, and its artifacts.
 pub(crate) fn complete_docs(
@@ -353,6 +363,31 @@ pub(crate) fn complete_docs(
         ));
     }
     Ok((to_json(&doc)?, to_json(&artifacts)?))
+}
+
+/// The three parameter documents of a completion with its step
+/// (`proc_complete_step`, `orch_complete_step`): the outcome, its artifacts,
+/// and the step (`proc_save_run`'s document with `in_flight`).
+pub(crate) fn complete_step_docs(
+    fence: &Fence,
+    outcome: &TaskOutcome,
+    now: Millis,
+    step: &Step<'_>,
+) -> Result<(String, String, String)> {
+    let (doc, artifacts) = complete_docs(fence, outcome, now)?;
+    let step = to_json(&StepDoc {
+        in_flight: step.in_flight,
+        step: save_doc(
+            &fence.run_id,
+            step.expected_version,
+            step.diff,
+            step.state,
+            step.events,
+            step.dead,
+            now,
+        )?,
+    })?;
+    Ok((doc, artifacts, step))
 }
 
 /// `proc_complete_task` (the artifacts go separately, as `?2`).

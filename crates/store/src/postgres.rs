@@ -49,23 +49,24 @@
 //! procedures take the same JSON documents as the SQLite store's
 //! (`doc.rs`) and do what SQLite's do; a refusal is an exception whose
 //! message starts with `orch-assert:`. A claim is one statement too
-//! (`claim_task.sql`). Where a completion with its step was eight round
+//! (`claim_task.sql`), returning with the task what its worker reads. Where a completion with its step was eight round
 //! trips (`BEGIN`, totals, task, `SAVEPOINT`, version, tasks, events,
 //! `COMMIT`), it is one.
 
 use std::time::Duration;
 
-use crate::doc::{
-    Doc, NoFields, StepDoc, complete_docs, create_doc, save_doc, to_json, token_param,
-};
 use async_trait::async_trait;
 use orch_core::{
-    Artifact, DeadLetter, Event, EventKind, Gate, Millis, NewEvent, Run, RunId, RunState,
-    RunStatus, StateDiff, Task, TaskStatus,
+    Artifact, DeadLetter, Event, Gate, Millis, NewEvent, Run, RunId, RunState, RunStatus,
+    StateDiff, Task, TaskStatus,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres};
 
+use crate::doc::{
+    Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc, started_event, to_json,
+    token_param,
+};
 use crate::rows::{
     JsonRow, Prefixed, artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row,
     llm_call_from_row, parse_col, run_from_row, task_from_row, task_ref_from_row, token_from_row,
@@ -447,66 +448,32 @@ impl PostgresStore {
     /// A claim ([`sql::CLAIM_TASK`]) with what its worker reads (the
     /// `upstream` artifact names among those `upstream_tasks` wrote); `None`
     /// if the task was not QUEUED at that attempt.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim(
-        &self,
-        run_id: &RunId,
-        task_id: &str,
-        attempt: u32,
-        owner: &str,
-        lease_until: Millis,
-        now: Millis,
-        upstream: &[String],
-        upstream_tasks: &[String],
-    ) -> Result<Option<Claimed>> {
-        let started = NewEvent::task(
-            EventKind::TaskStarted,
-            task_id,
-            format!("started by {owner} (attempt {attempt})"),
-        )
-        .with_data(serde_json::json!({"owner": owner, "attempt": attempt}));
+    async fn claim(&self, claim: &Claim<'_>) -> Result<Option<Claimed>> {
+        let started = started_event(claim);
         let data = to_json(&started.data)?;
-        self.retrying(run_id, || {
-            self.claim_task_once(
-                run_id,
-                task_id,
-                attempt,
-                owner,
-                lease_until,
-                now,
-                &started,
-                &data,
-                (upstream, upstream_tasks),
-            )
-        })
-        .await
+        self.retrying(claim.run_id, || self.claim_once(claim, &started, &data))
+            .await
     }
 
-    async fn claim_task_once(
+    async fn claim_once(
         &self,
-        run_id: &RunId,
-        task_id: &str,
-        attempt: u32,
-        owner: &str,
-        lease_until: Millis,
-        now: Millis,
+        claim: &Claim<'_>,
         started: &NewEvent,
         started_data: &str,
-        (upstream, upstream_tasks): (&[String], &[String]),
     ) -> Attempt<Option<Claimed>> {
         let claimed = sqlx::query(sql::CLAIM_TASK)
-            .bind(run_id.as_str())
-            .bind(task_id)
-            .bind(i64::from(attempt))
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
+            .bind(claim.run_id.as_str())
+            .bind(claim.task_id)
+            .bind(i64::from(claim.attempt))
+            .bind(claim.owner)
+            .bind(claim.lease_until)
+            .bind(claim.now)
             .bind(started.kind.as_str())
             .bind(&started.message)
             .bind(started_data)
             .bind(TaskStatus::Queued.as_str())
-            .bind(upstream)
-            .bind(upstream_tasks)
+            .bind(claim.upstream)
+            .bind(claim.upstream_tasks)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = claimed else {
@@ -894,10 +861,19 @@ impl TaskStore for PostgresStore {
         lease_until: Millis,
         now: Millis,
     ) -> Result<Option<Task>> {
-        let claimed = self
-            .claim(run_id, task_id, attempt, owner, lease_until, now, &[], &[])
-            .await?;
-        Ok(claimed.map(|c| c.task))
+        let claim = Claim {
+            run_id,
+            task_id,
+            attempt,
+            owner,
+            lease_until,
+            now,
+            upstream: &[],
+            upstream_tasks: &[],
+            with_state: false,
+            known_version: None,
+        };
+        Ok(self.claim(&claim).await?.map(|c| c.task))
     }
 
     async fn heartbeat(&self, fence: &Fence, lease_until: Millis) -> Result<bool> {
@@ -1295,18 +1271,7 @@ impl Store for PostgresStore {
             run,
             messages,
             upstream,
-        }) = self
-            .claim(
-                claim.run_id,
-                claim.task_id,
-                claim.attempt,
-                claim.owner,
-                claim.lease_until,
-                claim.now,
-                claim.upstream,
-                claim.upstream_tasks,
-            )
-            .await?
+        }) = self.claim(claim).await?
         else {
             return Ok(None);
         };
@@ -1335,19 +1300,7 @@ impl Store for PostgresStore {
         now: Millis,
         step: &Step<'_>,
     ) -> Result<Stepped> {
-        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
-        let step = to_json(&StepDoc {
-            in_flight: step.in_flight,
-            step: save_doc(
-                &fence.run_id,
-                step.expected_version,
-                step.diff,
-                step.state,
-                step.events,
-                step.dead,
-                now,
-            )?,
-        })?;
+        let (doc, artifacts, step) = complete_step_docs(fence, outcome, now, step)?;
         let stepped = self
             .retrying(&fence.run_id, || {
                 self.complete_and_save_once(fence, &doc, &artifacts, &step)

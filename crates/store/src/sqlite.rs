@@ -55,13 +55,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::{
-    Artifact, DeadLetter, Event, EventKind, Gate, Millis, NewEvent, Run, RunId, RunState,
-    RunStatus, StateDiff, Task,
+    Artifact, DeadLetter, Event, Gate, Millis, NewEvent, Run, RunId, RunState, RunStatus,
+    StateDiff, Task,
 };
 use serde::Serialize;
 
 use crate::doc::{
-    ClaimDoc, Doc, NoFields, StepDoc, complete_docs, create_doc, save_doc, to_json, token_param,
+    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc,
+    started_event, to_json, token_param,
 };
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow,
@@ -676,12 +677,7 @@ impl SqliteStore {
     /// [`sql::CLAIM_ATTEMPT`], which also reads the claim's `upstream`
     /// artifacts); `None` if the task was not QUEUED at that attempt.
     async fn claim(&self, sql: &'static str, claim: &Claim<'_>) -> Result<Option<Vec<SqliteRow>>> {
-        let started = [NewEvent::task(
-            EventKind::TaskStarted,
-            claim.task_id,
-            format!("started by {} (attempt {})", claim.owner, claim.attempt),
-        )
-        .with_data(serde_json::json!({"owner": claim.owner, "attempt": claim.attempt}))];
+        let started = [started_event(claim)];
         let op = ClaimDoc {
             task_id: claim.task_id,
             attempt: claim.attempt,
@@ -1514,23 +1510,11 @@ impl Store for SqliteStore {
         now: Millis,
         step: &Step<'_>,
     ) -> Result<Stepped> {
-        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
-        let step_doc = StepDoc {
-            in_flight: step.in_flight,
-            step: save_doc(
-                &fence.run_id,
-                step.expected_version,
-                step.diff,
-                step.state,
-                step.events,
-                step.dead,
-                now,
-            )?,
-        };
+        let (doc, artifacts, step_doc) = complete_step_docs(fence, outcome, now, step)?;
         let write = Write::new(sql::COMPLETE_STEP)
             .text(doc)
             .text(artifacts)
-            .text(to_json(&step_doc)?);
+            .text(step_doc);
         let rows = match self.call_with(write, db_err).await {
             Ok(call) => call.completed(fence)?,
             Err(e) => {
@@ -1586,7 +1570,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use orch_core::TaskStatus;
+    use orch_core::{EventKind, TaskStatus};
 
     use super::*;
 
