@@ -685,6 +685,31 @@ pub struct Claim<'a> {
     pub known_version: Option<i64>,
 }
 
+impl<'a> Claim<'a> {
+    /// A claim that reads nothing with it ([`TaskStore::claim_task`]).
+    pub fn bare(
+        run_id: &'a RunId,
+        task_id: &'a str,
+        attempt: u32,
+        owner: &'a str,
+        lease_until: Millis,
+        now: Millis,
+    ) -> Self {
+        Claim {
+            run_id,
+            task_id,
+            attempt,
+            owner,
+            lease_until,
+            now,
+            upstream: &[],
+            upstream_tasks: &[],
+            with_state: false,
+            known_version: None,
+        }
+    }
+}
+
 /// A claimed attempt with what its worker reads before running it.
 #[derive(Debug, Clone)]
 pub struct ClaimedAttempt {

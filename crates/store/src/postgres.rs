@@ -861,18 +861,7 @@ impl TaskStore for PostgresStore {
         lease_until: Millis,
         now: Millis,
     ) -> Result<Option<Task>> {
-        let claim = Claim {
-            run_id,
-            task_id,
-            attempt,
-            owner,
-            lease_until,
-            now,
-            upstream: &[],
-            upstream_tasks: &[],
-            with_state: false,
-            known_version: None,
-        };
+        let claim = Claim::bare(run_id, task_id, attempt, owner, lease_until, now);
         Ok(self.claim(&claim).await?.map(|c| c.task))
     }
 

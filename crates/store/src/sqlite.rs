@@ -1149,18 +1149,7 @@ impl TaskStore for SqliteStore {
         lease_until: Millis,
         now: Millis,
     ) -> Result<Option<Task>> {
-        let claim = Claim {
-            run_id,
-            task_id,
-            attempt,
-            owner,
-            lease_until,
-            now,
-            upstream: &[],
-            upstream_tasks: &[],
-            with_state: false,
-            known_version: None,
-        };
+        let claim = Claim::bare(run_id, task_id, attempt, owner, lease_until, now);
         let Some(rows) = self.claim(sql::CLAIM_TASK, &claim).await? else {
             return Ok(None);
         };
