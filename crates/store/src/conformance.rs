@@ -103,6 +103,10 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         .await
         .expect("claim_attempt")
         .expect("claimed");
+    // The whole run, if the backend reads it with the claim: as load_run has it.
+    if let Some(read) = &first.state {
+        assert_eq!(read, &store.load_run(&id).await.expect("load_run"));
+    }
     assert_eq!(first.task.status, TaskStatus::Running);
     assert_eq!(first.task.lease_owner.as_deref(), Some("w1"));
     assert_eq!(first.run.id, id);
@@ -140,23 +144,26 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         .await
         .expect("retry queued");
 
+    // The caller holds the run at its current version: nothing to read.
+    let held = store.get_run(&id).await.expect("get_run").version;
     let second = store
-        .claim_attempt(&claim(2, "w2", retry_at + 10))
+        .claim_attempt(&crate::Claim {
+            known_version: Some(held),
+            ..claim(2, "w2", retry_at + 10)
+        })
         .await
         .expect("claim attempt 2")
         .expect("claimed");
+    assert_eq!(
+        second.state, None,
+        "the run is not read for a caller that holds it at its version"
+    );
     assert_eq!(second.task.attempt, 2);
     assert_eq!(
         second.task.last_error.as_deref(),
         Some("the model returned no artifact")
     );
     assert_eq!(second.run, store.get_run(&id).await.expect("get_run"));
-    // The whole run, if the backend reads it with the claim: as load_run has it.
-    if let Some(state) = &second.state {
-        assert_eq!(state, &store.load_run(&id).await.expect("load_run"));
-        assert_eq!(state.run, second.run);
-        assert_eq!(state.task(FIRST), Some(&second.task));
-    }
     assert!(
         second.run.cost_usd > 0.0,
         "the run row is read after the claim"

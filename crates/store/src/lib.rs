@@ -678,10 +678,10 @@ pub struct Claim<'a> {
     /// recent view of the run. A backend may decline (`state` is then
     /// `None` and the caller reads it when it needs it).
     pub with_state: bool,
-    /// The version of the run the caller holds already, if any: a backend
-    /// may skip reading the whole run for [`Claim::with_state`] when the run
-    /// is still at this version after the claim (`state` is then `None`:
-    /// the caller's own view is current).
+    /// The version of the run the caller holds already, if any: the whole
+    /// run is not read for [`Claim::with_state`] when the run is still at
+    /// this version at the claim (`state` is then `None`: the caller's own
+    /// view is current).
     pub known_version: Option<i64>,
 }
 
