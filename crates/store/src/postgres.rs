@@ -474,6 +474,8 @@ impl PostgresStore {
             .bind(TaskStatus::Queued.as_str())
             .bind(claim.upstream)
             .bind(claim.upstream_tasks)
+            .bind(claim.with_state)
+            .bind(claim.known_version)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = claimed else {
@@ -493,6 +495,16 @@ impl PostgresStore {
                 .iter()
                 .map(event_from_row)
                 .collect::<Result<_>>()?,
+            gates: col::<Option<String>>(&row, "r_gates")?
+                .map(|gates| {
+                    let mut gates = JsonRow::parse_all(Some(&gates))?
+                        .iter()
+                        .map(gate_from_row)
+                        .collect::<Result<Vec<_>>>()?;
+                    gates.sort_by_key(|g: &Gate| g.kind.order());
+                    Ok::<_, Error>(gates)
+                })
+                .transpose()?,
             upstream: rows("r_upstream")?
                 .iter()
                 .map(artifact_from_row)
@@ -515,6 +527,8 @@ impl PostgresStore {
 struct Claimed {
     task: Task,
     run: Run,
+    /// The run's gates, if the claim read them (the run must be read).
+    gates: Option<Vec<Gate>>,
     messages: Vec<Event>,
     upstream: Vec<Artifact>,
 }
@@ -1258,16 +1272,22 @@ impl Store for PostgresStore {
         let Some(Claimed {
             task,
             run,
+            gates,
             messages,
             upstream,
         }) = self.claim(claim).await?
         else {
             return Ok(None);
         };
-        let state = if claim.with_state && claim.known_version != Some(run.version) {
-            Some(self.load_run(claim.run_id).await?)
-        } else {
-            None
+        // The whole run: its row and gates as the claim read them, then its
+        // tasks (load_run's order: the row before the tasks).
+        let state = match gates {
+            Some(gates) => Some(RunState {
+                run: run.clone(),
+                tasks: self.list_tasks(claim.run_id).await?,
+                gates,
+            }),
+            None => None,
         };
         Ok(Some(ClaimedAttempt {
             task,

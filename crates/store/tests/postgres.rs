@@ -587,7 +587,7 @@ async fn single_task_statements_use_the_primary_key() {
         (
             "claim",
             include_str!("../queries/postgres/claim_task.sql"),
-            "'r', 't', 1, 'w', 1, 1, 'task_started', 'm', '{}', 'QUEUED', '{}', '{}'",
+            "'r', 't', 1, 'w', 1, 1, 'task_started', 'm', '{}', 'QUEUED', '{}', '{}', false, NULL",
         ),
         (
             "heartbeat",

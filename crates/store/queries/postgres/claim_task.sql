@@ -7,8 +7,10 @@
 -- latest version of each (name, path) of the upstream artifacts named in $11
 -- among those the tasks in $12 wrote (`r_upstream`, as
 -- list_latest_artifacts_named.sql), both as JSON arrays of rows (NULL for
--- none); none (and nothing written) if the run is gone or the task is not
--- QUEUED at that attempt. The dispatch of a task is published after the
+-- none), and, if $13 and the run is not at version $14 (the caller's view of
+-- it), its gates (`r_gates`, likewise; the caller reads the run's tasks
+-- after this row); none (and nothing written) if the run is gone or the
+-- task is not QUEUED at that attempt. The dispatch of a task is published after the
 -- commit that queued it, which follows its upstream's completions, so the
 -- statement's snapshot holds what the task reads.
 --
@@ -85,5 +87,8 @@ SELECT claimed.*,
                 AND a.version = (SELECT MAX(b.version) FROM artifacts b
                                  WHERE b.run_id = a.run_id AND b.name = a.name
                                    AND COALESCE(b.path, '') = COALESCE(a.path, '')
-                                   AND b.task_id = ANY($12::text[]))) AS u)::text AS r_upstream
+                                   AND b.task_id = ANY($12::text[]))) AS u)::text AS r_upstream,
+       CASE WHEN $13 AND run.version IS DISTINCT FROM $14::bigint
+            THEN (SELECT json_agg(g) FROM gates AS g WHERE g.run_id = $1)::text
+       END AS r_gates
 FROM claimed, run;
