@@ -1291,8 +1291,7 @@ impl Store for PostgresStore {
         };
         Ok(Some(ClaimedAttempt {
             task,
-            // The later read of the run when there is one.
-            run: state.as_ref().map_or(run, |s| s.run.clone()),
+            run,
             messages,
             upstream,
             state,

@@ -122,6 +122,11 @@ fn random() -> u64 {
 /// Store a fresh run and queue its first task (as the engine's first step).
 async fn queued_run(store: &dyn Store) -> RunState {
     let (state, events) = conformance::new_run(T0);
+    queue_first(store, state, events).await
+}
+
+/// Store `state` and queue its first task (as the engine's first step).
+async fn queue_first(store: &dyn Store, state: RunState, events: Vec<NewEvent>) -> RunState {
     store.create_run(&state, &events, T0).await.unwrap();
     let mut queued = state.clone();
     let actions = machine::apply(&mut queued, Input::Reconcile, T0 + 1).unwrap();
@@ -615,4 +620,52 @@ async fn single_task_statements_use_the_primary_key() {
             "{name} reads tasks by {tasks_scan:?}, not the primary key:\n{plan}"
         );
     }
+}
+
+/// A worker that must read the whole run with its claim gets it, also for a
+/// run without gates (its gates are none, not unread: the worker must not
+/// read the run again after its attempt).
+#[tokio::test]
+async fn a_claim_reads_the_whole_run_of_a_run_without_gates() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    let (mut state, events) = conformance::new_run(T0);
+    state.gates.clear();
+    for t in &mut state.tasks {
+        t.gate = None;
+    }
+    let queued = queue_first(&store, state, events).await;
+    let first = queued
+        .tasks
+        .iter()
+        .find(|t| t.status == orch_core::TaskStatus::Queued)
+        .expect("a queued task")
+        .clone();
+    let claim = |owner: &'static str, known_version: Option<i64>| orch_store::Claim {
+        with_state: true,
+        known_version,
+        ..orch_store::Claim::bare(
+            &queued.run.id,
+            &first.id,
+            first.attempt,
+            owner,
+            T0 + 60_000,
+            T0 + 2,
+        )
+    };
+    let claimed = store
+        .claim_attempt(&claim("w1", None))
+        .await
+        .expect("claim_attempt")
+        .expect("claimed");
+    let read = claimed.state.expect("the whole run, read with the claim");
+    assert!(read.gates.is_empty());
+    assert_eq!(
+        read,
+        store.load_run(&queued.run.id).await.expect("load_run")
+    );
+
+    store.close().await;
 }

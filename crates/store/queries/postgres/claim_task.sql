@@ -8,9 +8,10 @@
 -- among those the tasks in $12 wrote (`r_upstream`, as
 -- list_latest_artifacts_named.sql), both as JSON arrays of rows (NULL for
 -- none), and, if $13 and the run is not at version $14 (the caller's view of
--- it), its gates (`r_gates`, likewise; the caller reads the run's tasks
--- after this row); none (and nothing written) if the run is gone or the
--- task is not QUEUED at that attempt. The dispatch of a task is published after the
+-- it), its gates (`r_gates`: `[]` for a run without gates, NULL when not
+-- asked for; the caller reads the run's tasks after this row); none (and
+-- nothing written) if the run is gone or the task is not QUEUED at that
+-- attempt. The dispatch of a task is published after the
 -- commit that queued it, which follows its upstream's completions, so the
 -- statement's snapshot holds what the task reads.
 --
@@ -89,6 +90,6 @@ SELECT claimed.*,
                                    AND COALESCE(b.path, '') = COALESCE(a.path, '')
                                    AND b.task_id = ANY($12::text[]))) AS u)::text AS r_upstream,
        CASE WHEN $13 AND run.version IS DISTINCT FROM $14::bigint
-            THEN (SELECT json_agg(g) FROM gates AS g WHERE g.run_id = $1)::text
+            THEN (SELECT COALESCE(json_agg(g), '[]') FROM gates AS g WHERE g.run_id = $1)::text
        END AS r_gates
 FROM claimed, run;
