@@ -104,6 +104,10 @@ impl Broker for MemoryBroker {
                 receipt: String::new(),
             }));
         }
+        if timeout.is_zero() {
+            // Not even a timer: it would fire at the timer's next tick (~1 ms).
+            return Ok(None);
+        }
         match tokio::time::timeout(timeout, rx.recv()).await {
             Ok(Ok(d)) => Ok(Some(Delivery {
                 dispatch: d,
