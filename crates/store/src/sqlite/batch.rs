@@ -81,11 +81,30 @@ impl Write {
         self
     }
 
-    /// The write as a query of its own.
+    /// The write as a query of its own: its text with anonymous parameters,
+    /// as a chain of one ([`Chained`]), since a statement of several that
+    /// refers only to higher numbers (`?4` after a statement with `?1` to
+    /// `?3`) would have its lower ones counted as anonymous by sqlx and its
+    /// own left unbound (NULL).
     pub(super) fn query(&self) -> Query {
-        self.params
+        let plain = Ends {
+            begin: false,
+            commit: false,
+        };
+        let chained = Chained::of(self.sql, 1, plain);
+        if self.params.len() != chained.params {
+            // Not as the text says: sqlx reports the mismatch.
+            return self
+                .params
+                .iter()
+                .fold(sqlx::query(self.sql), |query, p| p.bind_to(query));
+        }
+        chained
+            .refs
             .iter()
-            .fold(sqlx::query(self.sql), |query, p| p.bind_to(query))
+            .fold(sqlx::query(chained.text), |query, &n| {
+                self.params[n - 1].bind_to(query)
+            })
     }
 }
 
@@ -479,6 +498,7 @@ mod tests {
             super::super::sql::CLAIM_ATTEMPT,
             super::super::sql::COMPLETE_TASK,
             super::super::sql::COMPLETE_STEP,
+            super::super::sql::COMPLETE_STEP_READING,
             super::super::sql::CREATE_RUN,
             super::super::sql::SAVE_RUN,
             super::super::sql::APPEND_EVENTS,
@@ -508,6 +528,7 @@ mod tests {
             (sql::CLAIM_ATTEMPT, 5),
             (sql::COMPLETE_TASK, 1),
             (sql::COMPLETE_STEP, 2),
+            (sql::COMPLETE_STEP_READING, 4),
             (sql::CREATE_RUN, 1),
             (sql::SAVE_RUN, 1),
             (sql::APPEND_EVENTS, 2),
@@ -516,6 +537,31 @@ mod tests {
         ] {
             assert_eq!(super::statements(text), statements, "{text}");
         }
+    }
+
+    /// A write of several statements whose later ones refer only to a
+    /// higher parameter gets it bound in each (with numbered parameters,
+    /// sqlx binds the unnamed lower slots of each statement to the next
+    /// values in order, runs out in the third statement and leaves its `?3`
+    /// unbound: NULL).
+    #[tokio::test]
+    async fn a_write_binds_the_parameters_of_each_of_its_statements() {
+        use sqlx::{Connection, Row};
+        const SQL: &str = "SELECT ?1 AS v;\nSELECT ?3 AS v;\nSELECT ?3 AS v;";
+        let mut c = SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory database");
+        let write = Write::new(SQL).text("one").text("two").text("three");
+        let rows = write.query().fetch_all(&mut c).await.expect("the write");
+        let values: Vec<Option<String>> = rows.iter().map(|r| r.get("v")).collect();
+        assert_eq!(
+            values,
+            [
+                Some("one".into()),
+                Some("three".into()),
+                Some("three".into())
+            ]
+        );
     }
 
     #[test]
