@@ -9,6 +9,7 @@ use orch_store::{Fence, NewDeadLetter, TaskOutcome};
 use serde_json::Value;
 use tracing::{debug, warn};
 
+use crate::worker::{Hand, Next};
 use crate::{Deps, EngineOptions, Error, Result};
 
 /// How many times a tick reloads and retries after a concurrent update.
@@ -392,8 +393,10 @@ impl Engine {
     /// Returns whether an engine loop must be woken: when the step was not
     /// saved or not current, and, if `loop_here` is false (no engine loop in
     /// this process, so no waiter of a run here), when it ended the run or
-    /// made it wait for input, so the loop's waiters hear of it. Errors are
-    /// the completion's.
+    /// made it wait for input, so the loop's waiters hear of it; and the
+    /// task handed to the completing worker, if `hand` allows one (see
+    /// [`hand_over`]). Errors are the completion's.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn complete(
         &self,
         fence: &Fence,
@@ -402,7 +405,8 @@ impl Engine {
         run: &Run,
         claimed_state: Option<RunState>,
         loop_here: bool,
-    ) -> orch_store::Result<bool> {
+        hand: Option<Hand<'_>>,
+    ) -> orch_store::Result<(bool, Option<Next>)> {
         let _turn = self.stepping.take(&fence.run_id).await;
         let cached = self
             .saved
@@ -454,17 +458,25 @@ impl Engine {
             totals.tokens_out = totals.tokens_out.max(run.tokens_out);
             outcome.apply_to(&mut before.tasks[i], &mut before.run, now);
             match Decided::from(&before, Input::Reconcile, now) {
-                Ok(decided) => Some((known.run.version, decided, in_flight)),
+                Ok(decided) => Some((known.run.version, before, decided, in_flight)),
                 Err(e) => {
                     debug!(run = %fence.run_id, error = %e, "no step with the completion");
                     None
                 }
             }
         });
-        let Some((expected_version, decided, in_flight)) = step else {
+        let Some((expected_version, before, mut decided, in_flight)) = step else {
             self.deps.store.complete_task(fence, outcome, now).await?;
-            return Ok(true);
+            return Ok((true, None));
         };
+        let lease_until = now + self.opts.lease_ttl.as_millis() as i64;
+        let handed = hand.and_then(|h| hand_over(&before, &mut decided, h, lease_until, now));
+        // What the handed task reads, read with the step.
+        let upstream = handed.as_ref().map(|next| {
+            let tasks = decided.after.upstream_of(&next.task.id);
+            let names = crate::worker::upstream_names(&decided.after, &tasks);
+            (tasks, names)
+        });
         let stepped = self
             .deps
             .store
@@ -479,14 +491,27 @@ impl Engine {
                     events: &decided.events,
                     dead: &decided.dead,
                     in_flight: &in_flight,
+                    inputs_of: upstream
+                        .as_ref()
+                        .map(|(tasks, names)| orch_store::InputsOf {
+                            upstream: names,
+                            upstream_tasks: tasks,
+                        }),
                 },
             )
             .await?;
         let Some(version) = stepped.version else {
-            return Ok(true);
+            // Not saved: nor is the hand-over; the engine takes the step.
+            return Ok((true, None));
         };
+        let next = handed.map(|mut next| {
+            next.run.version = version;
+            next.inputs = stepped.inputs;
+            next
+        });
         let status = self.saved(&fence.run_id, decided, version).await.status;
-        Ok(!stepped.current || (!loop_here && ends_a_wait(status)))
+        let wake = !stepped.current || (!loop_here && ends_a_wait(status));
+        Ok((wake, next))
     }
 
     /// After a step's save committed at `version`: remember the run as saved,
@@ -587,6 +612,57 @@ impl Engine {
     pub async fn run(&self, id: &RunId) -> Result<Run> {
         Ok(self.deps.store.get_run(id).await?)
     }
+}
+
+/// Hand one task the step dispatches to the worker completing the step
+/// (`hand.worker`), if its role has a free permit in `hand.permits`: the
+/// step saves it claimed, RUNNING under that worker's lease until
+/// `lease_until` with its `task_started` event, exactly as a claim would,
+/// and does not publish it. The step's save is conditional on the run's
+/// version and its tasks' statuses, so it stands for the claim's
+/// conditional update; if the step is not saved, neither is the claim. The
+/// permit goes with the task; the run's version is set once it is saved.
+fn hand_over(
+    before: &RunState,
+    decided: &mut Decided,
+    hand: Hand<'_>,
+    lease_until: orch_core::Millis,
+    now: orch_core::Millis,
+) -> Option<Next> {
+    let (at, permit) = decided
+        .dispatches
+        .iter()
+        .enumerate()
+        .find_map(|(i, d)| hand.permits.try_take(d.role).map(|p| (i, p)))?;
+    let d = &decided.dispatches[at];
+    let task = decided
+        .after
+        .tasks
+        .iter_mut()
+        .find(|t| t.id == d.task_id && t.attempt == d.attempt)?;
+    let status = task.status.transition(TaskStatus::Running).ok()?;
+    let owner = hand.worker.as_role(d.role);
+    task.status = status;
+    task.lease_owner = Some(owner.0.clone());
+    task.lease_expires_at = Some(lease_until);
+    task.started_at = Some(now);
+    task.finished_at = None;
+    let task = task.clone();
+    let dispatch = decided.dispatches.remove(at);
+    decided.events.push(orch_store::task_started_event(
+        &task.id,
+        &owner.0,
+        task.attempt,
+    ));
+    decided.diff = StateDiff::between(before, &decided.after);
+    Some(Next {
+        dispatch,
+        task,
+        run: decided.after.run.clone(),
+        owner,
+        inputs: None,
+        _permit: permit,
+    })
 }
 
 /// A status that ends [`Engine::wait`]: terminal, or waiting for a person.

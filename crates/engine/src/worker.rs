@@ -11,6 +11,23 @@
 //! the broker for live subscribers, best effort: the event is the durable
 //! record, so a message is never lost when nobody listens or the publish
 //! fails. A failed or fenced-out attempt posts nothing.
+//!
+//! **Hand-off.** A completion that takes the run's next step may dispatch
+//! tasks of roles this process serves. If the worker's own queue has nothing
+//! waiting (it looks, without waiting, before committing), the step hands
+//! one of them to the worker, if a permit of its role is free ([`Permits`]:
+//! at most `concurrency` attempts of a role run at once in a process,
+//! whichever loop runs them): the step saves that task claimed by the worker
+//! (RUNNING under its lease, with its `task_started` event) instead of
+//! publishing it, and the worker runs it next. That saves the queue's round
+//! trips and the claim's own transaction: what the claim read with it (the
+//! run's channel messages, the upstream artifacts) is read after the commit,
+//! and the engine here holds the run as just saved. The rest are published.
+//! The store stays the truth: the handed task is leased as any claimed one,
+//! so if this process dies, its lease expires and the sweeper re-runs it.
+//! Looking at the queue first keeps every loop busy under load: a loop that
+//! ran handed tasks while its queue filled up would leave the loops of those
+//! tasks' roles idle.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_agents::{AgentOutput, ChannelPost, EventSink, TaskInput};
-use orch_broker::{ChannelMessage, Delivery};
+use orch_broker::{ChannelMessage, Delivery, Dispatch};
 use orch_core::{Event, EventKind, NewEvent, Role, RunId, TaskStatus, Usage};
 use orch_store::{Fence, TaskOutcome};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +45,7 @@ use crate::{Deps, Engine, EngineOptions, Result};
 
 static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
 
-/// A worker's identity: `host:pid:n`. The sweeper uses the host and pid to
+/// A worker's identity: `host:pid:role-n`. The sweeper uses the host and pid to
 /// reclaim at once the leases of a local process that died.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerId(pub String);
@@ -42,6 +59,18 @@ impl WorkerId {
             std::process::id(),
             role.short()
         ))
+    }
+
+    /// The same worker running an attempt of `role` (a task handed off to
+    /// it): `host:pid:role-n` with its own `n`.
+    pub fn as_role(&self, role: Role) -> WorkerId {
+        match self.0.rsplit_once(':') {
+            Some((base, last)) => {
+                let n = last.rsplit_once('-').map_or(last, |(_, n)| n);
+                WorkerId(format!("{base}:{}-{n}", role.short()))
+            }
+            None => WorkerId(format!("{}:{}", self.0, role.short())),
+        }
     }
 
     /// `(host, pid)` if the id has the `host:pid:...` form.
@@ -129,6 +158,92 @@ impl EventSink for StoreSink {
     }
 }
 
+/// Per-role permits of a process's workers: an attempt of a role runs only
+/// while holding one of its role's `concurrency` permits, whether a loop of
+/// that role received it or a loop of another role was handed it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Permits {
+    roles: Arc<std::collections::HashMap<Role, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A task handed to the worker that completed the step dispatching it
+/// (see the module's "Hand-off"): saved claimed by `owner`, with the permit
+/// of its role it runs under.
+#[derive(Debug)]
+pub(crate) struct Next {
+    pub(crate) dispatch: Dispatch,
+    /// The task as the step saved it: RUNNING under `owner`'s lease.
+    pub(crate) task: orch_core::Task,
+    /// The run row as the step saved it.
+    pub(crate) run: orch_core::Run,
+    pub(crate) owner: WorkerId,
+    /// What the task reads, if read with the step (else read before it runs).
+    pub(crate) inputs: Option<orch_store::AttemptInputs>,
+    /// Held until the task's attempt is done (dropped with the `Next`).
+    pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Who may be handed a task by a completion's step: the completing worker
+/// (a task's owner is this id for the task's role), under `permits`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hand<'a> {
+    pub(crate) permits: &'a Permits,
+    pub(crate) worker: &'a WorkerId,
+}
+
+/// The attempt [`execute`] runs: one received from a queue, to claim, or
+/// one handed over already claimed.
+enum Job<'a> {
+    Dispatched(&'a Dispatch),
+    /// With what it reads, if read with the step that handed it over.
+    Handed(&'a Next, Option<orch_store::AttemptInputs>),
+}
+
+impl<'a> Job<'a> {
+    fn dispatch(&self) -> &'a Dispatch {
+        match *self {
+            Job::Dispatched(d) => d,
+            Job::Handed(n, _) => &n.dispatch,
+        }
+    }
+}
+
+/// Where [`execute`] may look for the next message of the worker's queue
+/// before committing (and so be handed a task only if there is none).
+struct Peek<'a> {
+    role: Role,
+    consumer: &'a str,
+    slot: &'a mut Option<Delivery>,
+}
+
+impl Permits {
+    pub(crate) fn new(roles: &[Role], concurrency: usize) -> Self {
+        Permits {
+            roles: Arc::new(
+                roles
+                    .iter()
+                    .map(|&r| (r, Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)))))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether this process serves any role (a default has none).
+    fn any(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
+    /// Wait for a permit of `role`; `None` if this process does not serve it.
+    async fn acquire(&self, role: Role) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.roles.get(&role)?.clone().acquire_owned().await.ok()
+    }
+
+    /// A free permit of `role`, now, if this process serves it.
+    pub(crate) fn try_take(&self, role: Role) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.roles.get(&role)?.clone().try_acquire_owned().ok()
+    }
+}
+
 /// The engine whose completions take the run's next step
 /// ([`Engine::complete`]), and whether its loop runs in this process.
 #[derive(Debug, Clone)]
@@ -137,45 +252,92 @@ pub(crate) struct Stepper {
     pub(crate) loop_here: bool,
 }
 
-/// One worker loop: receive from `role`'s queue until cancelled.
+/// One worker loop: receive from `role`'s queue until cancelled, and run
+/// the tasks completions hand to it (module doc, "Hand-off").
 pub(crate) async fn worker_loop(
     deps: Deps,
     opts: EngineOptions,
     stepper: Option<Stepper>,
+    permits: Permits,
     role: Role,
     cancel: CancellationToken,
 ) {
     let id = WorkerId::new(role);
     debug!(worker = %id.0, queue = role.queue(), "worker started");
     let mut backoff = Duration::from_millis(100);
+    // A handed task, or a message taken from the queue while committing.
+    let mut handed: Option<Next> = None;
+    let mut queued: Option<Delivery> = None;
     loop {
-        let received = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = deps.broker.receive(role, &id.0, opts.poll_timeout) => r,
-        };
-        match received {
-            Ok(Some(delivery)) => {
-                backoff = Duration::from_millis(100);
-                // The attempt is not cancelled by shutdown directly: the
-                // runtime waits for it up to the drain timeout.
-                if let Err(e) = execute(&deps, &opts, stepper.as_ref(), &id, &delivery).await {
-                    warn!(worker = %id.0, task = %delivery.dispatch.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried");
-                    continue; // not acked: a broker that redelivers will redeliver
-                }
-                if let Err(e) = deps.broker.ack(&delivery).await {
-                    warn!(worker = %id.0, error = %e, "ack failed");
+        // A handed task is claimed: it runs even on shutdown (as any
+        // in-flight attempt, within the drain timeout), handing nothing on.
+        if let Some(mut next) = handed.take() {
+            let worker = &next.owner;
+            debug!(worker = %worker.0, run = %next.dispatch.run_id, task = %next.dispatch.task_id, "running a task handed over by the step before");
+            let peek = (!cancel.is_cancelled()).then_some(Peek {
+                role,
+                consumer: &id.0,
+                slot: &mut queued,
+            });
+            let inputs = next.inputs.take();
+            let job = Job::Handed(&next, inputs);
+            match execute(&deps, &opts, stepper.as_ref(), &permits, peek, worker, job).await {
+                Ok(n) => handed = n,
+                Err(e) => {
+                    warn!(worker = %worker.0, task = %next.dispatch.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried")
                 }
             }
-            Ok(None) => {}
-            Err(orch_broker::Error::Closed) => break,
-            Err(e) => {
-                warn!(worker = %id.0, error = %e, retry_in = ?backoff, "broker receive failed");
-                tokio::select! {
+            continue;
+        }
+        let delivery = match queued.take() {
+            Some(delivery) => delivery,
+            None => {
+                let received = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    r = deps.broker.receive(role, &id.0, opts.poll_timeout) => r,
+                };
+                match received {
+                    Ok(Some(delivery)) => delivery,
+                    Ok(None) => continue,
+                    Err(orch_broker::Error::Closed) => break,
+                    Err(e) => {
+                        warn!(worker = %id.0, error = %e, retry_in = ?backoff, "broker receive failed");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
+        };
+        backoff = Duration::from_millis(100);
+        // Not acknowledged if cancelled meanwhile: a broker that redelivers
+        // will redeliver.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = permits.acquire(role) => p,
+        };
+        // The attempt is not cancelled by shutdown directly: the runtime
+        // waits for it up to the drain timeout.
+        let d = &delivery.dispatch;
+        let peek = (!cancel.is_cancelled()).then_some(Peek {
+            role,
+            consumer: &id.0,
+            slot: &mut queued,
+        });
+        let job = Job::Dispatched(d);
+        match execute(&deps, &opts, stepper.as_ref(), &permits, peek, &id, job).await {
+            Ok(n) => handed = n,
+            Err(e) => {
+                warn!(worker = %id.0, task = %d.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried");
+                continue; // not acked: a broker that redelivers will redeliver
+            }
+        }
+        drop(permit);
+        if let Err(e) = deps.broker.ack(&delivery).await {
+            warn!(worker = %id.0, error = %e, "ack failed");
         }
     }
     debug!(worker = %id.0, "worker stopped");
@@ -190,7 +352,10 @@ pub async fn execute_delivery(
     worker: &WorkerId,
     delivery: &Delivery,
 ) -> Result<()> {
-    execute(deps, opts, None, worker, delivery).await
+    let job = Job::Dispatched(&delivery.dispatch);
+    execute(deps, opts, None, &Permits::default(), None, worker, job)
+        .await
+        .map(|_| ())
 }
 
 impl Engine {
@@ -204,25 +369,42 @@ impl Engine {
             engine: self.clone(),
             loop_here: true,
         };
-        execute(&self.deps, &self.opts, Some(&stepper), worker, delivery).await
+        execute(
+            &self.deps,
+            &self.opts,
+            Some(&stepper),
+            &Permits::default(),
+            None,
+            worker,
+            Job::Dispatched(&delivery.dispatch),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
+/// Claim (unless handed over), run and commit an attempt. With `peek`, the
+/// worker's queue is looked at before the commit: a message there goes to
+/// `peek.slot` (to run next), otherwise the completion's step may hand this
+/// worker a task under `permits`, which is returned.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     deps: &Deps,
     opts: &EngineOptions,
     stepper: Option<&Stepper>,
+    permits: &Permits,
+    peek: Option<Peek<'_>>,
     worker: &WorkerId,
-    delivery: &Delivery,
-) -> Result<()> {
-    let d = &delivery.dispatch;
+    job: Job<'_>,
+) -> Result<Option<Next>> {
+    let d = job.dispatch();
     // The plan (cached) names the artifacts the task reads; they are read
     // with the claim, in the same round trip.
     let plan = match plan_of(deps, &d.run_id, &d.task_id).await {
         Ok(plan) => plan,
         Err(orch_store::Error::RunNotFound(_)) => {
             debug!(run = %d.run_id, task = %d.task_id, "dispatch of an unknown run dropped");
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => return Err(e.into()),
     };
@@ -230,21 +412,39 @@ async fn execute(
     let upstream_names = upstream_names(&plan, &upstream_tasks);
     let now = deps.clock.now_ms();
     let lease_until = now + opts.lease_ttl.as_millis() as i64;
-    let claim = orch_store::Claim {
-        run_id: &d.run_id,
-        task_id: &d.task_id,
-        attempt: d.attempt,
-        owner: &worker.0,
-        lease_until,
-        now,
-        upstream: &upstream_names,
-        upstream_tasks: &upstream_tasks,
-        // A worker without the engine loop beside it rarely holds the run
-        // as last saved (another process took the last step): its step will
-        // start from the run as read with the claim.
-        with_state: stepper.is_some_and(|s| !s.loop_here),
-        // Unless this process's engine saved the run's last step itself.
-        known_version: stepper.and_then(|s| s.engine.saved_version(&d.run_id)),
+    let claimed = match job {
+        Job::Dispatched(d) => {
+            claim(
+                deps,
+                stepper,
+                worker,
+                d,
+                &upstream_names,
+                &upstream_tasks,
+                now,
+                lease_until,
+            )
+            .await?
+        }
+        Job::Handed(next, inputs) => {
+            // Claimed by the step's save; what the claim would have read
+            // with it was read with the step, or is read now.
+            let orch_store::AttemptInputs { messages, upstream } = match inputs {
+                Some(inputs) => inputs,
+                None => {
+                    deps.store
+                        .attempt_inputs(&d.run_id, &upstream_tasks, &upstream_names)
+                        .await?
+                }
+            };
+            Some(orch_store::ClaimedAttempt {
+                task: next.task.clone(),
+                run: next.run.clone(),
+                messages,
+                upstream,
+                state: None,
+            })
+        }
     };
     let Some(orch_store::ClaimedAttempt {
         task,
@@ -252,19 +452,11 @@ async fn execute(
         messages,
         upstream,
         state,
-    }) = deps.store.claim_attempt(&claim).await?
+    }) = claimed
     else {
         debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
-        return Ok(());
+        return Ok(None);
     };
-    debug!(
-        run = %d.run_id,
-        task = %d.task_id,
-        known = ?claim.known_version,
-        version = run.version,
-        read_state = state.is_some(),
-        "claimed"
-    );
     let fence = Fence {
         run_id: d.run_id.clone(),
         task_id: d.task_id.clone(),
@@ -400,28 +592,50 @@ async fn execute(
         AttemptResult::LeaseLost => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost while running; result discarded");
             record_alone(llm_events, llm_calls).await;
-            return Ok(());
+            return Ok(None);
         }
     };
     let n_llm = llm_events.len();
     outcome.events.splice(0..0, llm_events);
     outcome.llm_calls = llm_calls;
+    // A message waiting on the worker's queue runs next; otherwise the
+    // step may hand the worker one of its tasks.
+    let hand = match peek {
+        Some(peek) if stepper.is_some() && permits.any() => {
+            match deps
+                .broker
+                .receive(peek.role, peek.consumer, Duration::ZERO)
+                .await
+            {
+                Ok(Some(delivery)) => {
+                    *peek.slot = Some(delivery);
+                    None
+                }
+                Ok(None) => Some(Hand { permits, worker }),
+                Err(e) => {
+                    debug!(worker = %worker.0, error = %e, "queue not looked at; nothing handed over");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     // With an engine the completion takes the run's next step with it;
     // otherwise an engine is woken to take it.
     let completed = match stepper {
         Some(s) => {
             s.engine
-                .complete(&fence, &outcome, &task, &run, state, s.loop_here)
+                .complete(&fence, &outcome, &task, &run, state, s.loop_here, hand)
                 .await
         }
         None => deps
             .store
             .complete_task(&fence, &outcome, deps.clock.now_ms())
             .await
-            .map(|()| true),
+            .map(|()| (true, None)),
     };
-    let wake = match completed {
-        Ok(wake) => wake,
+    let (wake, next) = match completed {
+        Ok(done) => done,
         Err(orch_store::Error::LeaseLost { .. }) => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost before commit; result discarded");
             record_alone(
@@ -429,7 +643,7 @@ async fn execute(
                 std::mem::take(&mut outcome.llm_calls),
             )
             .await;
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => {
             record_alone(
@@ -456,7 +670,51 @@ async fn execute(
             warn!(run = %d.run_id, channel = %msg.channel, error = %e, "channel message not published live; it is in the event log");
         }
     }
-    Ok(())
+    Ok(next)
+}
+
+/// Claim the attempt `d` for `worker`, with what it reads (see
+/// [`orch_store::Store::claim_attempt`]); `None` for a duplicate or stale
+/// dispatch.
+#[allow(clippy::too_many_arguments)]
+async fn claim(
+    deps: &Deps,
+    stepper: Option<&Stepper>,
+    worker: &WorkerId,
+    d: &Dispatch,
+    upstream_names: &[String],
+    upstream_tasks: &[String],
+    now: orch_core::Millis,
+    lease_until: orch_core::Millis,
+) -> Result<Option<orch_store::ClaimedAttempt>> {
+    let claim = orch_store::Claim {
+        run_id: &d.run_id,
+        task_id: &d.task_id,
+        attempt: d.attempt,
+        owner: &worker.0,
+        lease_until,
+        now,
+        upstream: upstream_names,
+        upstream_tasks,
+        // A worker without the engine loop beside it rarely holds the run
+        // as last saved (another process took the last step): its step will
+        // start from the run as read with the claim.
+        with_state: stepper.is_some_and(|s| !s.loop_here),
+        // Unless this process's engine saved the run's last step itself.
+        known_version: stepper.and_then(|s| s.engine.saved_version(&d.run_id)),
+    };
+    let claimed = deps.store.claim_attempt(&claim).await?;
+    if let Some(c) = &claimed {
+        debug!(
+            run = %d.run_id,
+            task = %d.task_id,
+            known = ?claim.known_version,
+            version = c.run.version,
+            read_state = c.state.is_some(),
+            "claimed"
+        );
+    }
+    Ok(claimed)
 }
 
 /// The `channel_message` event recording a posted message.
@@ -525,7 +783,7 @@ struct Context<'a> {
 
 /// Names of the artifacts a task reads: those its upstream tasks
 /// (`upstream_ids`) expect, in plan order.
-fn upstream_names(plan: &orch_core::RunState, upstream_ids: &[String]) -> Vec<String> {
+pub(crate) fn upstream_names(plan: &orch_core::RunState, upstream_ids: &[String]) -> Vec<String> {
     plan.tasks
         .iter()
         .filter(|t| upstream_ids.contains(&t.id))
@@ -672,9 +930,9 @@ fn failed(error: String, retryable: bool) -> AttemptResult {
     }
 }
 
-/// Spawn `opts.concurrency` worker loops for each role into `set`; with
-/// `engine` (the engine loop runs in this process), completions take the
-/// run's next step with them.
+/// Spawn `opts.concurrency` worker loops for each role into `set`, sharing
+/// `opts.concurrency` permits per role; with `stepper`, completions take the
+/// run's next step with them (and may hand a task to their worker).
 pub(crate) fn spawn_workers(
     set: &mut tokio::task::JoinSet<()>,
     deps: &Deps,
@@ -683,12 +941,14 @@ pub(crate) fn spawn_workers(
     roles: &[Role],
     cancel: &CancellationToken,
 ) {
+    let permits = Permits::new(roles, opts.concurrency);
     for &role in roles {
         for _ in 0..opts.concurrency.max(1) {
             set.spawn(worker_loop(
                 deps.clone(),
                 opts.clone(),
                 stepper.cloned(),
+                permits.clone(),
                 role,
                 cancel.clone(),
             ));
@@ -698,7 +958,19 @@ pub(crate) fn spawn_workers(
 
 #[cfg(test)]
 mod tests {
-    use super::INVALID_OUTPUT;
+    use super::{INVALID_OUTPUT, WorkerId};
+    use orch_core::Role;
+
+    #[test]
+    fn a_worker_id_names_the_role_of_the_attempt_it_runs() {
+        let id = WorkerId::new(Role::BusinessAnalyst);
+        let (host, pid) = WorkerId::parse_host_pid(&id.0).expect("host:pid:...");
+        let pm = id.as_role(Role::ProjectManager);
+        assert_eq!(WorkerId::parse_host_pid(&pm.0), Some((host, pid)));
+        let n = id.0.rsplit_once('-').unwrap().1;
+        assert!(pm.0.ends_with(&format!(":pm-{n}")), "{}", pm.0);
+        assert_eq!(pm.as_role(Role::BusinessAnalyst), id, "and back");
+    }
 
     #[test]
     fn invalid_output_errors_are_recognised() {

@@ -52,6 +52,7 @@ pub async fn run_all(store: &dyn Store) {
     claim_attempt_reads_the_context(store).await;
     derived_saves_are_saves(store).await;
     complete_and_save_takes_the_step(store).await;
+    a_step_saves_a_task_claimed_and_reads_its_inputs(store).await;
     api_tokens_round_trip(store).await;
     stats_count_what_is_stored(store).await;
 }
@@ -206,7 +207,8 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
         stepped,
         Stepped {
             version: Some(state.run.version + 1),
-            current: true
+            current: true,
+            inputs: None,
         },
         "the step was saved, with nothing else in flight"
     );
@@ -379,7 +381,8 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
         stepped,
         Stepped {
             version: Some(state.run.version + 1),
-            current: true
+            current: true,
+            inputs: None,
         },
         "nothing to change but the version, and right is still running"
     );
@@ -394,12 +397,120 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
         stepped,
         Stepped {
             version: Some(state.run.version + 2),
-            current: false
+            current: false,
+            inputs: None,
         },
         "left has ended since the step's view"
     );
     assert_eq!(task(store, &id, "join").await.status, TaskStatus::Pending);
     assert_seqs_contiguous(store, &id).await;
+}
+
+/// A step may save a task it dispatches claimed by the worker that will run
+/// it (RUNNING under its lease, with its `task_started` event: the hand-off
+/// of `orch-engine`); `complete_and_save` then returns what that worker
+/// reads, read after the step: the completion's own artifact among them.
+/// The lease holds as a claim's would.
+pub async fn a_step_saves_a_task_claimed_and_reads_its_inputs(store: &dyn Store) {
+    let (state, outcome, mut claimed) = claim_first(store).await;
+    let id = state.run.id.clone();
+    let next = claimed
+        .after
+        .tasks
+        .iter()
+        .find(|t| t.status == TaskStatus::Queued)
+        .expect("the step queues the next task")
+        .id
+        .clone();
+    let lease_until = T0 + 30 + LEASE_MS;
+    let handed = {
+        let t = claimed
+            .after
+            .tasks
+            .iter_mut()
+            .find(|t| t.id == next)
+            .unwrap();
+        t.status = TaskStatus::Running;
+        t.lease_owner = Some("w2".into());
+        t.lease_expires_at = Some(lease_until);
+        t.started_at = Some(T0 + 30);
+        t.clone()
+    };
+    for c in &mut claimed.diff.changed_tasks {
+        if c.task.id == next {
+            c.task = handed.clone();
+        }
+    }
+    claimed
+        .events
+        .push(crate::task_started_event(&next, "w2", 1));
+    let (names, writers) = (vec![FIRST.to_string()], vec![FIRST.to_string()]);
+    let step = Step {
+        inputs_of: Some(crate::InputsOf {
+            upstream: &names,
+            upstream_tasks: &writers,
+        }),
+        ..step_of(&state, &claimed, &[])
+    };
+    let stepped = store
+        .complete_and_save(&fence(&id, FIRST, 1, "w1"), &outcome, T0 + 30, &step)
+        .await
+        .expect("complete_and_save");
+    assert_eq!(stepped.version, Some(state.run.version + 1), "saved");
+    let inputs = stepped.inputs.expect("the inputs are read with the step");
+    let upstream = store
+        .latest_artifacts_named(&id, &writers, &names)
+        .await
+        .expect("latest_artifacts_named");
+    assert_eq!(upstream.len(), 1, "the completion's artifact");
+    assert_eq!(upstream[0].content, "The app manages TODO items.");
+    assert_eq!(inputs.upstream, upstream);
+    let messages = store
+        .list_events(
+            &id,
+            EventQuery {
+                kind: Some(EventKind::ChannelMessage),
+                ..EventQuery::default()
+            },
+        )
+        .await
+        .expect("list_events");
+    assert_eq!(inputs.messages, messages);
+    let stored = task(store, &id, &next).await;
+    assert_eq!(stored, handed, "the task is stored as the step saved it");
+    let started = store
+        .list_events(
+            &id,
+            EventQuery {
+                kind: Some(EventKind::TaskStarted),
+                ..EventQuery::default()
+            },
+        )
+        .await
+        .expect("list_events");
+    assert!(
+        started
+            .iter()
+            .any(|e| e.task_id.as_deref() == Some(next.as_str()) && e.message.contains("w2")),
+        "its task_started event is recorded"
+    );
+    assert_seqs_contiguous(store, &id).await;
+    // The lease is the worker's: it can be renewed by it, not claimed again.
+    let held = fence(&id, &next, 1, "w2");
+    assert!(
+        store
+            .heartbeat(&held, lease_until + 1_000)
+            .await
+            .expect("heartbeat")
+    );
+    assert!(
+        store
+            .claim_task(&id, &next, 1, "w3", lease_until, T0 + 40)
+            .await
+            .expect("claim")
+            .is_none(),
+        "a dispatch of the handed task finds it claimed"
+    );
 }
 
 /// Store a new `sdlc` run, reconcile it and claim its first task as `w1`; returns
@@ -454,6 +565,7 @@ fn step_of<'a>(state: &RunState, d: &'a Decided, in_flight: &'a [(String, u32)])
         events: &d.events,
         dead: &d.dead,
         in_flight,
+        inputs_of: None,
     }
 }
 

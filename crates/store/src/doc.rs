@@ -3,7 +3,7 @@
 //! `orch_*` functions alike, so that both backends take a write in one
 //! statement and encode it the same way.
 
-use orch_core::{EventKind, Gate, Millis, NewEvent, RunId, RunState, StateDiff, Task, TaskStatus};
+use orch_core::{Gate, Millis, NewEvent, RunId, RunState, StateDiff, Task, TaskStatus};
 use serde::Serialize;
 
 use crate::{Claim, Error, Fence, LlmCallRecord, NewDeadLetter, Result, Step, TaskOutcome};
@@ -309,12 +309,18 @@ pub(crate) struct ClaimDoc<'a> {
 
 /// The `task_started` event a claim appends.
 pub(crate) fn started_event(claim: &Claim<'_>) -> NewEvent {
-    NewEvent::task(
-        EventKind::TaskStarted,
-        claim.task_id,
-        format!("started by {} (attempt {})", claim.owner, claim.attempt),
-    )
-    .with_data(serde_json::json!({"owner": claim.owner, "attempt": claim.attempt}))
+    crate::task_started_event(claim.task_id, claim.owner, claim.attempt)
+}
+
+/// The document of what to read for a task a step saves claimed
+/// ([`crate::Step::inputs_of`]): the run id, the upstream artifact names and
+/// the tasks that wrote them.
+pub(crate) fn inputs_doc(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<String> {
+    to_json(&serde_json::json!({
+        "run_id": run_id.as_str(),
+        "upstream": of.upstream,
+        "upstream_tasks": of.upstream_tasks,
+    }))
 }
 
 /// The parameter documents of `proc_complete_task` (see

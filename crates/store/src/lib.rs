@@ -537,10 +537,6 @@ pub trait Store:
         else {
             return Ok(None);
         };
-        let query = EventQuery {
-            kind: Some(orch_core::EventKind::ChannelMessage),
-            ..EventQuery::default()
-        };
         let run = async {
             if claim.with_state {
                 let state = self.load_run(claim.run_id).await?;
@@ -549,19 +545,45 @@ pub trait Store:
                 Ok((self.get_run(claim.run_id).await?, None))
             }
         };
-        let (run, messages, upstream) = tokio::join!(
+        let (run, inputs) = tokio::join!(
             run,
-            self.list_events(claim.run_id, query),
-            self.latest_artifacts_named(claim.run_id, claim.upstream_tasks, claim.upstream),
+            self.attempt_inputs(claim.run_id, claim.upstream_tasks, claim.upstream),
         );
         let (run, state) = run?;
+        let AttemptInputs { messages, upstream } = inputs?;
         Ok(Some(ClaimedAttempt {
             task,
             run,
-            messages: messages?,
-            upstream: upstream?,
+            messages,
+            upstream,
             state,
         }))
+    }
+
+    /// What a worker reads to run an attempt it holds, besides the run and
+    /// the task ([`ClaimedAttempt::messages`] and [`ClaimedAttempt::upstream`]):
+    /// the run's channel messages, oldest first, and the latest version of
+    /// each upstream artifact named in `upstream` that one of
+    /// `upstream_tasks` wrote. For an attempt claimed with the step that
+    /// dispatched it ([`task_started_event`]); read after that commit.
+    async fn attempt_inputs(
+        &self,
+        run_id: &RunId,
+        upstream_tasks: &[String],
+        upstream: &[String],
+    ) -> Result<AttemptInputs> {
+        let query = EventQuery {
+            kind: Some(orch_core::EventKind::ChannelMessage),
+            ..EventQuery::default()
+        };
+        let (messages, artifacts) = tokio::join!(
+            self.list_events(run_id, query),
+            self.latest_artifacts_named(run_id, upstream_tasks, upstream),
+        );
+        Ok(AttemptInputs {
+            messages: messages?,
+            upstream: artifacts?,
+        })
     }
 
     /// [`TaskStore::complete_task`] and, in the same transaction where the
@@ -612,9 +634,17 @@ pub trait Store:
             let tasks = self.list_tasks(&fence.run_id).await.unwrap_or_default();
             still_in_flight(step.in_flight, &tasks)
         };
+        let inputs = match step.inputs_of {
+            Some(of) => self
+                .attempt_inputs(&fence.run_id, of.upstream_tasks, of.upstream)
+                .await
+                .ok(),
+            None => None,
+        };
         Ok(Stepped {
             version: Some(version),
             current,
+            inputs,
         })
     }
 }
@@ -646,10 +676,34 @@ pub struct Step<'a> {
     /// none has ended meanwhile and the step is the one a fresh reconcile
     /// would take (the machine treats QUEUED and RUNNING alike).
     pub in_flight: &'a [(String, u32)],
+    /// A task the step saves claimed (RUNNING under a worker's lease, see
+    /// [`task_started_event`]) whose inputs to read once the step is saved,
+    /// in the same transaction where the backend can
+    /// ([`Stepped::inputs`]).
+    pub inputs_of: Option<InputsOf<'a>>,
+}
+
+/// What to read for a task an engine step saves claimed: the upstream
+/// artifacts named `upstream` written by `upstream_tasks`, as
+/// [`Claim::upstream`] and [`Claim::upstream_tasks`].
+#[derive(Debug, Clone, Copy)]
+pub struct InputsOf<'a> {
+    pub upstream: &'a [String],
+    pub upstream_tasks: &'a [String],
+}
+
+/// What a worker reads to run an attempt besides the task and the run
+/// ([`Store::attempt_inputs`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttemptInputs {
+    /// The run's `channel_message` events, oldest first.
+    pub messages: Vec<Event>,
+    /// The latest version of each (name, path) of the upstream artifacts.
+    pub upstream: Vec<Artifact>,
 }
 
 /// What became of the step of [`Store::complete_and_save`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stepped {
     /// The run's new version if the step was saved.
     pub version: Option<i64>,
@@ -657,6 +711,11 @@ pub struct Stepped {
     /// in flight at its attempt after it. The run then needs no other step
     /// for this completion; otherwise the engine must look again.
     pub current: bool,
+    /// For [`Step::inputs_of`], once the step is saved: its inputs, read
+    /// after the save (in its transaction where the backend can); `None` if
+    /// the step was not saved, none were asked for, or they could not be
+    /// read (the caller reads them with [`Store::attempt_inputs`]).
+    pub inputs: Option<AttemptInputs>,
 }
 
 /// A worker's claim of one attempt ([`Store::claim_attempt`]).
@@ -724,6 +783,19 @@ pub struct ClaimedAttempt {
     /// The run with its tasks and gates, read after the claim, if
     /// [`Claim::with_state`] asked for it (and the backend reads it).
     pub state: Option<RunState>,
+}
+
+/// The `task_started` event of a claim of `attempt` of `task_id` by
+/// `owner`: what [`TaskStore::claim_task`] records, and what an engine step
+/// records when it saves a task it dispatches as claimed by the worker that
+/// will run it (the step's save then stands for the claim).
+pub fn task_started_event(task_id: &str, owner: &str, attempt: u32) -> NewEvent {
+    NewEvent::task(
+        orch_core::EventKind::TaskStarted,
+        task_id,
+        format!("started by {owner} (attempt {attempt})"),
+    )
+    .with_data(serde_json::json!({"owner": owner, "attempt": attempt}))
 }
 
 /// Open the store a `DATABASE_URL` names (creating and migrating a SQLite

@@ -64,8 +64,8 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::doc::{
-    Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc, started_event, to_json,
-    token_param,
+    Doc, NoFields, complete_docs, complete_step_docs, create_doc, inputs_doc, save_doc,
+    started_event, to_json, token_param,
 };
 use crate::rows::{
     JsonRow, Prefixed, artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row,
@@ -73,9 +73,10 @@ use crate::rows::{
     u64_col,
 };
 use crate::{
-    ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Durability, Error, EventQuery,
-    EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter,
-    RunStore, Stats, StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
+    ApiToken, ArtifactStore, AttemptInputs, Claim, ClaimedAttempt, DeadLetterStore, Durability,
+    Error, EventQuery, EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter,
+    Result, RunFilter, RunStore, Stats, StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef,
+    TaskStore, TokenStore,
 };
 
 /// Connections of one store's pool. Each operation holds one connection for
@@ -154,6 +155,7 @@ mod sql {
     pub const APPEND_EVENTS: &str = file!("call_append_events.sql");
     pub const COMPLETE_TASK: &str = file!("call_complete_task.sql");
     pub const COMPLETE_STEP: &str = file!("call_complete_step.sql");
+    pub const COMPLETE_STEP_READING: &str = file!("call_complete_step_reading.sql");
     pub const CLAIM_TASK: &str = file!("claim_task.sql");
 }
 
@@ -400,18 +402,27 @@ impl PostgresStore {
 
     /// The completion of [`Self::complete_task_once`] and, in the same
     /// transaction, the step of [`Self::save_run_once`] if it still applies
-    /// (`orch_complete_step`). One durable commit for both.
+    /// (`orch_complete_step`). One durable commit for both. With `reads`
+    /// ([`inputs_doc`]), also what the worker handed a task by the step
+    /// reads, after the step (`orch_complete_step_reading`).
     async fn complete_and_save_once(
         &self,
         fence: &Fence,
         doc: &str,
         artifacts: &str,
         step: &str,
+        reads: Option<&str>,
     ) -> Attempt<Stepped> {
-        let row = sqlx::query(sql::COMPLETE_STEP)
-            .bind(doc)
-            .bind(artifacts)
-            .bind(step)
+        let query = match reads {
+            None => sqlx::query(sql::COMPLETE_STEP),
+            Some(_) => sqlx::query(sql::COMPLETE_STEP_READING),
+        };
+        let query = query.bind(doc).bind(artifacts).bind(step);
+        let query = match reads {
+            None => query,
+            Some(reads) => query.bind(reads),
+        };
+        let row = query
             .fetch_one(&self.pool)
             .await
             .map_err(|e| fenced(fence, e))?;
@@ -419,9 +430,28 @@ impl PostgresStore {
         if version.is_none() {
             tracing::debug!(run = %fence.run_id, "step after a completion no longer applies");
         }
+        let inputs = match (version, reads) {
+            (Some(_), Some(_)) => {
+                let rows = |name| -> Result<Vec<JsonRow>> {
+                    JsonRow::parse_all(col::<Option<String>>(&row, name)?.as_deref())
+                };
+                Some(AttemptInputs {
+                    messages: rows("r_messages")?
+                        .iter()
+                        .map(event_from_row)
+                        .collect::<Result<_>>()?,
+                    upstream: rows("r_upstream")?
+                        .iter()
+                        .map(artifact_from_row)
+                        .collect::<Result<_>>()?,
+                })
+            }
+            _ => None,
+        };
         Ok(Stepped {
             version,
             current: col(&row, "still_current")?,
+            inputs,
         })
     }
 
@@ -1308,10 +1338,14 @@ impl Store for PostgresStore {
         now: Millis,
         step: &Step<'_>,
     ) -> Result<Stepped> {
+        let reads = match step.inputs_of {
+            Some(of) => Some(inputs_doc(&fence.run_id, of)?),
+            None => None,
+        };
         let (doc, artifacts, step) = complete_step_docs(fence, outcome, now, step)?;
         let stepped = self
             .retrying(&fence.run_id, || {
-                self.complete_and_save_once(fence, &doc, &artifacts, &step)
+                self.complete_and_save_once(fence, &doc, &artifacts, &step, reads.as_deref())
             })
             .await;
         match stepped {

@@ -61,7 +61,7 @@ use orch_core::{
 use serde::Serialize;
 
 use crate::doc::{
-    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc,
+    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, inputs_doc, save_doc,
     started_event, to_json, token_param,
 };
 use sqlx::sqlite::{
@@ -81,9 +81,10 @@ use crate::rows::{
     u32_col, u64_col,
 };
 use crate::{
-    ApiToken, ArtifactStore, Claim, ClaimedAttempt, DeadLetterStore, Durability, Error, EventQuery,
-    EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter, Result, RunFilter,
-    RunStore, Stats, StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef, TaskStore, TokenStore,
+    ApiToken, ArtifactStore, AttemptInputs, Claim, ClaimedAttempt, DeadLetterStore, Durability,
+    Error, EventQuery, EventStore, Fence, JournalStore, LlmCallRecord, LlmTotals, NewDeadLetter,
+    Result, RunFilter, RunStore, Stats, StatsStore, Step, Stepped, Store, TaskOutcome, TaskRef,
+    TaskStore, TokenStore,
 };
 
 /// How long a connection waits for another process's lock before failing with
@@ -182,6 +183,7 @@ mod sql {
     pub const COMPLETE_TASK: &str = files!("call_complete_task.sql");
     /// A completion and the engine step that follows, then the new version.
     pub const COMPLETE_STEP: &str = files!("call_complete_step.sql");
+    pub const COMPLETE_STEP_READING: &str = files!("call_complete_step.sql", "step_context.sql");
 }
 
 type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
@@ -1500,10 +1502,17 @@ impl Store for SqliteStore {
         step: &Step<'_>,
     ) -> Result<Stepped> {
         let (doc, artifacts, step_doc) = complete_step_docs(fence, outcome, now, step)?;
-        let write = Write::new(sql::COMPLETE_STEP)
-            .text(doc)
-            .text(artifacts)
-            .text(step_doc);
+        let write = match step.inputs_of {
+            None => Write::new(sql::COMPLETE_STEP)
+                .text(doc)
+                .text(artifacts)
+                .text(step_doc),
+            Some(of) => Write::new(sql::COMPLETE_STEP_READING)
+                .text(doc)
+                .text(artifacts)
+                .text(step_doc)
+                .text(inputs_doc(&fence.run_id, of)?),
+        };
         let rows = match self.call_with(write, db_err).await {
             Ok(call) => call.completed(fence)?,
             Err(e) => {
@@ -1514,13 +1523,27 @@ impl Store for SqliteStore {
                 return Ok(Stepped::default());
             }
         };
-        let Some(row) = rows.first() else {
-            return Ok(Stepped::default());
-        };
-        Ok(Stepped {
-            version: Some(col(row, "version")?),
-            current: col(row, "current")?,
-        })
+        let mut stepped = Stepped::default();
+        let mut inputs = AttemptInputs::default();
+        for row in &rows {
+            match col::<String>(row, "part")?.as_str() {
+                "stepped" => {
+                    stepped.version = Some(col(row, "version")?);
+                    stepped.current = col(row, "current")?;
+                }
+                "message" => inputs.messages.push(event_from_row(row)?),
+                "artifact" => inputs.upstream.push(artifact_from_row(row)?),
+                other => {
+                    return Err(Error::Decode(format!(
+                        "completion returned a row of part {other:?}"
+                    )));
+                }
+            }
+        }
+        if stepped.version.is_some() && step.inputs_of.is_some() {
+            stepped.inputs = Some(inputs);
+        }
+        Ok(stepped)
     }
 
     /// The claim and the reads in one call on the write connection: one
