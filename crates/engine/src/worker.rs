@@ -14,7 +14,8 @@
 //!
 //! **Hand-off.** A completion that takes the run's next step may dispatch
 //! tasks of roles this process serves. If the worker's own queue has nothing
-//! waiting (it looks, without waiting, before committing), the step hands
+//! waiting (it looks, without waiting, before committing; there is no need
+//! while another loop of the process waits on that queue), the step hands
 //! one of them to the worker, if a permit of its role is free ([`Permits`]:
 //! at most `concurrency` attempts of a role run at once in a process,
 //! whichever loop runs them): the step saves that task claimed by the worker
@@ -160,10 +161,27 @@ impl EventSink for StoreSink {
 
 /// Per-role permits of a process's workers: an attempt of a role runs only
 /// while holding one of its role's `concurrency` permits, whether a loop of
-/// that role received it or a loop of another role was handed it.
+/// that role received it or a loop of another role was handed it. Also
+/// counts, per role, the loops waiting on the role's queue.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Permits {
-    roles: Arc<std::collections::HashMap<Role, Arc<tokio::sync::Semaphore>>>,
+    roles: Arc<std::collections::HashMap<Role, RolePermits>>,
+}
+
+#[derive(Debug)]
+struct RolePermits {
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Loops of the role in a blocking receive on its queue.
+    waiting: AtomicU64,
+}
+
+/// A loop counted as waiting on its role's queue while this is held.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A task handed to the worker that completed the step dispatching it
@@ -222,7 +240,11 @@ impl Permits {
             roles: Arc::new(
                 roles
                     .iter()
-                    .map(|&r| (r, Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)))))
+                    .map(|&r| {
+                        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+                        let waiting = AtomicU64::new(0);
+                        (r, RolePermits { permits, waiting })
+                    })
                     .collect(),
             ),
         }
@@ -235,12 +257,29 @@ impl Permits {
 
     /// Wait for a permit of `role`; `None` if this process does not serve it.
     async fn acquire(&self, role: Role) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.roles.get(&role)?.clone().acquire_owned().await.ok()
+        let permits = self.roles.get(&role)?.permits.clone();
+        permits.acquire_owned().await.ok()
     }
 
     /// A free permit of `role`, now, if this process serves it.
     pub(crate) fn try_take(&self, role: Role) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.roles.get(&role)?.clone().try_acquire_owned().ok()
+        let permits = self.roles.get(&role)?.permits.clone();
+        permits.try_acquire_owned().ok()
+    }
+
+    /// Count a loop of `role` as waiting on its queue while the guard lives.
+    fn waiting(&self, role: Role) -> Option<Waiting<'_>> {
+        let waiting = &self.roles.get(&role)?.waiting;
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Some(Waiting(waiting))
+    }
+
+    /// Whether a loop of `role` is waiting on its queue: a message arriving
+    /// there is taken at once without the loop that asks.
+    fn watched(&self, role: Role) -> bool {
+        self.roles
+            .get(&role)
+            .is_some_and(|r| r.waiting.load(Ordering::SeqCst) > 0)
     }
 }
 
@@ -292,10 +331,12 @@ pub(crate) async fn worker_loop(
         let delivery = match queued.take() {
             Some(delivery) => delivery,
             None => {
+                let waiting = permits.waiting(role);
                 let received = tokio::select! {
                     _ = cancel.cancelled() => break,
                     r = deps.broker.receive(role, &id.0, opts.poll_timeout) => r,
                 };
+                drop(waiting);
                 match received {
                     Ok(Some(delivery)) => delivery,
                     Ok(None) => continue,
@@ -599,8 +640,12 @@ async fn execute(
     outcome.events.splice(0..0, llm_events);
     outcome.llm_calls = llm_calls;
     // A message waiting on the worker's queue runs next; otherwise the
-    // step may hand the worker one of its tasks.
+    // step may hand the worker one of its tasks. No need to look while
+    // another loop of this process waits on that queue: it takes what comes.
     let hand = match peek {
+        Some(peek) if stepper.is_some() && permits.any() && permits.watched(peek.role) => {
+            Some(Hand { permits, worker })
+        }
         Some(peek) if stepper.is_some() && permits.any() => {
             match deps
                 .broker
