@@ -633,6 +633,7 @@ fn hand_over(
         .dispatches
         .iter()
         .enumerate()
+        .filter(|(_, d)| !(hand.unwatched_only && hand.permits.watched(d.role)))
         .find_map(|(i, d)| hand.permits.try_take(d.role).map(|p| (i, p)))?;
     let d = &decided.dispatches[at];
     let task = decided

@@ -13,22 +13,26 @@
 //! fails. A failed or fenced-out attempt posts nothing.
 //!
 //! **Hand-off.** A completion that takes the run's next step may dispatch
-//! tasks of roles this process serves. If the worker's own queue has nothing
-//! waiting (it looks, without waiting, before committing; there is no need
-//! while another loop of the process waits on that queue), the step hands
-//! one of them to the worker, if a permit of its role is free ([`Permits`]:
-//! at most `concurrency` attempts of a role run at once in a process,
-//! whichever loop runs them): the step saves that task claimed by the worker
-//! (RUNNING under its lease, with its `task_started` event) instead of
-//! publishing it, and the worker runs it next. That saves the queue's round
-//! trips and the claim's own transaction: what the claim read with it (the
-//! run's channel messages, the upstream artifacts) is read after the commit,
-//! and the engine here holds the run as just saved. The rest are published.
-//! The store stays the truth: the handed task is leased as any claimed one,
-//! so if this process dies, its lease expires and the sweeper re-runs it.
-//! Looking at the queue first keeps every loop busy under load: a loop that
-//! ran handed tasks while its queue filled up would leave the loops of those
-//! tasks' roles idle.
+//! tasks of roles this process serves. The step hands one of them to the
+//! worker that completed, if a permit of its role is free ([`Permits`]: at
+//! most `concurrency` attempts of a role run at once in a process, whichever
+//! loop runs them): it saves that task claimed by the worker (RUNNING under
+//! its lease, with its `task_started` event) instead of publishing it, reads
+//! what the task reads (the run's channel messages, the upstream artifacts)
+//! in the same transaction, and the worker runs it next. That saves the
+//! queue's round trips and the claim's own transaction, and the engine here
+//! holds the run as just saved. The rest are published. The store stays the
+//! truth: the handed task is leased as any claimed one, so if this process
+//! dies, its lease expires and the sweeper re-runs it.
+//!
+//! The worker's own queue comes first. Unless another loop of the process
+//! waits on it (that loop takes what comes), the worker looks at it without
+//! waiting before committing. A message there runs next — after a handed
+//! task if one is taken, and then only a task of a role no loop here waits
+//! for (a waiting loop would start it sooner from its queue); with a
+//! message waiting, nothing more is handed over. So under load a loop runs
+//! at most one handed task before returning to its queue, and the tasks it
+//! is handed are ones no idle loop would have started earlier.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,6 +211,8 @@ pub(crate) struct Next {
 pub(crate) struct Hand<'a> {
     pub(crate) permits: &'a Permits,
     pub(crate) worker: &'a WorkerId,
+    /// Only a task of a role no loop of this process waits for.
+    pub(crate) unwatched_only: bool,
 }
 
 /// The attempt [`execute`] runs: one received from a queue, to claim, or
@@ -276,7 +282,7 @@ impl Permits {
 
     /// Whether a loop of `role` is waiting on its queue: a message arriving
     /// there is taken at once without the loop that asks.
-    fn watched(&self, role: Role) -> bool {
+    pub(crate) fn watched(&self, role: Role) -> bool {
         self.roles
             .get(&role)
             .is_some_and(|r| r.waiting.load(Ordering::SeqCst) > 0)
@@ -642,21 +648,32 @@ async fn execute(
     // A message waiting on the worker's queue runs next; otherwise the
     // step may hand the worker one of its tasks. No need to look while
     // another loop of this process waits on that queue: it takes what comes.
+    let any = Hand {
+        permits,
+        worker,
+        unwatched_only: false,
+    };
     let hand = match peek {
-        Some(peek) if stepper.is_some() && permits.any() && permits.watched(peek.role) => {
-            Some(Hand { permits, worker })
-        }
+        // A message already waits for this loop: it runs next.
+        Some(peek) if peek.slot.is_some() => None,
+        Some(peek) if stepper.is_some() && permits.any() && permits.watched(peek.role) => Some(any),
         Some(peek) if stepper.is_some() && permits.any() => {
             match deps
                 .broker
                 .receive(peek.role, peek.consumer, Duration::ZERO)
                 .await
             {
+                // It runs after a task handed over, if one is: a task no
+                // loop of its role waits for here (one that waits takes it
+                // from its queue sooner).
                 Ok(Some(delivery)) => {
                     *peek.slot = Some(delivery);
-                    None
+                    Some(Hand {
+                        unwatched_only: true,
+                        ..any
+                    })
                 }
-                Ok(None) => Some(Hand { permits, worker }),
+                Ok(None) => Some(any),
                 Err(e) => {
                     debug!(worker = %worker.0, error = %e, "queue not looked at; nothing handed over");
                     None
