@@ -735,6 +735,89 @@ impl Decided {
 mod tests {
     use super::*;
 
+    /// A new `sdlc` run and the step that queues its first task.
+    fn first_step() -> (RunState, Decided) {
+        let wf = Workflow::builtin("sdlc").unwrap();
+        let (state, _) = RunState::new_run(
+            RunId::generate(),
+            "goal",
+            Value::Null,
+            &wf,
+            RunSettings::default(),
+            "scripted",
+            1_000,
+        );
+        let decided = Decided::from(&state, Input::Reconcile, 1_000).unwrap();
+        assert_eq!(decided.dispatches.len(), 1, "the requirements task");
+        (state, decided)
+    }
+
+    /// The step saves the handed task claimed by the worker, for its role,
+    /// and no longer dispatches it; without a free permit of its role, or
+    /// with a loop of its role waiting when only unwatched roles may be
+    /// taken, nothing is handed over and the dispatch stays.
+    #[test]
+    fn a_step_hands_over_a_task_it_can_run() {
+        use crate::worker::{Permits, WorkerId};
+        let ba = orch_core::Role::BusinessAnalyst;
+        let worker = WorkerId::new(orch_core::Role::ProjectManager);
+        let permits = Permits::new(&[ba], 1);
+        let hand = Hand {
+            permits: &permits,
+            worker: &worker,
+            unwatched_only: false,
+        };
+
+        let (before, mut decided) = first_step();
+        let next = hand_over(&before, &mut decided, hand, 31_000, 1_000).expect("handed over");
+        assert!(decided.dispatches.is_empty(), "not published");
+        assert_eq!(next.dispatch.role, ba);
+        assert_eq!(next.owner, worker.as_role(ba));
+        let saved = decided.after.task(&next.task.id).unwrap();
+        assert_eq!(saved, &next.task);
+        assert_eq!(saved.status, TaskStatus::Running);
+        assert_eq!(saved.lease_owner.as_deref(), Some(next.owner.0.as_str()));
+        assert_eq!(
+            (saved.lease_expires_at, saved.started_at),
+            (Some(31_000), Some(1_000))
+        );
+        let change = decided
+            .diff
+            .changed_tasks
+            .iter()
+            .find(|c| c.task.id == saved.id)
+            .expect("the task is in the diff");
+        assert_eq!(&change.task, saved, "saved as claimed");
+        let started = decided.events.last().unwrap();
+        assert_eq!(started.kind, EventKind::TaskStarted);
+        assert_eq!(started.data["owner"], next.owner.0.as_str());
+
+        // Its permit is held: another step hands nothing over.
+        let (before, mut decided) = first_step();
+        assert!(hand_over(&before, &mut decided, hand, 31_000, 1_000).is_none());
+        assert_eq!(decided.dispatches.len(), 1, "still dispatched");
+        drop(next);
+
+        // A loop of the role waits: it takes the task from its queue.
+        let waiting = permits.waiting(ba);
+        let unwatched = Hand {
+            unwatched_only: true,
+            ..hand
+        };
+        assert!(hand_over(&before, &mut decided, unwatched, 31_000, 1_000).is_none());
+        assert!(hand_over(&before, &mut decided, hand, 31_000, 1_000).is_some());
+        drop(waiting);
+
+        // A role this process does not serve.
+        let none = Permits::new(&[orch_core::Role::FrontendEngineer], 1);
+        let (before, mut decided) = first_step();
+        let other = Hand {
+            permits: &none,
+            ..hand
+        };
+        assert!(hand_over(&before, &mut decided, other, 31_000, 1_000).is_none());
+    }
+
     /// One holder of a run's turn at a time; other runs are not held up;
     /// a turn no one holds or waits for leaves nothing behind.
     #[tokio::test(start_paused = true)]

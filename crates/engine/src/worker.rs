@@ -180,7 +180,7 @@ struct RolePermits {
 }
 
 /// A loop counted as waiting on its role's queue while this is held.
-struct Waiting<'a>(&'a AtomicU64);
+pub(crate) struct Waiting<'a>(&'a AtomicU64);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -274,7 +274,7 @@ impl Permits {
     }
 
     /// Count a loop of `role` as waiting on its queue while the guard lives.
-    fn waiting(&self, role: Role) -> Option<Waiting<'_>> {
+    pub(crate) fn waiting(&self, role: Role) -> Option<Waiting<'_>> {
         let waiting = &self.roles.get(&role)?.waiting;
         waiting.fetch_add(1, Ordering::SeqCst);
         Some(Waiting(waiting))
