@@ -37,12 +37,22 @@ impl TestEngine {
         clock: Arc<dyn Clock>,
         opts: EngineOptions,
     ) -> TestEngine {
+        TestEngine::with_broker(provider, clock, opts, Arc::new(MemoryBroker::new())).await
+    }
+
+    /// [`TestEngine::with`] on `broker` (an in-process broker a test
+    /// watches, say).
+    pub async fn with_broker(
+        provider: Arc<dyn Provider>,
+        clock: Arc<dyn Clock>,
+        opts: EngineOptions,
+        broker: Arc<dyn Broker>,
+    ) -> TestEngine {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
         let store = orch_store::connect(&url)
             .await
             .expect("a fresh SQLite store");
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
         let deps = Deps {
             store: store.clone(),
             broker: broker.clone(),

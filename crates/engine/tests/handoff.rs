@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orch_broker::{Broker, ChannelMessage, ChannelSubscription, Delivery, Dispatch, MemoryBroker};
 use orch_core::{EventKind, Role, RunId, RunStatus, TaskStatus, Workflow};
-use orch_engine::testing::{fast_settings, generic_provider};
-use orch_engine::{Deps, Engine, EngineOptions, Runtime, SystemClock};
+use orch_engine::testing::{TestEngine, fast_settings, generic_provider};
+use orch_engine::{EngineOptions, Runtime, SystemClock};
 use orch_store::EventQuery;
 
 /// The in-process broker, noting the tasks published on the role queues.
@@ -71,21 +71,18 @@ impl Broker for Counting {
 /// named for its role, and reads what its upstream wrote.
 #[tokio::test]
 async fn a_run_alone_is_handed_from_worker_to_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = orch_store::connect(&url).await.unwrap();
     let broker = Arc::new(Counting {
         inner: MemoryBroker::new(),
         published: Mutex::default(),
     });
-    let deps = Deps {
-        store: store.clone(),
-        broker: broker.clone(),
-        provider: Arc::new(generic_provider()),
-        agents: Arc::new(orch_agents::Agents::new().unwrap()),
-        clock: Arc::new(SystemClock),
-    };
-    let engine = Engine::new(deps, EngineOptions::default());
+    let h = TestEngine::with_broker(
+        Arc::new(generic_provider()),
+        Arc::new(SystemClock),
+        EngineOptions::default(),
+        broker.clone(),
+    )
+    .await;
+    let (engine, store) = (&h.engine, &h.store);
     let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
     let wf = Workflow::builtin("sdlc").unwrap();
     let id = engine
@@ -97,14 +94,7 @@ async fn a_run_alone_is_handed_from_worker_to_worker() {
         )
         .await
         .unwrap();
-    let run = engine
-        .wait(
-            &id,
-            Duration::from_millis(20),
-            Some(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
+    let run = h.wait(&id).await;
     runtime.shutdown().await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);
 

@@ -169,16 +169,7 @@ pub async fn claim_attempt_reads_the_context(store: &dyn Store) {
         second.run.cost_usd > 0.0,
         "the run row is read after the claim"
     );
-    let messages = store
-        .list_events(
-            &id,
-            EventQuery {
-                kind: Some(EventKind::ChannelMessage),
-                ..EventQuery::default()
-            },
-        )
-        .await
-        .expect("list_events");
+    let messages = events_of_kind(store, &id, EventKind::ChannelMessage).await;
     assert_eq!(messages.len(), 1);
     assert_eq!(second.messages, messages);
     let latest = store
@@ -465,29 +456,11 @@ pub async fn a_step_saves_a_task_claimed_and_reads_its_inputs(store: &dyn Store)
     assert_eq!(upstream.len(), 1, "the completion's artifact");
     assert_eq!(upstream[0].content, "The app manages TODO items.");
     assert_eq!(inputs.upstream, upstream);
-    let messages = store
-        .list_events(
-            &id,
-            EventQuery {
-                kind: Some(EventKind::ChannelMessage),
-                ..EventQuery::default()
-            },
-        )
-        .await
-        .expect("list_events");
+    let messages = events_of_kind(store, &id, EventKind::ChannelMessage).await;
     assert_eq!(inputs.messages, messages);
     let stored = task(store, &id, &next).await;
     assert_eq!(stored, handed, "the task is stored as the step saved it");
-    let started = store
-        .list_events(
-            &id,
-            EventQuery {
-                kind: Some(EventKind::TaskStarted),
-                ..EventQuery::default()
-            },
-        )
-        .await
-        .expect("list_events");
+    let started = events_of_kind(store, &id, EventKind::TaskStarted).await;
     assert!(
         started
             .iter()
@@ -511,6 +484,20 @@ pub async fn a_step_saves_a_task_claimed_and_reads_its_inputs(store: &dyn Store)
             .is_none(),
         "a dispatch of the handed task finds it claimed"
     );
+}
+
+/// The events of `kind` of run `id`, oldest first.
+async fn events_of_kind(store: &dyn Store, id: &RunId, kind: EventKind) -> Vec<orch_core::Event> {
+    store
+        .list_events(
+            id,
+            EventQuery {
+                kind: Some(kind),
+                ..EventQuery::default()
+            },
+        )
+        .await
+        .expect("list_events")
 }
 
 /// Store a new `sdlc` run, reconcile it and claim its first task as `w1`; returns

@@ -302,7 +302,7 @@ pub(crate) struct ClaimDoc<'a> {
     pub(crate) owner: &'a str,
     pub(crate) lease_until: Millis,
     /// Names of the upstream artifacts to read with the claim
-    /// (`claim_context.sql`), and the tasks whose versions count.
+    /// (`attempt_inputs.sql`), and the tasks whose versions count.
     pub(crate) upstream: &'a [String],
     pub(crate) upstream_tasks: &'a [String],
 }
@@ -312,23 +312,24 @@ pub(crate) fn started_event(claim: &Claim<'_>) -> NewEvent {
     crate::task_started_event(claim.task_id, claim.owner, claim.attempt)
 }
 
-/// The document of what to read for a task a step saves claimed
-/// ([`crate::Step::inputs_of`]): the run id, the upstream artifact names and
-/// the tasks that wrote them.
-pub(crate) fn inputs_doc(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<String> {
-    to_json(&serde_json::json!({
-        "run_id": run_id.as_str(),
-        "upstream": of.upstream,
-        "upstream_tasks": of.upstream_tasks,
-    }))
-}
-
 /// The parameter documents of `proc_complete_task` (see
 /// [`TaskStore::complete_task`]): the outcome, and its artifacts.
 pub(crate) fn complete_docs(
     fence: &Fence,
     outcome: &TaskOutcome,
     now: Millis,
+) -> Result<(String, String)> {
+    complete_docs_reading(fence, outcome, now, None)
+}
+
+/// [`complete_docs`], the outcome's document also naming what to read for
+/// a task the step saves claimed (`upstream`, `upstream_tasks`: as a claim's
+/// document names them, read by the same statements).
+fn complete_docs_reading(
+    fence: &Fence,
+    outcome: &TaskOutcome,
+    now: Millis,
+    inputs_of: Option<crate::InputsOf<'_>>,
 ) -> Result<(String, String)> {
     if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
         return Err(Error::Database(format!(
@@ -350,6 +351,8 @@ pub(crate) fn complete_docs(
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
         llm_calls: outcome.llm_calls.iter().map(LlmCallDoc::new).collect(),
+        upstream: inputs_of.map(|of| of.upstream),
+        upstream_tasks: inputs_of.map(|of| of.upstream_tasks),
     };
     let doc = Doc::new(&fence.run_id, now, &outcome.events, op)?;
     // `[name, kind, path, content, metadata, earlier entries of the same name and path]`.
@@ -380,7 +383,7 @@ pub(crate) fn complete_step_docs(
     now: Millis,
     step: &Step<'_>,
 ) -> Result<(String, String, String)> {
-    let (doc, artifacts) = complete_docs(fence, outcome, now)?;
+    let (doc, artifacts) = complete_docs_reading(fence, outcome, now, step.inputs_of)?;
     let step = to_json(&StepDoc {
         in_flight: step.in_flight,
         step: save_doc(
@@ -411,6 +414,12 @@ pub(crate) struct CompleteDoc<'a> {
     pub(crate) input_tokens: i64,
     pub(crate) output_tokens: i64,
     pub(crate) llm_calls: Vec<LlmCallDoc<'a>>,
+    /// What to read after the step, for a task it saves claimed
+    /// ([`crate::Step::inputs_of`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) upstream: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) upstream_tasks: Option<&'a [String]>,
 }
 
 /// A journal record committed with an outcome (`proc_complete_task`).

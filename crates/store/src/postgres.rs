@@ -64,8 +64,8 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::doc::{
-    Doc, NoFields, complete_docs, complete_step_docs, create_doc, inputs_doc, save_doc,
-    started_event, to_json, token_param,
+    Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc, started_event, to_json,
+    token_param,
 };
 use crate::rows::{
     JsonRow, Prefixed, artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row,
@@ -402,27 +402,26 @@ impl PostgresStore {
 
     /// The completion of [`Self::complete_task_once`] and, in the same
     /// transaction, the step of [`Self::save_run_once`] if it still applies
-    /// (`orch_complete_step`). One durable commit for both. With `reads`
-    /// ([`inputs_doc`]), also what the worker handed a task by the step
-    /// reads, after the step (`orch_complete_step_reading`).
+    /// (`orch_complete_step`). One durable commit for both. `reading`: also
+    /// what the task the step saves claimed reads, after the step, as the
+    /// completion's document names it (`orch_complete_step_reading`).
     async fn complete_and_save_once(
         &self,
         fence: &Fence,
         doc: &str,
         artifacts: &str,
         step: &str,
-        reads: Option<&str>,
+        reading: bool,
     ) -> Attempt<Stepped> {
-        let query = match reads {
-            None => sqlx::query(sql::COMPLETE_STEP),
-            Some(_) => sqlx::query(sql::COMPLETE_STEP_READING),
-        };
-        let query = query.bind(doc).bind(artifacts).bind(step);
-        let query = match reads {
-            None => query,
-            Some(reads) => query.bind(reads),
+        let query = if reading {
+            sqlx::query(sql::COMPLETE_STEP_READING)
+        } else {
+            sqlx::query(sql::COMPLETE_STEP)
         };
         let row = query
+            .bind(doc)
+            .bind(artifacts)
+            .bind(step)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| fenced(fence, e))?;
@@ -430,8 +429,8 @@ impl PostgresStore {
         if version.is_none() {
             tracing::debug!(run = %fence.run_id, "step after a completion no longer applies");
         }
-        let inputs = match (version, reads) {
-            (Some(_), Some(_)) => {
+        let inputs = match version {
+            Some(_) if reading => {
                 let rows = |name| -> Result<Vec<JsonRow>> {
                     JsonRow::parse_all(col::<Option<String>>(&row, name)?.as_deref())
                 };
@@ -1338,14 +1337,11 @@ impl Store for PostgresStore {
         now: Millis,
         step: &Step<'_>,
     ) -> Result<Stepped> {
-        let reads = match step.inputs_of {
-            Some(of) => Some(inputs_doc(&fence.run_id, of)?),
-            None => None,
-        };
+        let reading = step.inputs_of.is_some();
         let (doc, artifacts, step) = complete_step_docs(fence, outcome, now, step)?;
         let stepped = self
             .retrying(&fence.run_id, || {
-                self.complete_and_save_once(fence, &doc, &artifacts, &step, reads.as_deref())
+                self.complete_and_save_once(fence, &doc, &artifacts, &step, reading)
             })
             .await;
         match stepped {

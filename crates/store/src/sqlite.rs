@@ -61,7 +61,7 @@ use orch_core::{
 use serde::Serialize;
 
 use crate::doc::{
-    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, inputs_doc, save_doc,
+    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc,
     started_event, to_json, token_param,
 };
 use sqlx::sqlite::{
@@ -179,11 +179,12 @@ mod sql {
     pub const APPEND_EVENTS: &str = files!("call_append_events.sql");
     pub const CLAIM_TASK: &str = files!("call_claim_task.sql");
     /// The claim, then what the worker reads (`claim_attempt`).
-    pub const CLAIM_ATTEMPT: &str = files!("call_claim_task.sql", "claim_context.sql");
+    pub const CLAIM_ATTEMPT: &str =
+        files!("call_claim_task.sql", "claim_run.sql", "attempt_inputs.sql");
     pub const COMPLETE_TASK: &str = files!("call_complete_task.sql");
     /// A completion and the engine step that follows, then the new version.
     pub const COMPLETE_STEP: &str = files!("call_complete_step.sql");
-    pub const COMPLETE_STEP_READING: &str = files!("call_complete_step.sql", "step_context.sql");
+    pub const COMPLETE_STEP_READING: &str = files!("call_complete_step.sql", "attempt_inputs.sql");
 }
 
 type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
@@ -1507,11 +1508,10 @@ impl Store for SqliteStore {
                 .text(doc)
                 .text(artifacts)
                 .text(step_doc),
-            Some(of) => Write::new(sql::COMPLETE_STEP_READING)
+            Some(_) => Write::new(sql::COMPLETE_STEP_READING)
                 .text(doc)
                 .text(artifacts)
-                .text(step_doc)
-                .text(inputs_doc(&fence.run_id, of)?),
+                .text(step_doc),
         };
         let rows = match self.call_with(write, db_err).await {
             Ok(call) => call.completed(fence)?,

@@ -1,16 +1,15 @@
--- What the worker needs to run a claimed attempt, read on the write
--- connection in the claim's round trip (it follows call_claim_task.sql; only
--- reached if the claim succeeded). The writer's page cache is warm, where a
--- reader's starts cold after every commit: the run row, the run's channel
--- messages, and the latest version of each (name, path) of the upstream
--- artifacts whose names are in ?1 -> 'upstream', among those written by the
--- tasks in ?1 -> 'upstream_tasks' (see list_latest_artifacts_named.sql).
--- `part` tells the rows apart.
-SELECT 'run' AS part, id, goal, context, workflow, status, status_reason, success_criteria,
-       settings, provider, iterations, cost_usd, tokens_in, tokens_out, version, created_at,
-       updated_at, finished_at
-FROM runs
-WHERE id = ?1 ->> 'run_id';
+-- What the worker reads to run an attempt it holds, on the write connection
+-- in the same call as the write that gave it the attempt: after a claim
+-- (call_claim_task.sql, claim_run.sql; only reached if the claim succeeded)
+-- or after a completion whose step saved the task claimed
+-- (call_complete_step.sql, Step::inputs_of; rows even if the step was not
+-- saved, which the store then ignores). The writer's page cache is warm,
+-- where a reader's starts cold after every commit. ?1 is the claim's or the
+-- completion's document: the run's channel messages, and the latest version
+-- of each (name, path) of the upstream artifacts whose names are in
+-- ?1 -> 'upstream', among those written by the tasks in
+-- ?1 -> 'upstream_tasks' (see list_latest_artifacts_named.sql). `part`
+-- tells the rows apart.
 SELECT 'message' AS part, run_id, seq, kind, task_id, message, data, created_at
 FROM events
 WHERE run_id = ?1 ->> 'run_id' AND kind = 'channel_message'
