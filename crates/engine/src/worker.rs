@@ -447,7 +447,7 @@ async fn execute(
     let d = job.dispatch();
     // The plan (cached) names the artifacts the task reads; they are read
     // with the claim, in the same round trip.
-    let plan = match plan_of(deps, &d.run_id, &d.task_id).await {
+    let (plan, loaded) = match plan_of(deps, &d.run_id, &d.task_id).await {
         Ok(plan) => plan,
         Err(orch_store::Error::RunNotFound(_)) => {
             debug!(run = %d.run_id, task = %d.task_id, "dispatch of an unknown run dropped");
@@ -461,11 +461,13 @@ async fn execute(
     let lease_until = now + opts.lease_ttl.as_millis() as i64;
     let claimed = match job {
         Job::Dispatched(d) => {
+            let fresh = loaded.then_some(&plan);
             claim(
                 deps,
                 stepper,
                 worker,
                 d,
+                fresh,
                 &upstream_names,
                 &upstream_tasks,
                 now,
@@ -737,13 +739,16 @@ async fn execute(
 
 /// Claim the attempt `d` for `worker`, with what it reads (see
 /// [`orch_store::Store::claim_attempt`]); `None` for a duplicate or stale
-/// dispatch.
+/// dispatch. `fresh`: the whole run, just read for its plan; if the run is
+/// still at its version at the claim, the claim does not read it again and
+/// it stands for the run as read with the claim.
 #[allow(clippy::too_many_arguments)]
 async fn claim(
     deps: &Deps,
     stepper: Option<&Stepper>,
     worker: &WorkerId,
     d: &Dispatch,
+    fresh: Option<&std::sync::Arc<orch_core::RunState>>,
     upstream_names: &[String],
     upstream_tasks: &[String],
     now: orch_core::Millis,
@@ -762,10 +767,20 @@ async fn claim(
         // as last saved (another process took the last step): its step will
         // start from the run as read with the claim.
         with_state: stepper.is_some_and(|s| !s.loop_here),
-        // Unless this process's engine saved the run's last step itself.
-        known_version: stepper.and_then(|s| s.engine.saved_version(&d.run_id)),
+        // Unless this process's engine saved the run's last step itself,
+        // or the run was just read whole.
+        known_version: stepper
+            .and_then(|s| s.engine.saved_version(&d.run_id))
+            .max(fresh.map(|f| f.run.version)),
     };
-    let claimed = deps.store.claim_attempt(&claim).await?;
+    let mut claimed = deps.store.claim_attempt(&claim).await?;
+    if let Some(c) = &mut claimed
+        && c.state.is_none()
+        && let Some(fresh) = fresh.filter(|f| Some(f.run.version) == claim.known_version)
+        && claim.with_state
+    {
+        c.state = Some((**fresh).clone());
+    }
     if let Some(c) = &claimed {
         debug!(
             run = %d.run_id,
@@ -959,11 +974,13 @@ static PLANS: std::sync::LazyLock<
 /// Bound on cached plans; the cache is cleared when it is reached.
 const MAX_CACHED_PLANS: usize = 4096;
 
+/// The plan of `run_id`, cached or read (then `true`: the whole run as it
+/// is now).
 async fn plan_of(
     deps: &Deps,
     run_id: &RunId,
     task_id: &str,
-) -> orch_store::Result<std::sync::Arc<orch_core::RunState>> {
+) -> orch_store::Result<(std::sync::Arc<orch_core::RunState>, bool)> {
     let key_hit = {
         let plans = PLANS.lock().unwrap_or_else(|p| p.into_inner());
         plans
@@ -972,7 +989,7 @@ async fn plan_of(
             .cloned()
     };
     if let Some(hit) = key_hit {
-        return Ok(hit);
+        return Ok((hit, false));
     }
     let state = std::sync::Arc::new(deps.store.load_run(run_id).await?);
     let mut plans = PLANS.lock().unwrap_or_else(|p| p.into_inner());
@@ -980,7 +997,7 @@ async fn plan_of(
         plans.clear();
     }
     plans.insert(run_id.clone(), state.clone());
-    Ok(state)
+    Ok((state, true))
 }
 
 fn failed(error: String, retryable: bool) -> AttemptResult {
