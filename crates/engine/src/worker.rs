@@ -431,9 +431,10 @@ impl Engine {
 }
 
 /// Claim (unless handed over), run and commit an attempt. With `peek`, the
-/// worker's queue is looked at before the commit: a message there goes to
-/// `peek.slot` (to run next), otherwise the completion's step may hand this
-/// worker a task under `permits`, which is returned.
+/// worker's queue is looked at before the commit (unless another loop waits
+/// on it): a message there goes to `peek.slot`, to run after any handed
+/// task; the completion's step may hand this worker a task under `permits`
+/// (the module's "Hand-off" says which), which is returned.
 #[allow(clippy::too_many_arguments)]
 async fn execute(
     deps: &Deps,
