@@ -90,11 +90,15 @@ fn role_tag(e: &Event) -> String {
 fn line_for(e: &Event) -> Option<String> {
     let task = e.task_id.as_deref().unwrap_or("");
     let text = match e.kind {
-        EventKind::TaskQueued => format!(
-            "{} {task:<32} queued on {}",
-            role_tag(e),
-            e.data["queue"].as_str().unwrap_or("")
-        ),
+        EventKind::TaskQueued => match e.data["handed_to"].as_str() {
+            // Saved claimed by the worker that completed the task before.
+            Some(_) => format!("{} {task:<32} handed over (not queued)", role_tag(e)),
+            None => format!(
+                "{} {task:<32} queued on {}",
+                role_tag(e),
+                e.data["queue"].as_str().unwrap_or("")
+            ),
+        },
         EventKind::TaskSucceeded => format!(
             "      {task:<32} ✓ {}",
             e.message

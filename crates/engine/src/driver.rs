@@ -650,6 +650,21 @@ fn hand_over(
     task.finished_at = None;
     let task = task.clone();
     let dispatch = decided.dispatches.remove(at);
+    // The machine's `task_queued` event says where the task was queued; it
+    // was handed over instead, and says so.
+    if let Some(queued) = decided
+        .events
+        .iter_mut()
+        .find(|e| e.kind == EventKind::TaskQueued && e.task_id.as_deref() == Some(task.id.as_str()))
+    {
+        queued.message = format!(
+            "handed to worker {} (attempt {}; not published on {})",
+            owner.0,
+            task.attempt,
+            task.role.queue()
+        );
+        queued.data["handed_to"] = Value::String(owner.0.clone());
+    }
     decided.events.push(orch_store::task_started_event(
         &task.id,
         &owner.0,
@@ -791,6 +806,17 @@ mod tests {
         let started = decided.events.last().unwrap();
         assert_eq!(started.kind, EventKind::TaskStarted);
         assert_eq!(started.data["owner"], next.owner.0.as_str());
+        let queued = decided
+            .events
+            .iter()
+            .find(|e| e.kind == EventKind::TaskQueued)
+            .expect("the machine's task_queued event");
+        assert_eq!(queued.data["handed_to"], next.owner.0.as_str());
+        assert!(
+            queued.message.starts_with("handed to worker"),
+            "{}",
+            queued.message
+        );
 
         // Its permit is held: another step hands nothing over.
         let (before, mut decided) = first_step();
