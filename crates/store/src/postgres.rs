@@ -430,21 +430,7 @@ impl PostgresStore {
             tracing::debug!(run = %fence.run_id, "step after a completion no longer applies");
         }
         let inputs = match version {
-            Some(_) if reading => {
-                let rows = |name| -> Result<Vec<JsonRow>> {
-                    JsonRow::parse_all(col::<Option<String>>(&row, name)?.as_deref())
-                };
-                Some(AttemptInputs {
-                    messages: rows("r_messages")?
-                        .iter()
-                        .map(event_from_row)
-                        .collect::<Result<_>>()?,
-                    upstream: rows("r_upstream")?
-                        .iter()
-                        .map(artifact_from_row)
-                        .collect::<Result<_>>()?,
-                })
-            }
+            Some(_) if reading => Some(inputs_from_row(&row)?),
             _ => None,
         };
         Ok(Stepped {
@@ -514,16 +500,11 @@ impl PostgresStore {
             row: &row,
             prefix: "r_",
         })?;
-        let rows = |name| -> Result<Vec<JsonRow>> {
-            JsonRow::parse_all(col::<Option<String>>(&row, name)?.as_deref())
-        };
+        let AttemptInputs { messages, upstream } = inputs_from_row(&row)?;
         Ok(Some(Claimed {
             task: task_from_row(&row)?,
             run,
-            messages: rows("r_messages")?
-                .iter()
-                .map(event_from_row)
-                .collect::<Result<_>>()?,
+            messages,
             gates: col::<Option<String>>(&row, "r_gates")?
                 .map(|gates| {
                     let mut gates = JsonRow::parse_all(Some(&gates))?
@@ -534,10 +515,7 @@ impl PostgresStore {
                     Ok::<_, Error>(gates)
                 })
                 .transpose()?,
-            upstream: rows("r_upstream")?
-                .iter()
-                .map(artifact_from_row)
-                .collect::<Result<_>>()?,
+            upstream,
         }))
     }
 
@@ -553,6 +531,25 @@ impl PostgresStore {
 }
 
 /// What a claim statement returns.
+/// What a worker reads, as a claim (claim_task.sql) or a completion that
+/// saved a task claimed (call_complete_step_reading.sql) returns it: JSON
+/// arrays of rows in `r_messages` and `r_upstream` (NULL for none).
+fn inputs_from_row(row: &PgRow) -> Result<AttemptInputs> {
+    let rows = |name| -> Result<Vec<JsonRow>> {
+        JsonRow::parse_all(col::<Option<String>>(row, name)?.as_deref())
+    };
+    Ok(AttemptInputs {
+        messages: rows("r_messages")?
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<_>>()?,
+        upstream: rows("r_upstream")?
+            .iter()
+            .map(artifact_from_row)
+            .collect::<Result<_>>()?,
+    })
+}
+
 struct Claimed {
     task: Task,
     run: Run,

@@ -709,6 +709,17 @@ impl SqliteStore {
     }
 }
 
+/// Add a row of attempt_inputs.sql (`part` 'message' or 'artifact') to
+/// `inputs`; `false` for a row of another part.
+fn add_input(inputs: &mut AttemptInputs, part: &str, row: &SqliteRow) -> Result<bool> {
+    match part {
+        "message" => inputs.messages.push(event_from_row(row)?),
+        "artifact" => inputs.upstream.push(artifact_from_row(row)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// An exclusive lock held while this process migrates the database at
 /// `location`, on a sidecar file `<database>.migrate-lock` (flock). Not on
 /// the database file itself: closing any extra descriptor of a SQLite file
@@ -1531,8 +1542,7 @@ impl Store for SqliteStore {
                     stepped.version = Some(col(row, "version")?);
                     stepped.current = col(row, "current")?;
                 }
-                "message" => inputs.messages.push(event_from_row(row)?),
-                "artifact" => inputs.upstream.push(artifact_from_row(row)?),
+                part if add_input(&mut inputs, part, row)? => {}
                 other => {
                     return Err(Error::Decode(format!(
                         "completion returned a row of part {other:?}"
@@ -1554,13 +1564,12 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let (mut task, mut run) = (None, None);
-        let (mut messages, mut upstream) = (Vec::new(), Vec::new());
+        let mut inputs = AttemptInputs::default();
         for row in &rows {
             match col::<String>(row, "part")?.as_str() {
                 "task" => task = Some(task_from_row(row)?),
                 "run" => run = Some(run_from_row(row)?),
-                "message" => messages.push(event_from_row(row)?),
-                "artifact" => upstream.push(artifact_from_row(row)?),
+                part if add_input(&mut inputs, part, row)? => {}
                 other => {
                     return Err(Error::Decode(format!(
                         "claim returned a row of part {other:?}"
@@ -1572,8 +1581,8 @@ impl Store for SqliteStore {
         Ok(Some(ClaimedAttempt {
             task: task.ok_or_else(|| missing("task"))?,
             run: run.ok_or_else(|| missing("run"))?,
-            messages,
-            upstream,
+            messages: inputs.messages,
+            upstream: inputs.upstream,
             // Declined: an engine in this process holds the run as it saved it.
             state: None,
         }))
