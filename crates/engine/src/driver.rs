@@ -458,19 +458,19 @@ impl Engine {
             totals.tokens_out = totals.tokens_out.max(run.tokens_out);
             outcome.apply_to(&mut before.tasks[i], &mut before.run, now);
             match Decided::from(&before, Input::Reconcile, now) {
-                Ok(decided) => Some((known.run.version, before, decided, in_flight)),
+                Ok(decided) => Some((known.run.version, decided, in_flight)),
                 Err(e) => {
                     debug!(run = %fence.run_id, error = %e, "no step with the completion");
                     None
                 }
             }
         });
-        let Some((expected_version, before, mut decided, in_flight)) = step else {
+        let Some((expected_version, mut decided, in_flight)) = step else {
             self.deps.store.complete_task(fence, outcome, now).await?;
             return Ok((true, None));
         };
         let lease_until = now + self.opts.lease_ttl.as_millis() as i64;
-        let handed = hand.and_then(|h| hand_over(&before, &mut decided, h, lease_until, now));
+        let handed = hand.and_then(|h| hand_over(&mut decided, h, lease_until, now));
         // What the handed task reads, read with the step.
         let upstream = handed.as_ref().map(|next| {
             let tasks = decided.after.upstream_of(&next.task.id);
@@ -623,7 +623,6 @@ impl Engine {
 /// conditional update; if the step is not saved, neither is the claim. The
 /// permit goes with the task; the run's version is set once it is saved.
 fn hand_over(
-    before: &RunState,
     decided: &mut Decided,
     hand: Hand<'_>,
     lease_until: orch_core::Millis,
@@ -636,6 +635,14 @@ fn hand_over(
         .filter(|(_, d)| !(hand.unwatched_only && hand.permits.watched(d.role)))
         .find_map(|(i, d)| hand.permits.try_take(d.role).map(|p| (i, p)))?;
     let d = &decided.dispatches[at];
+    // The step changes or adds the task it dispatches: that entry of its
+    // diff is saved claimed too.
+    let diffed = decided
+        .diff
+        .new_tasks
+        .iter_mut()
+        .chain(decided.diff.changed_tasks.iter_mut().map(|c| &mut c.task))
+        .find(|t| t.id == d.task_id)?;
     let task = decided
         .after
         .tasks
@@ -649,6 +656,7 @@ fn hand_over(
     task.started_at = Some(now);
     task.finished_at = None;
     let task = task.clone();
+    *diffed = task.clone();
     let dispatch = decided.dispatches.remove(at);
     // The machine's `task_queued` event says where the task was queued; it
     // was handed over instead, and says so.
@@ -670,7 +678,6 @@ fn hand_over(
         &owner.0,
         task.attempt,
     ));
-    decided.diff = StateDiff::between(before, &decided.after);
     Some(Next {
         dispatch,
         task,
@@ -751,7 +758,7 @@ mod tests {
     use super::*;
 
     /// A new `sdlc` run and the step that queues its first task.
-    fn first_step() -> (RunState, Decided) {
+    fn first_step() -> Decided {
         let wf = Workflow::builtin("sdlc").unwrap();
         let (state, _) = RunState::new_run(
             RunId::generate(),
@@ -764,7 +771,7 @@ mod tests {
         );
         let decided = Decided::from(&state, Input::Reconcile, 1_000).unwrap();
         assert_eq!(decided.dispatches.len(), 1, "the requirements task");
-        (state, decided)
+        decided
     }
 
     /// The step saves the handed task claimed by the worker, for its role,
@@ -783,8 +790,8 @@ mod tests {
             unwatched_only: false,
         };
 
-        let (before, mut decided) = first_step();
-        let next = hand_over(&before, &mut decided, hand, 31_000, 1_000).expect("handed over");
+        let mut decided = first_step();
+        let next = hand_over(&mut decided, hand, 31_000, 1_000).expect("handed over");
         assert!(decided.dispatches.is_empty(), "not published");
         assert_eq!(next.dispatch.role, ba);
         assert_eq!(next.owner, worker.as_role(ba));
@@ -819,8 +826,8 @@ mod tests {
         );
 
         // Its permit is held: another step hands nothing over.
-        let (before, mut decided) = first_step();
-        assert!(hand_over(&before, &mut decided, hand, 31_000, 1_000).is_none());
+        let mut decided = first_step();
+        assert!(hand_over(&mut decided, hand, 31_000, 1_000).is_none());
         assert_eq!(decided.dispatches.len(), 1, "still dispatched");
         drop(next);
 
@@ -830,18 +837,18 @@ mod tests {
             unwatched_only: true,
             ..hand
         };
-        assert!(hand_over(&before, &mut decided, unwatched, 31_000, 1_000).is_none());
-        assert!(hand_over(&before, &mut decided, hand, 31_000, 1_000).is_some());
+        assert!(hand_over(&mut decided, unwatched, 31_000, 1_000).is_none());
+        assert!(hand_over(&mut decided, hand, 31_000, 1_000).is_some());
         drop(waiting);
 
         // A role this process does not serve.
         let none = Permits::new(&[orch_core::Role::FrontendEngineer], 1);
-        let (before, mut decided) = first_step();
+        let mut decided = first_step();
         let other = Hand {
             permits: &none,
             ..hand
         };
-        assert!(hand_over(&before, &mut decided, other, 31_000, 1_000).is_none());
+        assert!(hand_over(&mut decided, other, 31_000, 1_000).is_none());
     }
 
     /// One holder of a run's turn at a time; other runs are not held up;

@@ -656,11 +656,12 @@ async fn execute(
         worker,
         unwatched_only: false,
     };
+    let can_hand = stepper.is_some() && permits.any();
     let hand = match peek {
         // A message already waits for this loop: it runs next.
         Some(peek) if peek.slot.is_some() => None,
-        Some(peek) if stepper.is_some() && permits.any() && permits.watched(peek.role) => Some(any),
-        Some(peek) if stepper.is_some() && permits.any() => {
+        Some(peek) if can_hand && permits.watched(peek.role) => Some(any),
+        Some(peek) if can_hand => {
             match deps
                 .broker
                 .receive(peek.role, peek.consumer, Duration::ZERO)
