@@ -484,6 +484,33 @@ pub async fn a_step_saves_a_task_claimed_and_reads_its_inputs(store: &dyn Store)
             .is_none(),
         "a dispatch of the handed task finds it claimed"
     );
+
+    // A step that cannot be saved (the same new task twice) with reads
+    // asked for: nothing is read, nothing handed over, and the completion
+    // still commits.
+    let (state, outcome, mut claimed) = claim_first(store).await;
+    let id = state.run.id.clone();
+    let mut twin = claimed.after.task("plan").expect("a planned task").clone();
+    twin.id = "twin".into();
+    claimed.diff.new_tasks = vec![twin.clone(), twin];
+    let step = Step {
+        inputs_of: Some(crate::InputsOf {
+            upstream: &names,
+            upstream_tasks: &writers,
+        }),
+        ..step_of(&state, &claimed, &[])
+    };
+    let stepped = store
+        .complete_and_save(&fence(&id, FIRST, 1, "w1"), &outcome, T0 + 30, &step)
+        .await
+        .expect("complete_and_save");
+    assert_eq!(stepped, Stepped::default(), "not saved, nothing read");
+    assert_eq!(
+        task(store, &id, FIRST).await.status,
+        TaskStatus::Succeeded,
+        "the completion commits alone"
+    );
+    assert_seqs_contiguous(store, &id).await;
 }
 
 /// The events of `kind` of run `id`, oldest first.
