@@ -376,3 +376,31 @@ fn a_review_that_keeps_failing_halts_the_run_until_a_person_waives_the_gate() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not waiting"), "{}", stderr(&out));
 }
+
+/// Processes that open one fresh database file at once (`serve`, workers
+/// and the CLI starting together) take turns from connecting to having
+/// migrated it: none fails with "database is locked" (a connection
+/// switching the new file to WAL, or a migration, used to make another
+/// opener's connect fail before its busy timeout applied; about one start
+/// in forty of five processes).
+#[test]
+fn processes_opening_a_fresh_database_at_once_all_succeed() {
+    for _ in 0..20 {
+        let env = Env::new();
+        let children: Vec<_> = (0..5)
+            .map(|_| {
+                env.cmd(&["init-db"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "init-db failed: {}", stderr(&out));
+        }
+        let runs = env.json(&["list", "--json"]);
+        assert_eq!(runs.as_array().map(Vec::len), Some(0), "{runs}");
+    }
+}

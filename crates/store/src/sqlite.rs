@@ -475,6 +475,12 @@ impl SqliteStore {
     }
 
     async fn open_with(url: &str, create: bool) -> Result<SqliteStore> {
+        // Processes that open the same file at once (`serve`, workers and
+        // the CLI starting together) take turns from connecting to having
+        // migrated it: a connection switching a fresh file to WAL, or a
+        // migration, can make another opener's connect fail with "locked"
+        // before its busy timeout applies.
+        let mut turn = None;
         let store = match parse_target(url)? {
             Target::Memory => {
                 let options = SqliteConnectOptions::from_str("sqlite::memory:")
@@ -507,6 +513,7 @@ impl SqliteStore {
                         ),
                     });
                 }
+                turn = migration_lock(&path.display().to_string()).await?;
                 let options = file_options(&path)
                     .create_if_missing(create)
                     .journal_mode(SqliteJournalMode::Wal)
@@ -534,12 +541,8 @@ impl SqliteStore {
                 }
             }
         };
-        {
-            // Processes that open the same fresh file at once (`serve`,
-            // workers and the CLI starting together) take turns migrating it.
-            let _turn = migration_lock(&store.location).await?;
-            store.migrate().await?;
-        }
+        store.migrate().await?;
+        drop(turn);
         let mut writer = store.conns.writer().await;
         sqlx::raw_sql(sql::PROCEDURES)
             .execute(conn(&mut writer)?)
@@ -720,7 +723,7 @@ fn add_input(inputs: &mut AttemptInputs, part: &str, row: &SqliteRow) -> Result<
     Ok(true)
 }
 
-/// An exclusive lock held while this process migrates the database at
+/// An exclusive lock held while this process opens and migrates the database at
 /// `location`, on a sidecar file `<database>.migrate-lock` (flock). Not on
 /// the database file itself: closing any extra descriptor of a SQLite file
 /// would release SQLite's own POSIX locks held by this process. In-memory
@@ -730,12 +733,21 @@ async fn migration_lock(location: &str) -> Result<Option<std::fs::File>> {
         return Ok(None);
     }
     let path = format!("{location}.migrate-lock");
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| Error::Migrate(format!("cannot open the migration lock {path}: {e}")))?;
+    {
+        Ok(file) => file,
+        // No folder: no database anyone could share; connecting says so.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Migrate(format!(
+                "cannot open the migration lock {path}: {e}"
+            )));
+        }
+    };
     tokio::task::spawn_blocking(move || file.lock().map(|()| file))
         .await
         .map_err(|e| Error::Migrate(format!("waiting for the migration lock: {e}")))?
