@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use orch_store::conformance;
-use orch_store::{Durability, Error, RunStore, SqliteStore, Store};
+use orch_store::{Durability, Error, JournalStore, RunStore, SqliteStore, Store};
 
 fn temp_db() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -290,4 +290,79 @@ async fn a_held_write_lock_is_reported_as_locked() {
         .create_run(&state, &events, conformance::T0)
         .await
         .expect("the lock is gone");
+}
+
+/// A database made by an earlier release (migrations 1 to 6) keeps its LLM
+/// call journal through migration 7, which rebuilds that table: every row,
+/// in recording order, and calls recorded afterwards come after them.
+#[tokio::test]
+async fn an_older_database_keeps_its_journal_through_the_upgrade() {
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+
+    let (dir, url) = temp_db();
+    let earlier = dir.path().join("earlier-migrations");
+    std::fs::create_dir(&earlier).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() < "0007" {
+            std::fs::copy(&path, earlier.join(&name)).unwrap();
+        }
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("orchestrator.db"))
+        .create_if_missing(true);
+    let mut old = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&mut old)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO runs (id, goal, context, workflow, status, success_criteria, settings, \
+         provider, created_at, updated_at) \
+         VALUES ('r1', 'g', '{}', 'sdlc', 'RUNNING', '[]', '{}', 'scripted', 1, 1)",
+    )
+    .execute(&mut old)
+    .await
+    .unwrap();
+    for (task, step) in [("t1", 0), ("t2", 0), ("t1", 1)] {
+        sqlx::query(
+            "INSERT INTO llm_calls (run_id, task_id, attempt, step, request_hash, provider, \
+             model, request, response, created_at) \
+             VALUES ('r1', ?1, 1, ?2, 'h-' || ?1 || ?2, 'scripted', 'scripted', '{}', '{}', 1)",
+        )
+        .bind(task)
+        .bind(step)
+        .execute(&mut old)
+        .await
+        .unwrap();
+    }
+    old.close().await.unwrap();
+
+    let store = SqliteStore::open(&url).await.expect("upgrade");
+    let run = orch_core::RunId("r1".to_string());
+    let calls = store.list_llm_calls(&run).await.expect("list");
+    let order: Vec<_> = calls.iter().map(|c| (c.task_id.as_str(), c.step)).collect();
+    assert_eq!(order, [("t1", 0), ("t2", 0), ("t1", 1)]);
+    let found = store
+        .find_llm_call(&run, "t1", "h-t11")
+        .await
+        .expect("find")
+        .expect("journaled before the upgrade");
+    assert_eq!(found.step, 1);
+    let mut next = found.clone();
+    next.task_id = "t0".into();
+    next.step = 0;
+    store.record_llm_call(&next).await.expect("record");
+    let calls = store.list_llm_calls(&run).await.expect("list");
+    assert_eq!(
+        calls.last().map(|c| c.task_id.as_str()),
+        Some("t0"),
+        "a call recorded after the upgrade comes after the earlier ones"
+    );
+    assert_eq!(calls.len(), 4);
 }

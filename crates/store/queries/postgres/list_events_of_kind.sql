@@ -1,4 +1,6 @@
--- list_events with a kind ($4): an indexed read (events_by_kind). $3 NULL
+-- list_events with a kind ($4): the run's events in order (the primary key),
+-- those of the kind kept (channel messages have an index of their own,
+-- events_channel_messages, when the plan knows the kind). $3 NULL
 -- means no limit. As list_events.sql: no row if the run does not exist, one
 -- row with NULL event columns if it has no such events.
 SELECT e.run_id, e.seq, e.kind, e.task_id, e.message, e.data, e.created_at

@@ -1,4 +1,6 @@
--- list_events with a kind (?4): an indexed read (events_by_kind); ?3 = -1
+-- list_events with a kind (?4): the run's events in order (the primary key),
+-- those of the kind kept (channel messages have an index of their own, which
+-- the inbox reads use: attempt_inputs.sql); ?3 = -1
 -- means no limit. The run row comes first: a run without such events gives
 -- one row of NULL event columns (and an unknown run none), so no second read
 -- is needed to tell them apart.
