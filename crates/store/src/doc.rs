@@ -399,6 +399,23 @@ pub(crate) fn complete_step_docs(
     Ok((doc, artifacts, step))
 }
 
+/// What a completion's step reads for the task it saves claimed, as a
+/// document of its own (SQLite's `call_complete_step_reading.sql`):
+/// `{run_id, upstream, upstream_tasks}`, as a claim's document names them.
+pub(crate) fn reads_doc(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<String> {
+    #[derive(Serialize)]
+    struct Reads<'a> {
+        run_id: &'a str,
+        upstream: &'a [String],
+        upstream_tasks: &'a [String],
+    }
+    to_json(&Reads {
+        run_id: run_id.as_str(),
+        upstream: of.upstream,
+        upstream_tasks: of.upstream_tasks,
+    })
+}
+
 /// `proc_complete_task` (the artifacts go separately, as `?2`).
 #[derive(Debug, Serialize)]
 pub(crate) struct CompleteDoc<'a> {

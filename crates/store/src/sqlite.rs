@@ -61,7 +61,7 @@ use orch_core::{
 use serde::Serialize;
 
 use crate::doc::{
-    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc,
+    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, reads_doc, save_doc,
     started_event, to_json, token_param,
 };
 use sqlx::sqlite::{
@@ -184,7 +184,8 @@ mod sql {
     pub const COMPLETE_TASK: &str = files!("call_complete_task.sql");
     /// A completion and the engine step that follows, then the new version.
     pub const COMPLETE_STEP: &str = files!("call_complete_step.sql");
-    pub const COMPLETE_STEP_READING: &str = files!("call_complete_step.sql", "attempt_inputs.sql");
+    pub const COMPLETE_STEP_READING: &str =
+        files!("call_complete_step_reading.sql", "attempt_inputs.sql");
 }
 
 type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
@@ -1531,7 +1532,8 @@ impl Store for SqliteStore {
                 .text(doc)
                 .text(artifacts)
                 .text(step_doc),
-            Some(_) => Write::new(sql::COMPLETE_STEP_READING)
+            Some(of) => Write::new(sql::COMPLETE_STEP_READING)
+                .text(reads_doc(&fence.run_id, of)?)
                 .text(doc)
                 .text(artifacts)
                 .text(step_doc),

@@ -2,10 +2,11 @@
 -- in the same call as the write that gave it the attempt: after a claim
 -- (call_claim_task.sql, claim_run.sql; only reached if the claim succeeded)
 -- or after a completion whose step saved the task claimed
--- (call_complete_step.sql, Step::inputs_of; rows even if the step was not
--- saved, which the store then ignores). The writer's page cache is warm,
--- where a reader's starts cold after every commit. ?1 is the claim's or the
--- completion's document: the run's channel messages, and the latest version
+-- (call_complete_step_reading.sql, Step::inputs_of; rows even if the step
+-- was not saved, which the store then ignores). The writer's page cache is
+-- warm, where a reader's starts cold after every commit. ?1 is the claim's
+-- document or the completion's reads: the run's channel messages (the
+-- partial index events_channel_messages), and the latest version
 -- of each (name, path) of the upstream artifacts whose names are in
 -- ?1 -> 'upstream', among those written by the tasks in
 -- ?1 -> 'upstream_tasks' (see list_latest_artifacts_named.sql). `part`
