@@ -26,10 +26,12 @@
 //!   re-checks the clause against the row as committed by the winner, so of
 //!   concurrent claims exactly one matches. When a check fails the whole
 //!   transaction is rolled back: nothing is written.
-//! - Reads are single statements without a transaction. [`RunStore::load_run`]
-//!   reads the run row before its tasks and gates: a save committed in between
-//!   at worst pairs an older version with newer tasks, and a save from that
-//!   state fails its version check (reload and retry), as with SQLite.
+//! - Reads are single statements without a transaction ([`RunStore::load_run`]
+//!   reads the run, its gates and its tasks in one, a single snapshot). Where
+//!   a run is read in two (a claim's row and gates, then the tasks), the row
+//!   comes first: a save committed in between at worst pairs an older version
+//!   with newer tasks, and a save from that state fails its version check
+//!   (reload and retry), as with SQLite.
 //!
 //! Serialization failures and deadlocks (SQLSTATE 40001, 40P01), which the
 //! lock order above should never produce, are retried a few times and then
@@ -116,7 +118,7 @@ mod sql {
     pub const RUN_EXISTS: &str = file!("run_exists.sql");
     pub const LIST_TASKS: &str = file!("list_tasks.sql");
     pub const LOAD_RUN_TASKS: &str = file!("load_run_tasks.sql");
-    pub const LIST_GATES: &str = file!("list_gates.sql");
+    pub const LOAD_RUN: &str = file!("load_run.sql");
     pub const EXPIRED_LEASES: &str = file!("expired_leases.sql");
     pub const RUNNING_TASKS: &str = file!("running_tasks.sql");
     pub const STALE_QUEUED: &str = file!("stale_queued.sql");
@@ -796,34 +798,29 @@ impl RunStore for PostgresStore {
         })
     }
 
+    /// One statement (load_run.sql): the run, its gates and its tasks in
+    /// one round trip and one snapshot.
     async fn load_run(&self, id: &RunId) -> Result<RunState> {
-        // The run row first, then its tasks and gates, on one connection
-        // (see the module documentation for why no transaction is needed).
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db_err(e))?;
-        let row = sqlx::query(sql::GET_RUN)
-            .bind(id.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| self.db_err(e))?
-            .ok_or_else(|| Error::RunNotFound(id.to_string()))?;
-        let run = run_from_row(&row)?;
-        let tasks = sqlx::query(sql::LIST_TASKS)
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| self.db_err(e))?
-            .iter()
-            .map(task_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let mut gates = sqlx::query(sql::LIST_GATES)
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| self.db_err(e))?
+        let rows = self
+            .read_all(sqlx::query(sql::LOAD_RUN).bind(id.as_str()))
+            .await?;
+        let Some(first) = rows.first() else {
+            return Err(Error::RunNotFound(id.to_string()));
+        };
+        let run = run_from_row(&Prefixed {
+            row: first,
+            prefix: "r_",
+        })?;
+        let mut gates = JsonRow::parse_all(col::<Option<String>>(first, "r_gates")?.as_deref())?
             .iter()
             .map(gate_from_row)
             .collect::<Result<Vec<_>>>()?;
         gates.sort_by_key(|g: &Gate| g.kind.order());
+        let tasks = if col::<Option<String>>(first, "id")?.is_some() {
+            rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         Ok(RunState { run, tasks, gates })
     }
 
@@ -1306,7 +1303,7 @@ impl Store for PostgresStore {
             return Ok(None);
         };
         // The whole run: its row and gates as the claim read them, then its
-        // tasks (load_run's order: the row before the tasks).
+        // tasks (the row before the tasks: see the module documentation).
         let state = match gates {
             Some(gates) => Some(RunState {
                 run: run.clone(),
