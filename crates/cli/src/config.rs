@@ -13,6 +13,9 @@ use orch_core::RunSettings;
 pub struct Config {
     /// `DATABASE_URL`: `sqlite://PATH` (default `sqlite://orchestrator.db`) or `postgres://...`.
     pub database_url: String,
+    /// `DATABASE_POOL_SIZE`: connections of this process to PostgreSQL (default:
+    /// the machine's cores + 1, at least 2, at most 16).
+    pub database_pool_size: Option<u32>,
     /// `REDIS_URL`: Redis Streams role queues (distributed mode); in-process queues when unset.
     pub redis_url: Option<String>,
     /// `QUEUE_PREFIX`: prefix of the Redis keys (default none: streams are `q_ba` ... `q_sec`).
@@ -101,12 +104,26 @@ impl Config {
         if timeout_secs == 0 {
             bail!("TASK_TIMEOUT_SECONDS must be at least 1");
         }
+        let database_pool_size = match var("DATABASE_POOL_SIZE") {
+            None => None,
+            Some(_) => {
+                let max = orch_store::postgres::MAX_POOL_SIZE;
+                let n: u32 = parse_num("DATABASE_POOL_SIZE", 0)?;
+                if !(1..=max).contains(&n) {
+                    bail!(
+                        "DATABASE_POOL_SIZE must be between 1 and {max}; unset it for the default"
+                    );
+                }
+                Some(n)
+            }
+        };
         let lease_secs: f64 = parse_num("LEASE_TTL_SECONDS", 30.0)?;
         if !(0.2..=3600.0).contains(&lease_secs) {
             bail!("LEASE_TTL_SECONDS must be between 0.2 and 3600");
         }
         Ok(Config {
             database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://orchestrator.db".into()),
+            database_pool_size,
             redis_url: var("REDIS_URL"),
             queue_prefix: var("QUEUE_PREFIX").unwrap_or_default(),
             provider: var("LLM_PROVIDER"),

@@ -16,7 +16,10 @@ static OPENED: std::sync::Mutex<Vec<Arc<dyn Store>>> = std::sync::Mutex::new(Vec
 
 /// Open the store named by `DATABASE_URL`, creating and migrating it if needed.
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>> {
-    let store = orch_store::connect(&cfg.database_url)
+    let options = orch_store::StoreOptions {
+        pool_size: cfg.database_pool_size,
+    };
+    let store = orch_store::connect_with(&cfg.database_url, &options)
         .await
         .with_context(|| format!("opening DATABASE_URL={}", redact_url(&cfg.database_url)))?;
     OPENED

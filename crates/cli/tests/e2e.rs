@@ -404,3 +404,30 @@ fn processes_opening_a_fresh_database_at_once_all_succeed() {
         assert_eq!(runs.as_array().map(Vec::len), Some(0), "{runs}");
     }
 }
+
+/// A pool size out of range is refused, in one line naming the variable
+/// and the fix, before anything is opened.
+#[test]
+fn a_bad_database_pool_size_is_refused_before_anything_is_opened() {
+    let env = Env::new();
+    for value in ["0", "17", "many"] {
+        let out = env
+            .cmd(&["init-db"])
+            .env("DATABASE_POOL_SIZE", value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "DATABASE_POOL_SIZE={value} accepted");
+        let err = stderr(&out);
+        assert!(err.contains("DATABASE_POOL_SIZE"), "{value}: {err}");
+        assert!(err.contains("unset it"), "{value}: says the fix: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!env.db().exists(), "nothing opened for {value}");
+    }
+    env.cmd(&["init-db"])
+        .env("DATABASE_POOL_SIZE", "3")
+        .status()
+        .unwrap()
+        .success()
+        .then_some(())
+        .expect("a size in range is accepted");
+}

@@ -803,23 +803,39 @@ pub fn task_started_event(task_id: &str, owner: &str, attempt: u32) -> NewEvent 
 /// bare path; or `postgres://...` / `postgresql://...` (an existing
 /// database, migrated on connect).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
-    open(url, true).await
+    open(url, true, &StoreOptions::default()).await
+}
+
+/// How a store is opened beyond its URL.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Connections of a PostgreSQL store's pool (`DATABASE_POOL_SIZE`;
+    /// `None`: [`postgres::default_pool_size`]). SQLite has one write
+    /// connection whatever this says.
+    pub pool_size: Option<u32>,
+}
+
+/// [`connect`] with [`StoreOptions`].
+pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    open(url, true, options).await
 }
 
 /// Like [`connect`], but a missing SQLite file is an [`Error::Connect`]
 /// instead of being created (for read-only commands). PostgreSQL databases
 /// are never created by the store, so this is [`connect`] for them.
 pub async fn connect_existing(url: &str) -> Result<Arc<dyn Store>> {
-    open(url, false).await
+    open(url, false, &StoreOptions::default()).await
 }
 
-async fn open(url: &str, create: bool) -> Result<Arc<dyn Store>> {
+async fn open(url: &str, create: bool, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let scheme = url
         .trim()
         .split_once("://")
         .map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
-        Some("postgres" | "postgresql") => Ok(Arc::new(PostgresStore::connect(url).await?)),
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            PostgresStore::connect_with(url, options.pool_size).await?,
+        )),
         None | Some("sqlite") => {
             let store = if create {
                 SqliteStore::open(url).await?

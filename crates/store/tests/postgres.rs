@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use orch_core::{Action, EventKind, Input, NewEvent, RunState, StateDiff, machine};
 use orch_store::conformance::{self, T0};
-use orch_store::{Durability, Error, EventQuery, PostgresStore, RunStore, Store};
+use orch_store::{Durability, Error, EventQuery, EventStore, PostgresStore, RunStore, Store};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -667,5 +667,40 @@ async fn a_claim_reads_the_whole_run_of_a_run_without_gates() {
         store.load_run(&queued.run.id).await.expect("load_run")
     );
 
+    store.close().await;
+}
+
+/// A pool of one connection (`DATABASE_POOL_SIZE=1`) serves operations made
+/// at once: they take turns for the connection, none fails.
+#[tokio::test]
+async fn a_pool_of_one_connection_serves_operations_made_at_once() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = Arc::new(
+        PostgresStore::connect_with(&db.url, Some(1))
+            .await
+            .expect("connect"),
+    );
+    let ops: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (state, events) = conformance::new_run(T0);
+                store.create_run(&state, &events, T0).await?;
+                let loaded = store.load_run(&state.run.id).await?;
+                assert_eq!(loaded.tasks.len(), state.tasks.len());
+                assert_eq!(loaded.gates.len(), state.gates.len());
+                store
+                    .list_events(&state.run.id, EventQuery::default())
+                    .await
+                    .map(|e| e.len())
+            })
+        })
+        .collect();
+    for op in ops {
+        let events = op.await.expect("joined").expect("served");
+        assert!(events > 0, "the run's creation events");
+    }
     store.close().await;
 }
