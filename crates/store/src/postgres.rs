@@ -535,14 +535,7 @@ impl PostgresStore {
             run,
             messages,
             gates: col::<Option<String>>(&row, "r_gates")?
-                .map(|gates| {
-                    let mut gates = JsonRow::parse_all(Some(&gates))?
-                        .iter()
-                        .map(gate_from_row)
-                        .collect::<Result<Vec<_>>>()?;
-                    gates.sort_by_key(|g: &Gate| g.kind.order());
-                    Ok::<_, Error>(gates)
-                })
+                .map(|gates| gates_from_json(&gates))
                 .transpose()?,
             upstream,
         }))
@@ -559,7 +552,17 @@ impl PostgresStore {
     }
 }
 
-/// What a claim statement returns.
+/// A run's gates in gate order, from a JSON array of rows (`r_gates` of
+/// claim_task.sql and load_run.sql).
+fn gates_from_json(text: &str) -> Result<Vec<Gate>> {
+    let mut gates = JsonRow::parse_all(Some(text))?
+        .iter()
+        .map(gate_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    gates.sort_by_key(|g| g.kind.order());
+    Ok(gates)
+}
+
 /// What a worker reads, as a claim (claim_task.sql) or a completion that
 /// saved a task claimed (call_complete_step_reading.sql) returns it: JSON
 /// arrays of rows in `r_messages` and `r_upstream` (NULL for none).
@@ -579,6 +582,7 @@ fn inputs_from_row(row: &PgRow) -> Result<AttemptInputs> {
     })
 }
 
+/// What a claim statement returns.
 struct Claimed {
     task: Task,
     run: Run,
@@ -838,11 +842,7 @@ impl RunStore for PostgresStore {
             row: first,
             prefix: "r_",
         })?;
-        let mut gates = JsonRow::parse_all(col::<Option<String>>(first, "r_gates")?.as_deref())?
-            .iter()
-            .map(gate_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        gates.sort_by_key(|g: &Gate| g.kind.order());
+        let gates = gates_from_json(&col::<String>(first, "r_gates")?)?;
         let tasks = if col::<Option<String>>(first, "id")?.is_some() {
             rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?
         } else {
