@@ -1526,7 +1526,13 @@ impl Store for SqliteStore {
         now: Millis,
         step: &Step<'_>,
     ) -> Result<Stepped> {
-        let (doc, artifacts, step_doc) = complete_step_docs(fence, outcome, now, step)?;
+        // The reads take a document of their own (`reads_doc`): the
+        // completion's need not name them too.
+        let without_reads = Step {
+            inputs_of: None,
+            ..*step
+        };
+        let (doc, artifacts, step_doc) = complete_step_docs(fence, outcome, now, &without_reads)?;
         let write = match step.inputs_of {
             None => Write::new(sql::COMPLETE_STEP)
                 .text(doc)
