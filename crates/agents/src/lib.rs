@@ -146,6 +146,9 @@ pub struct Agents {
     /// Every template, loaded and parsed once; rendering only reads it.
     env: Environment<'static>,
     tools: ToolExecutor,
+    /// Each role's system prompt, rendered once (it depends only on the role
+    /// and its allowlist).
+    system: std::collections::BTreeMap<Role, String>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -166,12 +169,14 @@ impl Agents {
     /// system prompt is rendered once here, so template errors surface at
     /// start-up rather than in the middle of a run.
     pub fn with_tools(executor: ToolExecutor) -> Result<Agents, AgentError> {
-        let agents = Agents {
+        let mut agents = Agents {
             env: prompts::environment()?,
             tools: executor,
+            system: Default::default(),
         };
         for role in Role::ALL {
-            agents.system_prompt(role)?;
+            let prompt = prompts::system_prompt(&agents.env, role, agents.abilities(role))?;
+            agents.system.insert(role, prompt);
         }
         Ok(agents)
     }
@@ -183,13 +188,24 @@ impl Agents {
 
     /// The system prompt of `role`.
     pub fn system_prompt(&self, role: Role) -> Result<String, AgentError> {
-        prompts::system_prompt(&self.env, role, self.abilities(role))
+        match self.system.get(&role) {
+            Some(prompt) => Ok(prompt.clone()),
+            None => prompts::system_prompt(&self.env, role, self.abilities(role)),
+        }
     }
 
     /// The user message of a task: goal, context, instructions, findings,
     /// upstream artifacts, team channel messages, expected artifacts and the
     /// output format reminder.
     pub fn task_message(&self, input: &TaskInput<'_>) -> Result<String, AgentError> {
+        Ok(self.task_message_apart(input)?.full(input.upstream))
+    }
+
+    /// [`Agents::task_message`] with the upstream artifacts it quotes apart.
+    pub(crate) fn task_message_apart(
+        &self,
+        input: &TaskInput<'_>,
+    ) -> Result<prompts::TaskMessage, AgentError> {
         prompts::task_message(&self.env, input, self.abilities(input.task.role))
     }
 

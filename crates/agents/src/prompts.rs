@@ -9,7 +9,7 @@
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
-use orch_core::{Role, Task, ValidationRule};
+use orch_core::{Artifact, Role, Task, ValidationRule};
 use serde_json::{Value, json};
 
 use crate::{AgentError, ChannelPost, TaskInput};
@@ -209,10 +209,104 @@ fn describe_rules(task: &Task) -> Vec<String> {
         .collect()
 }
 
+/// A task message with the upstream artifacts it quotes apart: `stored` is
+/// the message without them, `quotes` where each goes back (a byte offset in
+/// `stored`, an index into the task's upstream), in increasing order of
+/// offset. The `llm_request` event stores it so ([`orch_core::elision`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskMessage {
+    pub stored: String,
+    pub quotes: Vec<(usize, usize)>,
+}
+
+impl TaskMessage {
+    /// The whole message, as the model reads it.
+    pub fn full(&self, upstream: &[Artifact]) -> String {
+        let quotes = self
+            .quotes
+            .iter()
+            .map(|&(at, i)| (at, upstream[i].content.as_str()));
+        orch_core::elision::splice(&self.stored, quotes)
+            .expect("offsets of a rendered message are in order, on boundaries")
+    }
+}
+
+/// What marks the place of a quoted artifact while the task message is
+/// rendered: this, the artifact's index, and `\u{1}`. It starts with a
+/// control character and holds a number drawn per process, so no text of a
+/// run (goal, findings, messages) can hold it by chance; if one did, the
+/// message is rendered again with the quotes in place.
+fn quote_mark() -> &'static str {
+    use std::hash::{BuildHasher, Hasher};
+    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| {
+        let n = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("\u{1}quote-{n:016x}-")
+    })
+}
+
+/// Take the quote marks out of a rendered message: `None` unless each of
+/// the `marked` artifacts (indexes into the upstream whose content was
+/// replaced by its mark) has exactly one well-formed mark, as the template
+/// quotes each once, and there is no other.
+fn cut_quotes(rendered: &str, marked: &[bool]) -> Option<TaskMessage> {
+    let mark = quote_mark();
+    let mut stored = String::with_capacity(rendered.len());
+    let mut quotes = Vec::new();
+    let mut seen = vec![false; marked.len()];
+    let mut rest = rendered;
+    while let Some(at) = rest.find(mark) {
+        stored.push_str(&rest[..at]);
+        let after = &rest[at + mark.len()..];
+        let end = after.find('\u{1}')?;
+        let i: usize = after[..end].parse().ok()?;
+        if !marked.get(i).copied().unwrap_or(false) || std::mem::replace(&mut seen[i], true) {
+            return None;
+        }
+        quotes.push((stored.len(), i));
+        rest = &after[end + 1..];
+    }
+    if seen != marked {
+        return None;
+    }
+    stored.push_str(rest);
+    Some(TaskMessage { stored, quotes })
+}
+
 pub(crate) fn task_message(
     env: &Environment<'static>,
     input: &TaskInput<'_>,
     can: Abilities,
+) -> Result<TaskMessage, AgentError> {
+    // Long contents go in as marks, cut out after rendering: the template
+    // engine copies a few short marks instead of every artifact, and the
+    // event gets the message without them for free.
+    let marked: Vec<bool> = input
+        .upstream
+        .iter()
+        .map(|a| a.content.len() >= orch_core::elision::MIN_ELIDED_LEN)
+        .collect();
+    let rendered = render_task_message(env, input, can, &marked)?;
+    if let Some(message) = cut_quotes(&rendered, &marked) {
+        return Ok(message);
+    }
+    tracing::warn!(task = %input.task.id, "a text of the run holds a quote mark; the prompt is stored whole");
+    let unmarked = vec![false; marked.len()];
+    Ok(TaskMessage {
+        stored: render_task_message(env, input, can, &unmarked)?,
+        quotes: Vec::new(),
+    })
+}
+
+/// The task message, with the content of each upstream artifact `marked`
+/// replaced by its quote mark.
+fn render_task_message(
+    env: &Environment<'static>,
+    input: &TaskInput<'_>,
+    can: Abilities,
+    marked: &[bool],
 ) -> Result<String, AgentError> {
     let task = input.task;
     let context = if input.run.context.is_null() {
@@ -223,10 +317,17 @@ pub(crate) fn task_message(
     let upstream: Vec<Value> = input
         .upstream
         .iter()
-        .map(|a| {
+        .zip(marked)
+        .enumerate()
+        .map(|(i, (a, &mark))| {
+            let content = if mark {
+                format!("{}{i}\u{1}", quote_mark())
+            } else {
+                a.content.clone()
+            };
             json!({
                 "name": a.name, "kind": a.kind, "path": a.path, "version": a.version,
-                "task_id": a.task_id, "content": a.content,
+                "task_id": a.task_id, "content": content,
             })
         })
         .collect();
@@ -321,5 +422,88 @@ mod tests {
         let text = shown[0]["text"].as_str().unwrap();
         assert!(text.ends_with("… (shortened)") && text.len() < MAX_SHOWN_MESSAGE_BYTES + 20);
         assert_eq!(shown_messages(&[]).0.len(), 0);
+    }
+
+    #[test]
+    fn quote_marks_are_cut_only_when_each_is_well_formed_and_known() {
+        let mark = quote_mark();
+        let rendered = format!("a{mark}0\u{1}b{mark}2\u{1}c");
+        let cut = cut_quotes(&rendered, &[true, false, true]).expect("well formed");
+        assert_eq!(cut.stored, "abc");
+        assert_eq!(cut.quotes, [(1, 0), (2, 2)]);
+        assert_eq!(cut_quotes("no marks", &[false]).unwrap().quotes, []);
+        for bad in [
+            format!("{mark}1\u{1}{mark}1\u{1}"), // two for 1
+            format!("{mark}1\u{1}{mark}2\u{1}"), // no such artifact
+            format!("{mark}1\u{1}{mark}0\u{1}"), // its content was not replaced
+            format!("{mark}x\u{1}"),             // not a number
+            format!("{mark}1 open"),             // never closed
+            "no mark for 1".to_string(),
+        ] {
+            assert_eq!(cut_quotes(&bad, &[false, true]), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_goal_holding_a_quote_mark_gets_the_prompt_stored_whole() {
+        let env = environment().unwrap();
+        let wf = orch_core::Workflow::builtin("sdlc").unwrap();
+        let (mut state, _) = orch_core::RunState::new_run(
+            orch_core::RunId::generate(),
+            "goal",
+            Value::Null,
+            &wf,
+            Default::default(),
+            "scripted",
+            0,
+        );
+        state.run.goal = format!("see {}0\u{1}", quote_mark());
+        let task = state.task("architecture").unwrap().clone();
+        let upstream = vec![Artifact {
+            run_id: state.run.id.clone(),
+            name: "requirements".into(),
+            version: 1,
+            kind: "requirements".into(),
+            path: None,
+            task_id: "requirements".into(),
+            attempt: 1,
+            content: "R".repeat(200),
+            metadata: Value::Null,
+            created_at: 0,
+        }];
+        let input = TaskInput {
+            run: &state.run,
+            task: &task,
+            upstream: &upstream,
+            messages: &[],
+            model: "m",
+        };
+        let can = Abilities {
+            writes_files: false,
+            posts_messages: false,
+        };
+        let message = task_message(&env, &input, can).unwrap();
+        assert_eq!(message.quotes, []);
+        assert!(message.stored.contains(&state.run.goal));
+        assert!(message.stored.contains(&"R".repeat(200)));
+        assert_eq!(message.full(&upstream), message.stored);
+        // Without the mark in the goal, the quote is cut.
+        let mut plain = state.run.clone();
+        plain.goal = "goal".into();
+        let cut = task_message(
+            &env,
+            &TaskInput {
+                run: &plain,
+                ..input
+            },
+            can,
+        )
+        .unwrap();
+        assert_eq!(cut.quotes.len(), 1);
+        assert!(!cut.stored.contains(&"R".repeat(200)));
+        assert_eq!(
+            cut.full(&upstream),
+            message.stored.replace(&state.run.goal, "goal")
+        );
     }
 }

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use orch_core::elision::{self, ArtifactKey, Elided};
 use orch_core::{EventKind, NewArtifact, NewEvent, Usage, Verdict, validate::check_output};
 use orch_llm::{CallMeta, Message, Provider, Request, Response, StopReason};
 use orch_tools::builtin::{WRITE_ARTIFACT, WRITE_FILE, human_size};
@@ -53,11 +54,24 @@ pub(crate) async fn run(
         Ok(s) => s,
         Err(e) => return Err(fail(e, events, usage)),
     };
-    let user = match agents.task_message(&input) {
+    let user = match agents.task_message_apart(&input) {
         Ok(s) => s,
         Err(e) => return Err(fail(e, events, usage)),
     };
-    let mut messages = vec![Message::user(user)];
+    let mut messages = vec![Message::user(user.full(input.upstream))];
+    // The first message as the events store it: without the quoted artifacts.
+    let stored = Stored {
+        first: &user.stored,
+        elided: user
+            .quotes
+            .iter()
+            .map(|&(at, i)| Elided {
+                message: 0,
+                at,
+                artifact: ArtifactKey::of(&input.upstream[i]),
+            })
+            .collect(),
+    };
     let mut step = 0;
     loop {
         let request = Request {
@@ -78,7 +92,7 @@ pub(crate) async fn run(
                 gate: task.gate,
             },
         };
-        let response = match call(&request, provider, sink).await {
+        let response = match call(&request, &stored, provider, sink).await {
             Ok(r) => r,
             Err(e) => return Err(fail(AgentError::Provider(e), events, usage)),
         };
@@ -147,15 +161,48 @@ fn label(provider: &dyn Provider, model: &str) -> String {
     }
 }
 
+/// How an `llm_request` event stores the conversation's first message (the
+/// task message): without the upstream artifacts it quotes, which reading
+/// the event puts back ([`orch_core::elision`]).
+struct Stored<'a> {
+    first: &'a str,
+    elided: Vec<Elided>,
+}
+
 /// One provider call with its events.
 async fn call(
     request: &Request,
+    stored: &Stored<'_>,
     provider: &dyn Provider,
     sink: &dyn EventSink,
 ) -> orch_llm::Result<Response> {
     let meta = &request.meta;
     let scripted = provider.is_scripted();
     let estimate = orch_llm::tokens::estimate_request(request);
+    let messages: Vec<serde_json::Value> = request
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match i {
+            0 if !stored.elided.is_empty() => json!({"role": m.role, "content": stored.first}),
+            _ => json!(m),
+        })
+        .collect();
+    let mut data = json!({
+        "provider": provider.name(),
+        "scripted": scripted,
+        "model": request.model,
+        "step": meta.step,
+        "attempt": meta.attempt,
+        "round": meta.round,
+        "max_tokens": request.max_tokens,
+        "system": request.system,
+        "messages": messages,
+        "estimated_tokens": estimate,
+    });
+    if !stored.elided.is_empty() {
+        data[elision::FIELD] = json!(stored.elided);
+    }
     sink.emit(vec![
         NewEvent::task(
             EventKind::LlmRequest,
@@ -166,18 +213,7 @@ async fn call(
                 meta.step
             ),
         )
-        .with_data(json!({
-            "provider": provider.name(),
-            "scripted": scripted,
-            "model": request.model,
-            "step": meta.step,
-            "attempt": meta.attempt,
-            "round": meta.round,
-            "max_tokens": request.max_tokens,
-            "system": request.system,
-            "messages": request.messages,
-            "estimated_tokens": estimate,
-        })),
+        .with_data(data),
     ])
     .await;
     let started = Instant::now();

@@ -905,3 +905,131 @@ async fn bad_or_denied_posts_and_posts_of_rejected_answers_are_not_posted() {
         "{problems:?}"
     );
 }
+
+/// A provider that keeps every request it is sent and answers like [`Fake`].
+#[derive(Debug)]
+struct Recording {
+    inner: Fake,
+    requests: Mutex<Vec<Request>>,
+}
+
+#[async_trait]
+impl Provider for Recording {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn is_scripted(&self) -> bool {
+        false
+    }
+    fn default_model(&self) -> &str {
+        self.inner.default_model()
+    }
+    async fn complete(&self, request: &Request) -> orch_llm::Result<Response> {
+        self.requests.lock().unwrap().push(request.clone());
+        self.inner.complete(request).await
+    }
+}
+
+#[tokio::test]
+async fn prompt_events_leave_out_the_quoted_artifacts_and_read_back_as_sent() {
+    use orch_core::elision::{ArtifactKey, expand, has_elided};
+    let agents = Agents::new().unwrap();
+    // A goal that looks like the marks the renderer uses, and artifacts long
+    // and short, one a file.
+    let mut state = new_state();
+    state.run.goal = "Build it \u{1}quote-0000000000000000-0\u{1} now".into();
+    let task = state.task("backend").unwrap().clone();
+    let long = |what: &str| format!("# {what}\n\n{}", "All of it, in detail. ".repeat(20));
+    let mut upstream = Artifacts::default();
+    let writer = state.task("database").unwrap().clone();
+    upstream.store(
+        &state.run.id,
+        &writer,
+        &[
+            NewArtifact {
+                name: "requirements".into(),
+                kind: "requirements".into(),
+                path: None,
+                content: long("Requirements"),
+                metadata: serde_json::Value::Null,
+            },
+            NewArtifact {
+                name: "schema".into(),
+                kind: "schema".into(),
+                path: Some("db/schema.sql".into()),
+                content: long("Schema"),
+                metadata: serde_json::Value::Null,
+            },
+            NewArtifact {
+                name: "plan".into(),
+                kind: "plan".into(),
+                path: None,
+                content: "Short plan.".into(),
+                metadata: serde_json::Value::Null,
+            },
+        ],
+    );
+    let upstream = upstream.latest();
+    let provider = Recording {
+        inner: Fake {
+            model: "m",
+            answers: Mutex::new(vec![
+                "no blocks at all",
+                "<artifact name=\"backend_code\" type=\"code\" path=\"backend/app.py\">\nprint(1)\n</artifact>",
+            ]),
+        },
+        requests: Mutex::new(Vec::new()),
+    };
+    let sink = CollectingSink::new();
+    run(&agents, &provider, &state, &task, &upstream, &sink)
+        .await
+        .unwrap();
+    let sent = provider.requests.lock().unwrap().clone();
+    let events: Vec<_> = sink
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::LlmRequest)
+        .collect();
+    assert_eq!(
+        (sent.len(), events.len()),
+        (2, 2),
+        "the answer and its repair"
+    );
+    for (request, event) in sent.iter().zip(events) {
+        let stored = event.data["messages"][0]["content"].as_str().unwrap();
+        assert!(
+            !stored.contains("All of it, in detail."),
+            "long quotes are left out of the stored prompt: {stored}"
+        );
+        assert!(stored.contains("Short plan."), "short ones stay");
+        assert!(stored.contains(&state.run.goal), "the goal as given");
+        assert!(has_elided(&event.data));
+        let mut data = event.data.clone();
+        let missing = expand(&mut data, |k| {
+            upstream
+                .iter()
+                .find(|a| ArtifactKey::of(a) == *k)
+                .map(|a| a.content.as_str())
+        });
+        assert_eq!(missing, 0);
+        assert_eq!(data["messages"], serde_json::json!(request.messages));
+        assert_eq!(data["system"], serde_json::json!(request.system));
+        assert!(
+            request.messages[0]
+                .content
+                .contains(&format!("\n{}\n</upstream>", long("Schema")))
+        );
+    }
+    assert_eq!(
+        agents
+            .task_message(&TaskInput {
+                run: &state.run,
+                task: &task,
+                upstream: &upstream,
+                messages: &[],
+                model: "m",
+            })
+            .unwrap(),
+        sent[0].messages[0].content
+    );
+}

@@ -6,13 +6,15 @@
 //! the one table of legal transitions), [`model`] (the durable records),
 //! [`dsl`] (workflow files: parsing, line-accurate errors, validation, the
 //! built-in `sdlc` workflow), [`machine`] (`apply(state, input, now) ->
-//! actions`), [`validate`] (checks of a task's output).
+//! actions`), [`validate`] (checks of a task's output), [`elision`] (prompts
+//! stored by reference to the artifacts they quote).
 //!
 //! This crate does no I/O: no database, no network, no clock, no tokio. The
 //! driver (the `engine` crate) supplies the time and performs the actions. It
 //! depends on no other crate of the workspace.
 
 pub mod dsl;
+pub mod elision;
 pub mod error;
 pub mod machine;
 pub mod model;

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use orch_core::{
-    Action, EventKind, Input, Millis, NewArtifact, NewEvent, RunId, RunSettings, RunState,
-    RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict, VerdictKind, Workflow, machine,
+    Action, Artifact, Event, EventKind, Input, Millis, NewArtifact, NewEvent, RunId, RunSettings,
+    RunState, RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict, VerdictKind, Workflow,
+    machine,
 };
 use serde_json::json;
 
@@ -41,6 +42,7 @@ pub async fn run_all(store: &dyn Store) {
     new_tasks_keep_creation_order(store).await;
     artifacts_are_versioned(store).await;
     files_of_one_artifact_are_versioned_apart(store).await;
+    prompts_read_back_whole(store).await;
     sweeper_queries(store).await;
     dead_letters_round_trip(store).await;
     list_runs_filters_and_pages(store).await;
@@ -2317,6 +2319,109 @@ pub async fn files_of_one_artifact_are_versioned_apart(store: &dyn Store) {
         ]
     );
     assert_eq!(latest.len(), 3);
+}
+
+/// A prompt written with the artifacts it quotes cut out
+/// ([`orch_core::elision`]) reads back as it was sent, by every read of
+/// events; one quoting a version that is not stored names it in its place.
+pub async fn prompts_read_back_whole(store: &dyn Store) {
+    use orch_core::elision::{ArtifactKey, Elided};
+    let state = create_queued(store, T0).await;
+    let id = state.run.id.clone();
+    store
+        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let long = |what: &str| format!("{what}: {}", "détail ".repeat(20));
+    let code = NewArtifact {
+        name: "backend_code".into(),
+        kind: "code".into(),
+        path: Some("backend/app.py".into()),
+        content: long("app"),
+        metadata: json!({"path": "backend/app.py"}),
+    };
+    store
+        .complete_task(
+            &fence(&id, FIRST, 1, "w1"),
+            &succeeded(
+                FIRST,
+                vec![
+                    artifact("requirements", &long("v1")),
+                    artifact("requirements", &long("v2")),
+                    code,
+                ],
+            ),
+            T0 + 30,
+        )
+        .await
+        .expect("complete");
+    let stored = store.list_artifacts(&id, false).await.expect("artifacts");
+    let mut quoted: Vec<Artifact> = stored.iter().filter(|a| a.version == 1).cloned().collect();
+    quoted.sort_by(|a, b| b.name.cmp(&a.name));
+    assert_eq!(quoted.len(), 2, "v1 of requirements and of the file");
+    let head = "# Task\n<upstream name=\"requirements\">\n";
+    let middle = "\n</upstream>\n<upstream name=\"backend_code\">\n";
+    let text = format!(
+        "{head}{}{middle}{}\n</upstream>\nGo.",
+        quoted[0].content, quoted[1].content
+    );
+    let sent = json!({
+        "provider": "scripted", "step": 0,
+        "system": "You are the Tech Lead.",
+        "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
+    });
+    let elided = |at: usize, a: &Artifact| Elided {
+        message: 0,
+        at,
+        artifact: ArtifactKey::of(a),
+    };
+    let mut cut = sent.clone();
+    cut["messages"][0]["content"] = json!(format!("{head}{middle}\n</upstream>\nGo."));
+    cut["elided"] = json!([
+        elided(head.len(), &quoted[0]),
+        elided(head.len() + middle.len(), &quoted[1])
+    ]);
+    // A version that was never written.
+    let mut ghost = quoted[0].clone();
+    ghost.version = 9;
+    let dangling = json!({
+        "messages": [{"role": "user", "content": "a  b"}],
+        "elided": [elided(2, &ghost)],
+    });
+    store
+        .append_events(
+            &id,
+            &[
+                NewEvent::task(EventKind::LlmRequest, FIRST, "request").with_data(cut),
+                NewEvent::task(EventKind::LlmRequest, FIRST, "dangling").with_data(dangling),
+            ],
+            T0 + 40,
+        )
+        .await
+        .expect("append");
+    for query in [
+        EventQuery::default(),
+        EventQuery {
+            kind: Some(EventKind::LlmRequest),
+            ..EventQuery::default()
+        },
+    ] {
+        let got: Vec<Event> = store
+            .list_events(&id, query)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == EventKind::LlmRequest)
+            .collect();
+        assert_eq!(got.len(), 2, "{query:?}");
+        assert_eq!(got[0].data, sent, "read back as sent ({query:?})");
+        assert_eq!(
+            got[1].data["messages"][0]["content"],
+            "a [artifact requirements version 9 is not in the store] b"
+        );
+        assert!(got[1].data.get("elided").is_none());
+    }
 }
 
 /// The sweeper's queries find exactly the rows they name.

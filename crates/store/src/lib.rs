@@ -281,6 +281,33 @@ pub trait EventStore: Send + Sync {
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>>;
 }
 
+/// Put back the artifacts the engine cut out of prompts before writing them
+/// ([`orch_core::elision`]): every read of events goes through this, so a
+/// reader sees each prompt as it was sent. Reads the run's artifacts only if
+/// an event has cuts.
+pub(crate) async fn expand_elided(
+    store: &(impl ArtifactStore + ?Sized),
+    run_id: &RunId,
+    events: &mut [Event],
+) -> Result<()> {
+    use orch_core::elision::{ArtifactKey, expand, has_elided};
+    if !events.iter().any(|e| has_elided(&e.data)) {
+        return Ok(());
+    }
+    let artifacts = store.list_artifacts(run_id, false).await?;
+    let by_key: std::collections::HashMap<ArtifactKey, &str> = artifacts
+        .iter()
+        .map(|a| (ArtifactKey::of(a), a.content.as_str()))
+        .collect();
+    for e in events.iter_mut().filter(|e| has_elided(&e.data)) {
+        let missing = expand(&mut e.data, |k| by_key.get(k).copied());
+        if missing > 0 {
+            tracing::warn!(run = %run_id, seq = e.seq, missing, "a prompt quotes artifacts that are not in the store");
+        }
+    }
+    Ok(())
+}
+
 /// Versioned artifacts of runs.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {

@@ -1042,6 +1042,7 @@ impl EventStore for PostgresStore {
                 events.push(event_from_row(row)?);
             }
         }
+        crate::expand_elided(self, run_id, &mut events).await?;
         Ok(events)
     }
 }

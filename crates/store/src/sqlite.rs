@@ -1285,9 +1285,10 @@ impl EventStore for SqliteStore {
                     events.push(event_from_row(row)?);
                 }
             }
+            crate::expand_elided(self, run_id, &mut events).await?;
             return Ok(events);
         }
-        let events = self
+        let mut events = self
             .read_all(
                 sqlx::query(sql::LIST_EVENTS)
                     .bind(run_id.as_str())
@@ -1302,6 +1303,7 @@ impl EventStore for SqliteStore {
         if events.is_empty() {
             self.require_run(run_id).await?;
         }
+        crate::expand_elided(self, run_id, &mut events).await?;
         Ok(events)
     }
 }
