@@ -9,6 +9,10 @@
 //! event's `data.elided`); every read of the event puts them back, byte for
 //! byte ([`expand`]), so readers see the prompt as it was sent.
 //!
+//! The same goes for each role's system prompt, the same text in every
+//! request of the role: the engine has the store keep it once, by hash, and
+//! the event names it ([`SYSTEM_TEXT`], [`expand_system`]).
+//!
 //! The agents render the task message with the quotes apart (and [`splice`]
 //! them in for the provider); the stores expand events when they read them.
 
@@ -19,6 +23,10 @@ use crate::model::Artifact;
 
 /// The field of an event's data that lists what was cut from its messages.
 pub const FIELD: &str = "elided";
+
+/// The field of an llm_request event's data that names its system prompt,
+/// kept once by the store (`sha256:<hex>`), in place of `system`.
+pub const SYSTEM_TEXT: &str = "system_text";
 
 /// Contents shorter than this are stored in place: a reference costs about
 /// as much as a short text.
@@ -75,9 +83,35 @@ pub fn splice<'a>(
     Some(full)
 }
 
-/// Whether an event's data has cuts to put back.
+/// Whether an event's data has cuts or a kept text to put back.
 pub fn has_elided(data: &Value) -> bool {
-    data.get(FIELD).is_some()
+    data.get(FIELD).is_some() || data.get(SYSTEM_TEXT).is_some()
+}
+
+/// The reference of the kept system prompt an event's data names, if any.
+pub fn system_ref(data: &Value) -> Option<&str> {
+    data.get(SYSTEM_TEXT).and_then(Value::as_str)
+}
+
+/// Put back the system prompt `data` names ([`SYSTEM_TEXT`]), taking it
+/// from `text_of`; a text that cannot be found is replaced by a bracketed
+/// note naming it. Returns whether it was missing.
+pub fn expand_system<'a>(data: &mut Value, text_of: impl Fn(&str) -> Option<&'a str>) -> bool {
+    let Some(reference) = system_ref(data).map(str::to_owned) else {
+        return false;
+    };
+    let (text, missing) = match text_of(&reference) {
+        Some(text) => (text.to_owned(), false),
+        None => (
+            format!("[system prompt {reference} is not in the store]"),
+            true,
+        ),
+    };
+    if let Some(obj) = data.as_object_mut() {
+        obj.remove(SYSTEM_TEXT);
+        obj.insert("system".into(), Value::String(text));
+    }
+    missing
 }
 
 /// Put back what [`elide`] cut out of `data`, taking each artifact's content
@@ -236,5 +270,25 @@ mod tests {
         data[FIELD] = json!([{"message": 3, "at": 0, "artifact": {"name": "a", "version": 1}}]);
         expand(&mut data, |_| Some("x"));
         assert_eq!(data, request(&["only one"]));
+    }
+
+    #[test]
+    fn a_named_system_prompt_is_put_back_or_named_as_missing() {
+        let mut data = json!({"system": null, "system_text": "sha256:ab", "messages": []});
+        assert!(has_elided(&data));
+        assert_eq!(system_ref(&data), Some("sha256:ab"));
+        assert!(!expand_system(&mut data, |r| (r == "sha256:ab").then_some("You are X.")));
+        assert_eq!(data, json!({"system": "You are X.", "messages": []}));
+        assert!(!has_elided(&data));
+
+        let mut data = json!({"system": null, "system_text": "sha256:cd"});
+        assert!(expand_system(&mut data, |_| None));
+        assert_eq!(
+            data["system"],
+            "[system prompt sha256:cd is not in the store]"
+        );
+        let mut plain = json!({"system": "inline"});
+        assert!(!expand_system(&mut plain, |_| Some("other")));
+        assert_eq!(plain, json!({"system": "inline"}));
     }
 }

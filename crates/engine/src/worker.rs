@@ -145,9 +145,36 @@ async fn flush(deps: &Deps, run_id: &RunId, pending: &tokio::sync::Mutex<Vec<New
     }
 }
 
+/// Have the store keep a request's system prompt once and name it in the
+/// event instead (`data.system_text`, [`orch_core::elision`]): every request
+/// of a role carries the same few kB. Kept in the event if the store cannot.
+async fn keep_system(deps: &Deps, data: &mut serde_json::Value) {
+    use orch_core::elision::{MIN_ELIDED_LEN, SYSTEM_TEXT};
+    let Some(text) = data.get("system").and_then(serde_json::Value::as_str) else {
+        return;
+    };
+    if text.len() < MIN_ELIDED_LEN {
+        return;
+    }
+    match deps.store.keep_text(text, deps.clock.now_ms()).await {
+        Ok(reference) => {
+            if let Some(obj) = data.as_object_mut() {
+                obj.remove("system");
+                obj.insert(SYSTEM_TEXT.into(), reference.into());
+            }
+        }
+        Err(e) => warn!(error = %e, "could not keep a system prompt apart; the event holds it"),
+    }
+}
+
 #[async_trait]
 impl EventSink for StoreSink {
-    async fn emit(&self, events: Vec<NewEvent>) {
+    async fn emit(&self, mut events: Vec<NewEvent>) {
+        for e in &mut events {
+            if e.kind == orch_core::EventKind::LlmRequest {
+                keep_system(&self.deps, &mut e.data).await;
+            }
+        }
         let mut pending = self.pending.lock().await;
         let first = pending.is_empty();
         pending.extend(events);

@@ -2321,9 +2321,10 @@ pub async fn files_of_one_artifact_are_versioned_apart(store: &dyn Store) {
     assert_eq!(latest.len(), 3);
 }
 
-/// A prompt written with the artifacts it quotes cut out
-/// ([`orch_core::elision`]) reads back as it was sent, by every read of
-/// events; one quoting a version that is not stored names it in its place.
+/// A prompt written with the artifacts it quotes cut out and its system
+/// prompt kept apart ([`orch_core::elision`]) reads back as it was sent, by
+/// every read of events; one naming a version or a text that is not stored
+/// names it in its place.
 pub async fn prompts_read_back_whole(store: &dyn Store) {
     use orch_core::elision::{ArtifactKey, Elided};
     let state = create_queued(store, T0).await;
@@ -2382,6 +2383,43 @@ pub async fn prompts_read_back_whole(store: &dyn Store) {
         elided(head.len(), &quoted[0]),
         elided(head.len() + middle.len(), &quoted[1])
     ]);
+    // The system prompt, kept apart once.
+    let system = "You are the Tech Lead. ".repeat(10);
+    let reference = store.keep_text(&system, T0 + 35).await.expect("keep");
+    assert!(
+        reference.starts_with("sha256:") && reference.len() == 7 + 64,
+        "{reference}"
+    );
+    assert_eq!(
+        store.keep_text(&system, T0 + 36).await.expect("again"),
+        reference
+    );
+    let other = store
+        .keep_text("another text", T0 + 36)
+        .await
+        .expect("keep");
+    assert_ne!(other, reference);
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let mut texts = store
+        .get_texts(&[reference.clone(), unknown.clone(), other.clone()])
+        .await
+        .expect("texts");
+    texts.sort();
+    let mut expected = vec![
+        (reference.clone(), system.clone()),
+        (other, "another text".into()),
+    ];
+    expected.sort();
+    assert_eq!(texts, expected, "unknown references are left out");
+    let mut sent_with_system = sent.clone();
+    sent_with_system["system"] = json!(system);
+    let mut cut_with_system = cut.clone();
+    cut_with_system
+        .as_object_mut()
+        .expect("object")
+        .remove("system");
+    cut_with_system["system_text"] = json!(reference);
+    let lost_system = json!({"system_text": unknown, "messages": []});
     // A version that was never written.
     let mut ghost = quoted[0].clone();
     ghost.version = 9;
@@ -2395,6 +2433,8 @@ pub async fn prompts_read_back_whole(store: &dyn Store) {
             &[
                 NewEvent::task(EventKind::LlmRequest, FIRST, "request").with_data(cut),
                 NewEvent::task(EventKind::LlmRequest, FIRST, "dangling").with_data(dangling),
+                NewEvent::task(EventKind::LlmRequest, FIRST, "system").with_data(cut_with_system),
+                NewEvent::task(EventKind::LlmRequest, FIRST, "lost").with_data(lost_system),
             ],
             T0 + 40,
         )
@@ -2414,7 +2454,12 @@ pub async fn prompts_read_back_whole(store: &dyn Store) {
             .into_iter()
             .filter(|e| e.kind == EventKind::LlmRequest)
             .collect();
-        assert_eq!(got.len(), 2, "{query:?}");
+        assert_eq!(got.len(), 4, "{query:?}");
+        assert_eq!(got[2].data, sent_with_system, "system prompt put back");
+        assert_eq!(
+            got[3].data,
+            json!({"system": format!("[system prompt {unknown} is not in the store]"), "messages": []})
+        );
         assert_eq!(got[0].data, sent, "read back as sent ({query:?})");
         assert_eq!(
             got[1].data["messages"][0]["content"],

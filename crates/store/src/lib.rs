@@ -279,6 +279,43 @@ pub trait EventStore: Send + Sync {
     ) -> Result<Vec<i64>>;
     /// Events of a run in sequence order.
     async fn list_events(&self, run_id: &RunId, query: EventQuery) -> Result<Vec<Event>>;
+    /// Keep `text` once (a system prompt that many `llm_request` events
+    /// share, [`orch_core::elision`]) and return the reference events name
+    /// it by, `sha256:<hex>`. Keeping a text kept already changes nothing;
+    /// a store remembers what it kept, so only the first time in a process
+    /// costs a write. The text is durable when this returns.
+    async fn keep_text(&self, text: &str, now: Millis) -> Result<String>;
+    /// Texts kept by [`EventStore::keep_text`], as `(reference, text)`;
+    /// unknown references are left out.
+    async fn get_texts(&self, refs: &[String]) -> Result<Vec<(String, String)>>;
+}
+
+/// The reference [`EventStore::keep_text`] gives a text.
+pub(crate) fn text_ref(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// References of the texts a store has kept (or found kept) in this
+/// process: [`EventStore::keep_text`] writes each at most once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeptTexts(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl KeptTexts {
+    pub(crate) fn contains(&self, reference: &str) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(reference))
+    }
+    pub(crate) fn insert(&self, reference: String) {
+        if let Ok(mut set) = self.0.lock() {
+            set.insert(reference);
+        }
+    }
 }
 
 /// Put back the artifacts the engine cut out of prompts before writing them
@@ -286,23 +323,40 @@ pub trait EventStore: Send + Sync {
 /// reader sees each prompt as it was sent. Reads the run's artifacts only if
 /// an event has cuts.
 pub(crate) async fn expand_elided(
-    store: &(impl ArtifactStore + ?Sized),
+    store: &(impl ArtifactStore + EventStore + ?Sized),
     run_id: &RunId,
     events: &mut [Event],
 ) -> Result<()> {
-    use orch_core::elision::{ArtifactKey, expand, has_elided};
+    use orch_core::elision::{self, ArtifactKey, expand, expand_system, has_elided};
     if !events.iter().any(|e| has_elided(&e.data)) {
         return Ok(());
     }
-    let artifacts = store.list_artifacts(run_id, false).await?;
+    let mut artifacts = Vec::new();
+    if events.iter().any(|e| e.data.get(elision::FIELD).is_some()) {
+        artifacts = store.list_artifacts(run_id, false).await?;
+    }
     let by_key: std::collections::HashMap<ArtifactKey, &str> = artifacts
         .iter()
         .map(|a| (ArtifactKey::of(a), a.content.as_str()))
         .collect();
+    let mut refs: Vec<String> = events
+        .iter()
+        .filter_map(|e| elision::system_ref(&e.data).map(str::to_owned))
+        .collect();
+    refs.sort();
+    refs.dedup();
+    let texts: std::collections::HashMap<String, String> = if refs.is_empty() {
+        Default::default()
+    } else {
+        store.get_texts(&refs).await?.into_iter().collect()
+    };
     for e in events.iter_mut().filter(|e| has_elided(&e.data)) {
-        let missing = expand(&mut e.data, |k| by_key.get(k).copied());
+        let mut missing = expand(&mut e.data, |k| by_key.get(k).copied());
+        missing += usize::from(expand_system(&mut e.data, |r| {
+            texts.get(r).map(String::as_str)
+        }));
         if missing > 0 {
-            tracing::warn!(run = %run_id, seq = e.seq, missing, "a prompt quotes artifacts that are not in the store");
+            tracing::warn!(run = %run_id, seq = e.seq, missing, "a prompt names artifacts or texts that are not in the store");
         }
     }
     Ok(())

@@ -136,6 +136,8 @@ mod sql {
     pub const RUNNING_TASKS: &str = file!("running_tasks.sql");
     pub const STALE_QUEUED: &str = file!("stale_queued.sql");
     pub const LIST_EVENTS: &str = file!("list_events.sql");
+    pub const KEEP_TEXT: &str = file!("keep_text.sql");
+    pub const GET_TEXTS: &str = file!("get_texts.sql");
     pub const LIST_EVENTS_OF_KIND: &str = file!("list_events_of_kind.sql");
     pub const LIST_LATEST_ARTIFACTS_NAMED: &str = file!("list_latest_artifacts_named.sql");
     pub const LIST_ARTIFACTS: &str = file!("list_artifacts.sql");
@@ -185,6 +187,8 @@ pub struct PostgresStore {
     pool_size: u32,
     /// The URL connected to, password redacted, for messages.
     url: String,
+    /// Prompt texts kept already ([`EventStore::keep_text`]).
+    kept: crate::KeptTexts,
 }
 
 impl PostgresStore {
@@ -265,6 +269,7 @@ impl PostgresStore {
             pool,
             pool_size,
             url: shown,
+            kept: Default::default(),
         };
         tracing::debug!(database = %store.url, "postgres store open");
         Ok(store)
@@ -1044,6 +1049,30 @@ impl EventStore for PostgresStore {
         }
         crate::expand_elided(self, run_id, &mut events).await?;
         Ok(events)
+    }
+
+    async fn keep_text(&self, text: &str, now: Millis) -> Result<String> {
+        let reference = crate::text_ref(text);
+        if self.kept.contains(&reference) {
+            return Ok(reference);
+        }
+        sqlx::query(sql::KEEP_TEXT)
+            .bind(reference.as_str())
+            .bind(text)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_err(e))?;
+        self.kept.insert(reference.clone());
+        Ok(reference)
+    }
+
+    async fn get_texts(&self, refs: &[String]) -> Result<Vec<(String, String)>> {
+        self.read_all(sqlx::query(sql::GET_TEXTS).bind(refs.to_vec()))
+            .await?
+            .iter()
+            .map(|row| Ok((col(row, "hash")?, col(row, "text")?)))
+            .collect()
     }
 }
 

@@ -124,6 +124,8 @@ mod sql {
     pub const RUNNING_TASKS: &str = files!("running_tasks.sql");
     pub const STALE_QUEUED: &str = files!("stale_queued.sql");
     pub const LIST_EVENTS: &str = files!("list_events.sql");
+    pub const KEEP_TEXT: &str = files!("keep_text.sql");
+    pub const GET_TEXTS: &str = files!("get_texts.sql");
     /// `LIST_EVENTS` of one kind: a form the planner can serve from the kind index.
     pub const LIST_EVENTS_OF_KIND: &str = files!("list_events_of_kind.sql");
     pub const LIST_ARTIFACTS: &str = files!("list_artifacts.sql");
@@ -196,6 +198,8 @@ pub struct SqliteStore {
     conns: Conns,
     /// What was opened, for messages (`sqlite::memory:` or the file path).
     location: String,
+    /// Prompt texts kept already ([`EventStore::keep_text`]).
+    kept: crate::KeptTexts,
 }
 
 /// A connection behind a fair lock; `None` once the store is closed (or,
@@ -502,6 +506,7 @@ impl SqliteStore {
                         thread: Arc::new(thread),
                     },
                     location: "sqlite::memory:".into(),
+                    kept: Default::default(),
                 }
             }
             Target::File(path) => {
@@ -539,6 +544,7 @@ impl SqliteStore {
                         thread: Arc::new(thread),
                     },
                     location: path.display().to_string(),
+                    kept: Default::default(),
                 }
             }
         };
@@ -1305,6 +1311,30 @@ impl EventStore for SqliteStore {
         }
         crate::expand_elided(self, run_id, &mut events).await?;
         Ok(events)
+    }
+
+    async fn keep_text(&self, text: &str, now: Millis) -> Result<String> {
+        let reference = crate::text_ref(text);
+        if self.kept.contains(&reference) {
+            return Ok(reference);
+        }
+        let query = sqlx::query(sql::KEEP_TEXT)
+            .bind(reference.clone())
+            .bind(text.to_owned())
+            .bind(now);
+        let mut writer = self.conns.writer().await;
+        query.execute(conn(&mut writer)?).await.map_err(db_err)?;
+        drop(writer);
+        self.kept.insert(reference.clone());
+        Ok(reference)
+    }
+
+    async fn get_texts(&self, refs: &[String]) -> Result<Vec<(String, String)>> {
+        self.read_all(sqlx::query(sql::GET_TEXTS).bind(to_json(&refs)?))
+            .await?
+            .iter()
+            .map(|row| Ok((col(row, "hash")?, col(row, "text")?)))
+            .collect()
     }
 }
 

@@ -1,0 +1,2 @@
+-- Prompt texts by hash.
+SELECT hash, text FROM prompt_texts WHERE hash = ANY($1);
