@@ -496,6 +496,7 @@ impl Engine {
                         .map(|(tasks, names)| orch_store::InputsOf {
                             upstream: names,
                             upstream_tasks: tasks,
+                            held: hand.map(|h| h.held).unwrap_or_default(),
                         }),
                 },
             )
@@ -788,6 +789,7 @@ mod tests {
             permits: &permits,
             worker: &worker,
             unwatched_only: false,
+            held: &[],
         };
 
         let mut decided = first_step();

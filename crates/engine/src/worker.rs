@@ -240,6 +240,9 @@ pub(crate) struct Hand<'a> {
     pub(crate) worker: &'a WorkerId,
     /// Only a task of a role no loop of this process waits for.
     pub(crate) unwatched_only: bool,
+    /// The artifacts the completing attempt read: a handed task reads only
+    /// the others ([`orch_store::InputsOf::held`]).
+    pub(crate) held: &'a [orch_core::Artifact],
 }
 
 /// The attempt [`execute`] runs: one received from a queue, to claim, or
@@ -588,14 +591,20 @@ async fn execute(
         .replay(!failed_on_output(&task))
         .buffered(LLM_EVENT_FLUSH),
     );
+    let mut upstream = upstream;
+    // Plan order, not the order concurrent tasks happened to finish in: the
+    // prompt must not depend on timing, or replays would not match the journal.
+    upstream.sort_by_cached_key(|a| {
+        let at = upstream_names.iter().position(|n| *n == a.name);
+        (at, a.path.clone())
+    });
     let context = Context {
         plan: &plan,
-        upstream_names: &upstream_names,
         upstream_tasks: &upstream_tasks,
         task: &task,
         run: &run,
         messages,
-        upstream,
+        upstream: &upstream,
     };
     let result = run_agent(deps, opts, context, &lost, &sink, &provider).await;
     stop_heartbeat.cancel();
@@ -682,6 +691,7 @@ async fn execute(
         permits,
         worker,
         unwatched_only: false,
+        held: &upstream,
     };
     let can_hand = stepper.is_some() && permits.any();
     let hand = match peek {
@@ -876,15 +886,14 @@ enum AttemptResult {
 /// read with the claim ([`orch_store::ClaimedAttempt`]).
 struct Context<'a> {
     plan: &'a orch_core::RunState,
-    /// Artifact names the task reads, in plan order.
-    upstream_names: &'a [String],
     /// The task's upstream tasks: whose channel messages it reads.
     upstream_tasks: &'a [String],
     task: &'a orch_core::Task,
     /// The run row as read with the claim (its budget and spending then).
     run: &'a orch_core::Run,
     messages: Vec<Event>,
-    upstream: Vec<orch_core::Artifact>,
+    /// The upstream artifacts, in plan order (see `execute`).
+    upstream: &'a [orch_core::Artifact],
 }
 
 /// Names of the artifacts a task reads: those its upstream tasks
@@ -907,19 +916,12 @@ async fn run_agent(
 ) -> AttemptResult {
     let Context {
         plan,
-        upstream_names,
         upstream_tasks,
         task,
         run,
         messages,
-        mut upstream,
+        upstream,
     } = context;
-    // Plan order, not the order concurrent tasks happened to finish in: the
-    // prompt must not depend on timing, or replays would not match the journal.
-    upstream.sort_by_cached_key(|a| {
-        let at = upstream_names.iter().position(|n| *n == a.name);
-        (at, a.path.clone())
-    });
     // Messages of upstream tasks only (and of no task: a person's): one that
     // a task running beside it posted may or may not be there yet, and the
     // prompt must not depend on that either.
@@ -941,7 +943,7 @@ async fn run_agent(
     let input = TaskInput {
         run: &plan.run,
         task,
-        upstream: &upstream,
+        upstream,
         messages: &inbox,
         model: &model,
     };

@@ -55,6 +55,7 @@ pub async fn run_all(store: &dyn Store) {
     derived_saves_are_saves(store).await;
     complete_and_save_takes_the_step(store).await;
     a_step_saves_a_task_claimed_and_reads_its_inputs(store).await;
+    a_step_takes_held_artifacts_from_the_caller(store).await;
     api_tokens_round_trip(store).await;
     stats_count_what_is_stored(store).await;
 }
@@ -405,50 +406,10 @@ pub async fn complete_and_save_takes_the_step(store: &dyn Store) {
 /// reads, read after the step: the completion's own artifact among them.
 /// The lease holds as a claim's would.
 pub async fn a_step_saves_a_task_claimed_and_reads_its_inputs(store: &dyn Store) {
-    let (state, outcome, mut claimed) = claim_first(store).await;
+    let (state, next, handed, stepped) = step_handing_over(store, &[]).await;
     let id = state.run.id.clone();
-    let next = claimed
-        .after
-        .tasks
-        .iter()
-        .find(|t| t.status == TaskStatus::Queued)
-        .expect("the step queues the next task")
-        .id
-        .clone();
-    let lease_until = T0 + 30 + LEASE_MS;
-    let handed = {
-        let t = claimed
-            .after
-            .tasks
-            .iter_mut()
-            .find(|t| t.id == next)
-            .unwrap();
-        t.status = TaskStatus::Running;
-        t.lease_owner = Some("w2".into());
-        t.lease_expires_at = Some(lease_until);
-        t.started_at = Some(T0 + 30);
-        t.clone()
-    };
-    for c in &mut claimed.diff.changed_tasks {
-        if c.task.id == next {
-            c.task = handed.clone();
-        }
-    }
-    claimed
-        .events
-        .push(crate::task_started_event(&next, "w2", 1));
+    let lease_until = handed.lease_expires_at.expect("leased");
     let (names, writers) = (vec![FIRST.to_string()], vec![FIRST.to_string()]);
-    let step = Step {
-        inputs_of: Some(crate::InputsOf {
-            upstream: &names,
-            upstream_tasks: &writers,
-        }),
-        ..step_of(&state, &claimed, &[])
-    };
-    let stepped = store
-        .complete_and_save(&fence(&id, FIRST, 1, "w1"), &outcome, T0 + 30, &step)
-        .await
-        .expect("complete_and_save");
     assert_eq!(stepped.version, Some(state.run.version + 1), "saved");
     let inputs = stepped.inputs.expect("the inputs are read with the step");
     let upstream = store
@@ -499,6 +460,7 @@ pub async fn a_step_saves_a_task_claimed_and_reads_its_inputs(store: &dyn Store)
         inputs_of: Some(crate::InputsOf {
             upstream: &names,
             upstream_tasks: &writers,
+            held: &[],
         }),
         ..step_of(&state, &claimed, &[])
     };
@@ -513,6 +475,104 @@ pub async fn a_step_saves_a_task_claimed_and_reads_its_inputs(store: &dyn Store)
         "the completion commits alone"
     );
     assert_seqs_contiguous(store, &id).await;
+}
+
+/// The first task of a new run completes with a step that saves the next
+/// one claimed by `w2` and reads its inputs (the first task's artifact),
+/// telling the store the caller holds `held`: the run, the handed task's
+/// id, the task as the step saved it, and what the store returned.
+async fn step_handing_over(
+    store: &dyn Store,
+    held: &[Artifact],
+) -> (RunState, String, Task, Stepped) {
+    let (state, outcome, mut claimed) = claim_first(store).await;
+    let id = state.run.id.clone();
+    let next = claimed
+        .after
+        .tasks
+        .iter()
+        .find(|t| t.status == TaskStatus::Queued)
+        .expect("the step queues the next task")
+        .id
+        .clone();
+    let lease_until = T0 + 30 + LEASE_MS;
+    let handed = {
+        let t = claimed
+            .after
+            .tasks
+            .iter_mut()
+            .find(|t| t.id == next)
+            .unwrap();
+        t.status = TaskStatus::Running;
+        t.lease_owner = Some("w2".into());
+        t.lease_expires_at = Some(lease_until);
+        t.started_at = Some(T0 + 30);
+        t.clone()
+    };
+    for c in &mut claimed.diff.changed_tasks {
+        if c.task.id == next {
+            c.task = handed.clone();
+        }
+    }
+    claimed
+        .events
+        .push(crate::task_started_event(&next, "w2", 1));
+    let (names, writers) = (vec![FIRST.to_string()], vec![FIRST.to_string()]);
+    let step = Step {
+        inputs_of: Some(crate::InputsOf {
+            upstream: &names,
+            upstream_tasks: &writers,
+            held,
+        }),
+        ..step_of(&state, &claimed, &[])
+    };
+    let stepped = store
+        .complete_and_save(&fence(&id, FIRST, 1, "w1"), &outcome, T0 + 30, &step)
+        .await
+        .expect("complete_and_save");
+    (state, next, handed, stepped)
+}
+
+/// Artifacts the caller holds ([`crate::InputsOf::held`]) are not read
+/// again but taken from the caller, and only where they are the latest of
+/// the task's upstream: a held version the store has a newer one of, or an
+/// artifact outside the upstream, changes nothing.
+pub async fn a_step_takes_held_artifacts_from_the_caller(store: &dyn Store) {
+    let copy = |version: i64, name: &str, content: &str| Artifact {
+        run_id: RunId::generate(),
+        name: name.into(),
+        version,
+        kind: "requirements".into(),
+        path: None,
+        task_id: FIRST.into(),
+        attempt: 1,
+        content: content.into(),
+        metadata: json!({}),
+        created_at: T0,
+    };
+    // The version the completion writes (1), held: taken from the caller.
+    let held = [
+        copy(1, "requirements", "held copy"),
+        copy(1, "elsewhere", "not upstream"),
+    ];
+    let (_, _, _, stepped) = step_handing_over(store, &held).await;
+    let upstream = stepped.inputs.expect("read with the step").upstream;
+    assert_eq!(upstream.len(), 1, "{upstream:?}");
+    assert_eq!(upstream[0].content, "held copy", "not read again");
+    // An older version held: the store's latest is read.
+    let (state, _, _, stepped) =
+        step_handing_over(store, &[copy(0, "requirements", "stale")]).await;
+    let upstream = stepped.inputs.expect("read with the step").upstream;
+    let latest = store
+        .latest_artifacts_named(
+            &state.run.id,
+            &[FIRST.to_string()],
+            &["requirements".to_string()],
+        )
+        .await
+        .expect("latest");
+    assert_eq!(upstream, latest);
+    assert_eq!(upstream[0].content, "The app manages TODO items.");
 }
 
 /// The events of `kind` of run `id`, oldest first.

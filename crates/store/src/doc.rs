@@ -353,6 +353,7 @@ fn complete_docs_reading(
         llm_calls: outcome.llm_calls.iter().map(LlmCallDoc::new).collect(),
         upstream: inputs_of.map(|of| of.upstream),
         upstream_tasks: inputs_of.map(|of| of.upstream_tasks),
+        held: inputs_of.map(|of| held_keys(of.held)),
     };
     let doc = Doc::new(&fence.run_id, now, &outcome.events, op)?;
     // `[name, kind, path, content, metadata, earlier entries of the same name and path]`.
@@ -408,12 +409,24 @@ pub(crate) fn reads_doc(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<Strin
         run_id: &'a str,
         upstream: &'a [String],
         upstream_tasks: &'a [String],
+        held: Vec<HeldKey<'a>>,
     }
     to_json(&Reads {
         run_id: run_id.as_str(),
         upstream: of.upstream,
         upstream_tasks: of.upstream_tasks,
+        held: held_keys(of.held),
     })
+}
+
+/// An artifact version the reader holds, as the reads' documents name it:
+/// `[name, path, version]` (`held`: versions not to read again).
+pub(crate) type HeldKey<'a> = (&'a str, Option<&'a str>, i64);
+
+pub(crate) fn held_keys(held: &[orch_core::Artifact]) -> Vec<HeldKey<'_>> {
+    held.iter()
+        .map(|a| (a.name.as_str(), a.path.as_deref(), a.version))
+        .collect()
 }
 
 /// `proc_complete_task` (the artifacts go separately, as `?2`).
@@ -437,6 +450,8 @@ pub(crate) struct CompleteDoc<'a> {
     pub(crate) upstream: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) upstream_tasks: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) held: Option<Vec<HeldKey<'a>>>,
 }
 
 /// A journal record committed with an outcome (`proc_complete_task`).

@@ -771,6 +771,33 @@ pub struct Step<'a> {
 pub struct InputsOf<'a> {
     pub upstream: &'a [String],
     pub upstream_tasks: &'a [String],
+    /// Artifacts the caller holds already (those the completing attempt
+    /// read): the store need not read their content again. A hint only:
+    /// [`Stepped::inputs`] is what it would be without it (the store reads
+    /// which versions are the latest and takes the held ones from here).
+    pub held: &'a [Artifact],
+}
+
+/// The upstream a step reads for the task it hands over: the artifacts the
+/// store `read` (the latest versions it did not find in `held`) with those
+/// of `held` that are among the task's upstream, the latest version of each
+/// (name, path). Exactly what a read without `held` returns: every held
+/// artifact exists in the store, and the read left out only held versions.
+pub(crate) fn with_held(mut read: Vec<Artifact>, of: &InputsOf<'_>) -> Vec<Artifact> {
+    for h in of.held {
+        if !of.upstream.contains(&h.name) || !of.upstream_tasks.contains(&h.task_id) {
+            continue;
+        }
+        match read
+            .iter_mut()
+            .find(|a| a.name == h.name && a.path == h.path)
+        {
+            Some(a) if a.version < h.version => *a = h.clone(),
+            Some(_) => {}
+            None => read.push(h.clone()),
+        }
+    }
+    read
 }
 
 /// What a worker reads to run an attempt besides the task and the run

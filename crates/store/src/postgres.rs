@@ -1389,12 +1389,19 @@ impl Store for PostgresStore {
         step: &Step<'_>,
     ) -> Result<Stepped> {
         let reading = step.inputs_of.is_some();
+        let held = step.inputs_of;
         let (doc, artifacts, step) = complete_step_docs(fence, outcome, now, step)?;
         let stepped = self
             .retrying(&fence.run_id, || {
                 self.complete_and_save_once(fence, &doc, &artifacts, &step, reading)
             })
-            .await;
+            .await
+            .map(|mut stepped| {
+                if let (Some(inputs), Some(of)) = (&mut stepped.inputs, &held) {
+                    inputs.upstream = crate::with_held(std::mem::take(&mut inputs.upstream), of);
+                }
+                stepped
+            });
         match stepped {
             Err(e @ (Error::LeaseLost { .. } | Error::Connect { .. })) => Err(e),
             Err(e) => {

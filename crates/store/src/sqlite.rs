@@ -1602,7 +1602,8 @@ impl Store for SqliteStore {
                 }
             }
         }
-        if stepped.version.is_some() && step.inputs_of.is_some() {
+        if let (Some(_), Some(of)) = (stepped.version, &step.inputs_of) {
+            inputs.upstream = crate::with_held(inputs.upstream, of);
             stepped.inputs = Some(inputs);
         }
         Ok(stepped)

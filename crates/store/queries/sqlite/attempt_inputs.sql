@@ -9,8 +9,10 @@
 -- partial index events_channel_messages), and the latest version
 -- of each (name, path) of the upstream artifacts whose names are in
 -- ?1 -> 'upstream', among those written by the tasks in
--- ?1 -> 'upstream_tasks' (see list_latest_artifacts_named.sql). `part`
--- tells the rows apart.
+-- ?1 -> 'upstream_tasks' (see list_latest_artifacts_named.sql), except the
+-- versions ?1 -> 'held' names ([name, path, version]: those the worker read
+-- for the attempt it completes, which the store adds back; a claim's
+-- document names none). `part` tells the rows apart.
 SELECT 'message' AS part, run_id, seq, kind, task_id, message, data, created_at
 FROM events
 WHERE run_id = ?1 ->> 'run_id' AND kind = 'channel_message'
@@ -21,6 +23,9 @@ FROM artifacts a
 WHERE a.run_id = ?1 ->> 'run_id'
   AND a.name IN (SELECT value FROM json_each(?1 -> 'upstream'))
   AND a.task_id IN (SELECT value FROM json_each(?1 -> 'upstream_tasks'))
+  AND (a.name, COALESCE(a.path, ''), a.version) NOT IN
+      (SELECT h.value ->> 0, COALESCE(h.value ->> 1, ''), h.value ->> 2
+       FROM json_each(?1 -> 'held') AS h)
   AND a.version = (SELECT MAX(b.version) FROM artifacts b
                    WHERE b.run_id = a.run_id AND b.name = a.name
                      AND COALESCE(b.path, '') = COALESCE(a.path, '')
