@@ -10,6 +10,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use orch_core::{Artifact, Role, Task, ValidationRule};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{AgentError, ChannelPost, TaskInput};
@@ -127,18 +128,69 @@ fn example(role: Role) -> (&'static str, &'static str, Option<&'static str>) {
     }
 }
 
-fn role_context(role: Role, can: Abilities) -> Value {
+/// What every template of a role sees.
+#[derive(Debug, Serialize)]
+struct RoleContext {
+    role: &'static str,
+    role_title: &'static str,
+    is_reviewer: bool,
+    writes_files: bool,
+    posts_messages: bool,
+    example_name: &'static str,
+    example_type: &'static str,
+    example_path: Option<&'static str>,
+}
+
+fn role_context(role: Role, can: Abilities) -> RoleContext {
     let (name, kind, path) = example(role);
-    json!({
-        "role": role.as_str(),
-        "role_title": role.title(),
-        "is_reviewer": is_reviewer(role),
-        "writes_files": can.writes_files,
-        "posts_messages": can.posts_messages,
-        "example_name": name,
-        "example_type": kind,
-        "example_path": if can.writes_files { path } else { None },
-    })
+    RoleContext {
+        role: role.as_str(),
+        role_title: role.title(),
+        is_reviewer: is_reviewer(role),
+        writes_files: can.writes_files,
+        posts_messages: can.posts_messages,
+        example_name: name,
+        example_type: kind,
+        example_path: if can.writes_files { path } else { None },
+    }
+}
+
+/// What the task message template sees (a struct rather than JSON maps: the
+/// template engine takes it field by field, with no map built in between).
+#[derive(Debug, Serialize)]
+struct TaskContext<'a> {
+    #[serde(flatten)]
+    role: RoleContext,
+    goal: &'a str,
+    context: Option<String>,
+    task: TaskFields<'a>,
+    findings: &'a [String],
+    findings_gate: String,
+    upstream: Vec<UpstreamFields<'a>>,
+    messages: Vec<Value>,
+    messages_omitted: usize,
+    expected: &'a [orch_core::ExpectedArtifact],
+    rules: Vec<String>,
+    gate: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct TaskFields<'a> {
+    id: &'a str,
+    title: &'a str,
+    instructions: &'a str,
+    round: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct UpstreamFields<'a> {
+    name: &'a str,
+    kind: &'a str,
+    path: Option<&'a str>,
+    version: i64,
+    task_id: &'a str,
+    /// The content, or its quote mark.
+    content: std::borrow::Cow<'a, str>,
 }
 
 pub(crate) fn system_prompt(
@@ -314,21 +366,22 @@ fn render_task_message(
     } else {
         Some(serde_json::to_string_pretty(&input.run.context).unwrap_or_default())
     };
-    let upstream: Vec<Value> = input
+    let upstream: Vec<UpstreamFields<'_>> = input
         .upstream
         .iter()
         .zip(marked)
         .enumerate()
-        .map(|(i, (a, &mark))| {
-            let content = if mark {
-                format!("{}{i}\u{1}", quote_mark())
+        .map(|(i, (a, &mark))| UpstreamFields {
+            name: &a.name,
+            kind: &a.kind,
+            path: a.path.as_deref(),
+            version: a.version,
+            task_id: &a.task_id,
+            content: if mark {
+                format!("{}{i}\u{1}", quote_mark()).into()
             } else {
-                a.content.clone()
-            };
-            json!({
-                "name": a.name, "kind": a.kind, "path": a.path, "version": a.version,
-                "task_id": a.task_id, "content": content,
-            })
+                a.content.as_str().into()
+            },
         })
         .collect();
     // The gate whose findings a rework task carries: the review it follows.
@@ -342,26 +395,25 @@ fn render_task_message(
         })
         .unwrap_or_else(|| "code review".into());
     let (messages, messages_omitted) = shown_messages(input.messages);
-    let mut ctx = role_context(task.role, can);
-    let extra = json!({
-        "goal": input.run.goal.trim(),
-        "context": context,
-        "task": {
-            "id": task.id, "title": task.title, "instructions": task.instructions,
-            "round": task.round,
+    let ctx = TaskContext {
+        role: role_context(task.role, can),
+        goal: input.run.goal.trim(),
+        context,
+        task: TaskFields {
+            id: &task.id,
+            title: &task.title,
+            instructions: &task.instructions,
+            round: task.round,
         },
-        "findings": task.findings,
-        "findings_gate": findings_gate,
-        "upstream": upstream,
-        "messages": messages,
-        "messages_omitted": messages_omitted,
-        "expected": task.expected,
-        "rules": describe_rules(task),
-        "gate": task.gate.map(|g| g.as_str()),
-    });
-    if let (Value::Object(base), Value::Object(more)) = (&mut ctx, extra) {
-        base.extend(more);
-    }
+        findings: &task.findings,
+        findings_gate,
+        upstream,
+        messages,
+        messages_omitted,
+        expected: &task.expected,
+        rules: describe_rules(task),
+        gate: task.gate.map(|g| g.as_str()),
+    };
     env.get_template("task.md.j2")
         .and_then(|t| t.render(Serde(ctx)))
         .map_err(template_error)
