@@ -292,9 +292,24 @@ pub fn request_hash(req: &Request) -> String {
         temperature: req.temperature,
         tools: &req.tools,
     };
-    // Serializing plain strings, numbers and `Value`s cannot fail.
-    let json = serde_json::to_vec(&canonical).unwrap_or_default();
-    Sha256::digest(&json)
+    /// The JSON text goes straight into the hash: a prompt is tens of kB.
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Sha256::new());
+    // Serializing plain strings, numbers and `Value`s cannot fail, nor can
+    // writing into a hash.
+    let _ = serde_json::to_writer(&mut hashing, &canonical);
+    hashing
+        .0
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -353,5 +368,27 @@ mod hash_tests {
         assert_eq!(a.len(), 64);
         assert_eq!(a, request_hash(&request(2, "hi")));
         assert_ne!(a, request_hash(&request(1, "ho")));
+    }
+
+    /// Journals written before the hash was streamed must still match: it
+    /// is the SHA-256 of the canonical request's JSON text.
+    #[test]
+    fn hash_is_the_sha256_of_the_canonical_json() {
+        use sha2::{Digest, Sha256};
+        let r = request(1, "quotes \" and ünïcode\n");
+        let canonical = HashedRequest {
+            model: &r.model,
+            system: &r.system,
+            messages: &r.messages,
+            max_tokens: r.max_tokens,
+            temperature: r.temperature,
+            tools: &r.tools,
+        };
+        let text = serde_json::to_vec(&canonical).unwrap();
+        let expected: String = Sha256::digest(&text)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(request_hash(&r), expected);
     }
 }
