@@ -906,30 +906,6 @@ async fn bad_or_denied_posts_and_posts_of_rejected_answers_are_not_posted() {
     );
 }
 
-/// A provider that keeps every request it is sent and answers like [`Fake`].
-#[derive(Debug)]
-struct Recording {
-    inner: Fake,
-    requests: Mutex<Vec<Request>>,
-}
-
-#[async_trait]
-impl Provider for Recording {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn is_scripted(&self) -> bool {
-        false
-    }
-    fn default_model(&self) -> &str {
-        self.inner.default_model()
-    }
-    async fn complete(&self, request: &Request) -> orch_llm::Result<Response> {
-        self.requests.lock().unwrap().push(request.clone());
-        self.inner.complete(request).await
-    }
-}
-
 #[tokio::test]
 async fn prompt_events_leave_out_the_quoted_artifacts_and_read_back_as_sent() {
     use orch_core::elision::{ArtifactKey, expand, has_elided};
@@ -970,21 +946,18 @@ async fn prompt_events_leave_out_the_quoted_artifacts_and_read_back_as_sent() {
         ],
     );
     let upstream = upstream.latest();
-    let provider = Recording {
-        inner: Fake {
-            model: "m",
-            answers: Mutex::new(vec![
-                "no blocks at all",
-                "<artifact name=\"backend_code\" type=\"code\" path=\"backend/app.py\">\nprint(1)\n</artifact>",
-            ]),
-        },
-        requests: Mutex::new(Vec::new()),
-    };
+    let provider = orch_llm::Recording::new(Fake {
+        model: "m",
+        answers: Mutex::new(vec![
+            "no blocks at all",
+            "<artifact name=\"backend_code\" type=\"code\" path=\"backend/app.py\">\nprint(1)\n</artifact>",
+        ]),
+    });
     let sink = CollectingSink::new();
     run(&agents, &provider, &state, &task, &upstream, &sink)
         .await
         .unwrap();
-    let sent = provider.requests.lock().unwrap().clone();
+    let sent = provider.requests();
     let events: Vec<_> = sink
         .events()
         .into_iter()

@@ -2,38 +2,13 @@
 //! the real SQLite store, every request the provider received compared with
 //! the `llm_request` event read back for it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use orch_core::{EventKind, Role, RunStatus, Workflow};
 use orch_engine::Runtime;
 use orch_engine::testing::{TestEngine, fast_settings, generic_provider};
-use orch_llm::{Provider, Request, Response, ScriptedProvider};
+use orch_llm::Recording;
 use orch_store::EventQuery;
-
-/// The scripted provider, keeping every request it is sent.
-#[derive(Debug)]
-struct Recording {
-    inner: ScriptedProvider,
-    requests: Mutex<Vec<Request>>,
-}
-
-#[async_trait]
-impl Provider for Recording {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn is_scripted(&self) -> bool {
-        self.inner.is_scripted()
-    }
-    fn default_model(&self) -> &str {
-        self.inner.default_model()
-    }
-    async fn complete(&self, request: &Request) -> orch_llm::Result<Response> {
-        self.requests.lock().unwrap().push(request.clone());
-        self.inner.complete(request).await
-    }
-}
 
 fn sha256(text: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -46,10 +21,7 @@ fn sha256(text: &str) -> String {
 
 #[tokio::test]
 async fn every_prompt_reads_back_as_the_provider_received_it() {
-    let provider = Arc::new(Recording {
-        inner: generic_provider(),
-        requests: Mutex::new(Vec::new()),
-    });
+    let provider = Arc::new(Recording::new(generic_provider()));
     let h = TestEngine::new(provider.clone()).await;
     let runtime = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
     let id = h
@@ -66,7 +38,7 @@ async fn every_prompt_reads_back_as_the_provider_received_it() {
     runtime.shutdown().await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);
 
-    let requests = provider.requests.lock().unwrap().clone();
+    let requests = provider.requests();
     let events: Vec<_> = h
         .store
         .list_events(&id, EventQuery::default())

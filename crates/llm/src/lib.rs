@@ -211,6 +211,52 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn complete(&self, request: &Request) -> Result<Response>;
 }
 
+/// A provider that keeps a copy of every request it is sent, then passes it
+/// on to `inner`: for tests that compare what a provider received with what
+/// the run recorded. Its name and labels are `inner`'s.
+#[derive(Debug)]
+pub struct Recording<P> {
+    pub inner: P,
+    requests: std::sync::Mutex<Vec<Request>>,
+}
+
+impl<P> Recording<P> {
+    pub fn new(inner: P) -> Self {
+        Recording {
+            inner,
+            requests: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The requests received so far, oldest first.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl<P: Provider> Provider for Recording<P> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn is_scripted(&self) -> bool {
+        self.inner.is_scripted()
+    }
+    fn default_model(&self) -> &str {
+        self.inner.default_model()
+    }
+    async fn complete(&self, request: &Request) -> Result<Response> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request.clone());
+        self.inner.complete(request).await
+    }
+}
+
 /// Price of a model in USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Price {

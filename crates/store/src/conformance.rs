@@ -1432,6 +1432,17 @@ async fn create_queued(store: &dyn Store, now: Millis) -> RunState {
     state
 }
 
+/// [`create_queued`], then the first task claimed by `w1` (attempt 1).
+async fn create_claimed(store: &dyn Store, now: Millis) -> RunState {
+    let state = create_queued(store, now).await;
+    store
+        .claim_task(&state.run.id, FIRST, 1, "w1", now + 20 + LEASE_MS, now + 20)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    state
+}
+
 fn fence(run: &RunId, task: &str, attempt: u32, owner: &str) -> Fence {
     Fence {
         run_id: run.clone(),
@@ -2058,13 +2069,8 @@ pub async fn save_run_is_compare_and_set(store: &dyn Store) {
 /// completed) conflicts and writes nothing.
 pub async fn save_run_conflicts_with_workers(store: &dyn Store) {
     // Claimed meanwhile: the engine cancels from a state where the task was QUEUED.
-    let state = create_queued(store, T0).await;
+    let state = create_claimed(store, T0).await;
     let id = state.run.id.clone();
-    store
-        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
-        .await
-        .expect("claim")
-        .expect("claimed");
     let before = store.load_run(&id).await.expect("load_run");
     let events_before = event_count(store, &id).await;
     assert_conflict(
@@ -2332,13 +2338,8 @@ pub async fn artifacts_are_versioned(store: &dyn Store) {
 /// A code artifact is several files sharing a name: each (name, path) has its
 /// own versions, and "latest" keeps every file.
 pub async fn files_of_one_artifact_are_versioned_apart(store: &dyn Store) {
-    let state = create_queued(store, T0).await;
+    let state = create_claimed(store, T0).await;
     let id = state.run.id.clone();
-    store
-        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
-        .await
-        .expect("claim")
-        .expect("claimed");
     let file = |path: &str, content: &str| NewArtifact {
         name: "backend_code".into(),
         kind: "code".into(),
@@ -2387,13 +2388,8 @@ pub async fn files_of_one_artifact_are_versioned_apart(store: &dyn Store) {
 /// names it in its place.
 pub async fn prompts_read_back_whole(store: &dyn Store) {
     use orch_core::elision::{ArtifactKey, Elided};
-    let state = create_queued(store, T0).await;
+    let state = create_claimed(store, T0).await;
     let id = state.run.id.clone();
-    store
-        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
-        .await
-        .expect("claim")
-        .expect("claimed");
     let long = |what: &str| format!("{what}: {}", "détail ".repeat(20));
     let code = NewArtifact {
         name: "backend_code".into(),
@@ -2605,13 +2601,8 @@ pub async fn sweeper_queries(store: &dyn Store) {
 
 /// Dead letters are saved with the state, listed newest first and replayed.
 pub async fn dead_letters_round_trip(store: &dyn Store) {
-    let state = create_queued(store, T0).await;
+    let state = create_claimed(store, T0).await;
     let id = state.run.id.clone();
-    store
-        .claim_task(&id, FIRST, 1, "w1", T0 + 20 + LEASE_MS, T0 + 20)
-        .await
-        .expect("claim")
-        .expect("claimed");
     store
         .complete_task(
             &fence(&id, FIRST, 1, "w1"),
