@@ -114,10 +114,11 @@ pub fn expand_system<'a>(data: &mut Value, text_of: impl Fn(&str) -> Option<&'a 
     missing
 }
 
-/// Put back what [`elide`] cut out of `data`, taking each artifact's content
-/// from `content_of`, and remove `data.elided`. An artifact that cannot be
-/// found (it should not happen: artifacts are never deleted before their
-/// run) is replaced by a bracketed note naming it; returns how many were.
+/// Put back the quotes left out of `data`'s messages ([`FIELD`]), taking
+/// each artifact's content from `content_of`, and remove `data.elided`. An
+/// artifact that cannot be found (it should not happen: artifacts are never
+/// deleted before their run) is replaced by a bracketed note naming it;
+/// returns how many were.
 /// Data without cuts, or with a malformed list, is left as it is.
 pub fn expand<'a>(data: &mut Value, content_of: impl Fn(&ArtifactKey) -> Option<&'a str>) -> usize {
     let Some(list) = data.get(FIELD) else {
