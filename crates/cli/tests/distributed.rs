@@ -573,6 +573,73 @@ fn the_demo_runs_on_postgres_and_redis_with_separate_worker_processes() {
     let gates = out["gates"].as_array().unwrap();
     assert!(gates.iter().all(|g| g["status"] == "PASSED"));
     assert_nothing_done_twice(&c, &id);
+    assert_prompts_stored_apart_and_read_whole(&c, &id);
+}
+
+/// The prompt events of run `id` read back whole (the system prompt, the
+/// quoted upstream artifacts) while the rows hold neither: the system prompt
+/// is kept once in `prompt_texts` and the artifacts are referred to
+/// (orch_core::elision).
+fn assert_prompts_stored_apart_and_read_whole(c: &Cluster, id: &str) {
+    let events = c.json(&["events", id, "--json"]);
+    let requests: Vec<&serde_json::Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "llm_request")
+        .collect();
+    assert!(requests.len() >= 9, "a request per task");
+    for e in &requests {
+        let data = &e["data"];
+        assert!(
+            data["system"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("You are")),
+            "{data}"
+        );
+        assert!(data.get("system_text").is_none() && data.get("elided").is_none());
+    }
+    let review = requests
+        .iter()
+        .find(|e| e["task_id"] == "security_review")
+        .expect("the security review was prompted");
+    let artifacts = c.json(&["artifacts", id, "--json", "--content"]);
+    let schema = artifacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "schema")
+        .expect("a schema");
+    let prompt = review["data"]["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        prompt.contains(schema["content"].as_str().unwrap()),
+        "the review's prompt quotes the schema"
+    );
+    let db = c.pg_db.as_deref().expect("a PostgreSQL cluster");
+    let stored = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-Atc"])
+        .arg(format!(
+            "SELECT count(*) FILTER (WHERE data::jsonb ? 'system_text' \
+                                       AND NOT data::jsonb ? 'system'), \
+                    count(*) FILTER (WHERE data::jsonb ? 'elided'), count(*), \
+                    (SELECT count(*) FROM prompt_texts) \
+             FROM events WHERE run_id = '{id}' AND kind = 'llm_request'"
+        ))
+        .output()
+        .unwrap();
+    let row = String::from_utf8_lossy(&stored.stdout).trim().to_string();
+    assert!(
+        stored.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&stored.stderr)
+    );
+    let n: Vec<usize> = row.split('|').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(n[0], n[2], "every system prompt kept apart: {row}");
+    assert!(
+        n[1] >= n[2] - 1,
+        "every prompt after the first quotes by reference: {row}"
+    );
+    assert!((1..=10).contains(&n[3]), "a text per role at most: {row}");
 }
 
 #[test]
