@@ -184,7 +184,11 @@ async fn call(
         .iter()
         .enumerate()
         .map(|(i, m)| match i {
-            0 if !stored.elided.is_empty() => json!({"role": m.role, "content": stored.first}),
+            // A `Message` like the one sent, so that it serializes alike.
+            0 if !stored.elided.is_empty() => json!(Message {
+                role: m.role,
+                content: stored.first.to_owned(),
+            }),
             _ => json!(m),
         })
         .collect();
