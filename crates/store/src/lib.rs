@@ -293,11 +293,12 @@ pub trait EventStore: Send + Sync {
 /// The reference [`EventStore::keep_text`] gives a text.
 pub(crate) fn text_ref(text: &str) -> String {
     use sha2::{Digest, Sha256};
+    use std::fmt::Write;
     let digest = Sha256::digest(text.as_bytes());
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        let _ = write!(out, "{b:02x}");
     }
     out
 }
