@@ -2417,6 +2417,27 @@ pub async fn prompts_read_back_whole(store: &dyn Store) {
     let mut quoted: Vec<Artifact> = stored.iter().filter(|a| a.version == 1).cloned().collect();
     quoted.sort_by(|a, b| b.name.cmp(&a.name));
     assert_eq!(quoted.len(), 2, "v1 of requirements and of the file");
+    // Read by key: exactly the versions named (a path is part of the key).
+    let key = |name: &str, path: Option<&str>, version: i64| ArtifactKey {
+        name: name.into(),
+        path: path.map(Into::into),
+        version,
+    };
+    let mut by_key = store
+        .artifact_versions(
+            &id,
+            &[
+                key("requirements", None, 1),
+                key("backend_code", Some("backend/app.py"), 1),
+                key("requirements", None, 9),
+                key("backend_code", None, 1),
+                key("backend_code", Some("other.py"), 1),
+            ],
+        )
+        .await
+        .expect("artifact_versions");
+    by_key.sort_by(|a, b| b.name.cmp(&a.name));
+    assert_eq!(by_key, quoted);
     let head = "# Task\n<upstream name=\"requirements\">\n";
     let middle = "\n</upstream>\n<upstream name=\"backend_code\">\n";
     let text = format!(

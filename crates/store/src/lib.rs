@@ -332,10 +332,20 @@ pub(crate) async fn expand_elided(
     if !events.iter().any(|e| has_elided(&e.data)) {
         return Ok(());
     }
-    let mut artifacts = Vec::new();
-    if events.iter().any(|e| e.data.get(elision::FIELD).is_some()) {
-        artifacts = store.list_artifacts(run_id, false).await?;
-    }
+    let mut keys: Vec<ArtifactKey> = events
+        .iter()
+        .filter_map(|e| e.data.get(elision::FIELD))
+        .filter_map(|list| serde_json::from_value::<Vec<elision::Elided>>(list.clone()).ok())
+        .flatten()
+        .map(|c| c.artifact)
+        .collect();
+    keys.sort_by(|a, b| (&a.name, &a.path, a.version).cmp(&(&b.name, &b.path, b.version)));
+    keys.dedup();
+    let artifacts = if keys.is_empty() {
+        Vec::new()
+    } else {
+        store.artifact_versions(run_id, &keys).await?
+    };
     let by_key: std::collections::HashMap<ArtifactKey, &str> = artifacts
         .iter()
         .map(|a| (ArtifactKey::of(a), a.content.as_str()))
@@ -401,6 +411,22 @@ pub trait ArtifactStore: Send + Sync {
             }
         }
         Ok(latest)
+    }
+    /// The artifact versions `keys` name (name, path, version), in no
+    /// particular order; keys no artifact has are left out.
+    async fn artifact_versions(
+        &self,
+        run_id: &RunId,
+        keys: &[orch_core::elision::ArtifactKey],
+    ) -> Result<Vec<Artifact>> {
+        let all = self.list_artifacts(run_id, false).await?;
+        Ok(all
+            .into_iter()
+            .filter(|a| {
+                keys.iter()
+                    .any(|k| k.name == a.name && k.path == a.path && k.version == a.version)
+            })
+            .collect())
     }
     /// One artifact: the given version or the latest.
     async fn get_artifact(

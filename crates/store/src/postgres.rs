@@ -136,6 +136,7 @@ mod sql {
     pub const RUNNING_TASKS: &str = file!("running_tasks.sql");
     pub const STALE_QUEUED: &str = file!("stale_queued.sql");
     pub const LIST_EVENTS: &str = file!("list_events.sql");
+    pub const GET_ARTIFACT_VERSIONS: &str = file!("get_artifact_versions.sql");
     pub const KEEP_TEXT: &str = file!("keep_text.sql");
     pub const GET_TEXTS: &str = file!("get_texts.sql");
     pub const LIST_EVENTS_OF_KIND: &str = file!("list_events_of_kind.sql");
@@ -1078,6 +1079,26 @@ impl EventStore for PostgresStore {
 
 #[async_trait]
 impl ArtifactStore for PostgresStore {
+    async fn artifact_versions(
+        &self,
+        run_id: &RunId,
+        keys: &[orch_core::elision::ArtifactKey],
+    ) -> Result<Vec<Artifact>> {
+        let keys: Vec<(&str, Option<&str>, i64)> = keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.path.as_deref(), k.version))
+            .collect();
+        self.read_all(
+            sqlx::query(sql::GET_ARTIFACT_VERSIONS)
+                .bind(run_id.as_str())
+                .bind(to_json(&keys)?),
+        )
+        .await?
+        .iter()
+        .map(artifact_from_row)
+        .collect()
+    }
+
     async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>> {
         let artifacts = self
             .read_all(

@@ -124,6 +124,7 @@ mod sql {
     pub const RUNNING_TASKS: &str = files!("running_tasks.sql");
     pub const STALE_QUEUED: &str = files!("stale_queued.sql");
     pub const LIST_EVENTS: &str = files!("list_events.sql");
+    pub const GET_ARTIFACT_VERSIONS: &str = files!("get_artifact_versions.sql");
     pub const KEEP_TEXT: &str = files!("keep_text.sql");
     pub const GET_TEXTS: &str = files!("get_texts.sql");
     /// `LIST_EVENTS` of one kind: a form the planner can serve from the kind index.
@@ -1340,6 +1341,26 @@ impl EventStore for SqliteStore {
 
 #[async_trait]
 impl ArtifactStore for SqliteStore {
+    async fn artifact_versions(
+        &self,
+        run_id: &RunId,
+        keys: &[orch_core::elision::ArtifactKey],
+    ) -> Result<Vec<Artifact>> {
+        let keys: Vec<(&str, Option<&str>, i64)> = keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.path.as_deref(), k.version))
+            .collect();
+        self.read_all(
+            sqlx::query(sql::GET_ARTIFACT_VERSIONS)
+                .bind(run_id.as_str())
+                .bind(to_json(&keys)?),
+        )
+        .await?
+        .iter()
+        .map(artifact_from_row)
+        .collect()
+    }
+
     async fn list_artifacts(&self, run_id: &RunId, latest_only: bool) -> Result<Vec<Artifact>> {
         let artifacts = self
             .read_all(
