@@ -9,7 +9,7 @@ use orch_store::{Fence, NewDeadLetter, TaskOutcome};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use crate::worker::{Hand, Next};
+use crate::worker::{Hand, Landed, Landing, Next, record_alone};
 use crate::{Deps, EngineOptions, Error, Result};
 
 /// How many times a tick reloads and retries after a concurrent update.
@@ -51,10 +51,11 @@ struct RunTurns {
         std::sync::Mutex<std::collections::HashMap<RunId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A run's turn, given back when dropped.
-struct Turn<'a> {
-    turns: &'a RunTurns,
-    run_id: &'a RunId,
+/// A run's turn, given back when dropped. Owned, so that a completion whose
+/// save goes on after its worker moved on (a pipelined hand-off) keeps it.
+struct Turn {
+    turns: std::sync::Arc<RunTurns>,
+    run_id: RunId,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -68,26 +69,26 @@ impl RunTurns {
         self.turns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn take<'a>(&'a self, run_id: &'a RunId) -> Turn<'a> {
+    async fn take(self: &std::sync::Arc<Self>, run_id: &RunId) -> Turn {
         let turn = self.map().entry(run_id.clone()).or_default().clone();
         Turn {
-            turns: self,
-            run_id,
+            turns: self.clone(),
+            run_id: run_id.clone(),
             guard: Some(turn.lock_owned().await),
         }
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut map = self.turns.map();
         // Only the map holds it: no one holds or waits for this run's turn.
         if map
-            .get(self.run_id)
+            .get(&self.run_id)
             .is_some_and(|t| std::sync::Arc::strong_count(t) == 1)
         {
-            map.remove(self.run_id);
+            map.remove(&self.run_id);
         }
     }
 }
@@ -395,19 +396,29 @@ impl Engine {
     /// this process, so no waiter of a run here), when it ended the run or
     /// made it wait for input, so the loop's waiters hear of it; and the
     /// task handed to the completing worker, if `hand` allows one (see
-    /// [`hand_over`]). Errors are the completion's.
+    /// [`hand_over`]). Errors are the completion's; the attempt's LLM events
+    /// (the first `n_llm` of the outcome's) and journal records are then
+    /// written on their own.
+    ///
+    /// **Pipelined hand-off.** With `hand.pipeline`, a handed task whose
+    /// inputs the completing worker can tell in advance is returned at once,
+    /// with the save still under way ([`Landing`]): the worker runs the
+    /// handed task's agent while the store commits this completion, and
+    /// checks before that task's own completion that the save landed and
+    /// read what it assumed ([`crate::worker`], "Pipelined hand-off").
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn complete(
         &self,
         fence: &Fence,
-        outcome: &TaskOutcome,
+        mut outcome: TaskOutcome,
+        n_llm: usize,
         claimed: &Task,
         run: &Run,
         claimed_state: Option<RunState>,
         loop_here: bool,
         hand: Option<Hand<'_>>,
     ) -> orch_store::Result<(bool, Option<Next>)> {
-        let _turn = self.stepping.take(&fence.run_id).await;
+        let turn = self.stepping.take(&fence.run_id).await;
         let cached = self
             .saved
             .lock()
@@ -466,23 +477,65 @@ impl Engine {
             }
         });
         let Some((expected_version, mut decided, in_flight)) = step else {
-            self.deps.store.complete_task(fence, outcome, now).await?;
+            if let Err(e) = self.deps.store.complete_task(fence, &outcome, now).await {
+                record_alone(&self.deps, &fence.run_id, &mut outcome, n_llm).await;
+                return Err(e);
+            }
             return Ok((true, None));
         };
         let lease_until = now + self.opts.lease_ttl.as_millis() as i64;
-        let handed = hand.and_then(|h| hand_over(&mut decided, h, lease_until, now));
+        let mut handed = hand.and_then(|h| hand_over(&mut decided, h, lease_until, now));
         // What the handed task reads, read with the step.
         let upstream = handed.as_ref().map(|next| {
             let tasks = decided.after.upstream_of(&next.task.id);
             let names = crate::worker::upstream_names(&decided.after, &tasks);
             (tasks, names)
         });
+        let held = hand.map(|h| h.held).unwrap_or_default();
+        let pipelined = hand.is_some_and(|h| h.pipeline);
+        if let (true, Some(next), Some((tasks, names))) = (pipelined, &mut handed, &upstream) {
+            let predicted = predict_inputs(fence, &outcome, held, names, tasks, now);
+            // The log says the handed task may start before this commit.
+            if let Some(queued) = decided.events.iter_mut().find(|e| {
+                e.kind == EventKind::TaskQueued
+                    && e.task_id.as_deref() == Some(next.task.id.as_str())
+            }) {
+                queued
+                    .message
+                    .push_str("; pipelined: it may start before this step commits");
+                queued.data["pipelined"] = Value::Bool(true);
+            }
+            let landing = Landing {
+                predicted,
+                handle: tokio::spawn(self.clone().land(
+                    turn,
+                    fence.clone(),
+                    outcome,
+                    n_llm,
+                    Landable {
+                        expected_version,
+                        decided,
+                        in_flight,
+                        inputs_of: (tasks.clone(), names.clone(), held.to_vec()),
+                        now,
+                        loop_here,
+                    },
+                )),
+            };
+            next.landing = Some(landing);
+            // Let the save start (hand its write to the store) before this
+            // worker goes on: on a single-threaded runtime it would otherwise
+            // wait until the handed task's agent yields, which a fast one
+            // may never do.
+            tokio::task::yield_now().await;
+            return Ok((false, handed));
+        }
         let stepped = self
             .deps
             .store
             .complete_and_save(
                 fence,
-                outcome,
+                &outcome,
                 now,
                 &orch_store::Step {
                     expected_version,
@@ -496,11 +549,18 @@ impl Engine {
                         .map(|(tasks, names)| orch_store::InputsOf {
                             upstream: names,
                             upstream_tasks: tasks,
-                            held: hand.map(|h| h.held).unwrap_or_default(),
+                            held,
                         }),
                 },
             )
-            .await?;
+            .await;
+        let stepped = match stepped {
+            Ok(stepped) => stepped,
+            Err(e) => {
+                record_alone(&self.deps, &fence.run_id, &mut outcome, n_llm).await;
+                return Err(e);
+            }
+        };
         let Some(version) = stepped.version else {
             // Not saved: nor is the hand-over; the engine takes the step.
             return Ok((true, None));
@@ -511,8 +571,85 @@ impl Engine {
             next
         });
         let status = self.saved(&fence.run_id, decided, version).await.status;
+        drop(turn);
         let wake = !stepped.current || (!loop_here && ends_a_wait(status));
         Ok((wake, next))
+    }
+
+    /// The save of a pipelined hand-off ([`Engine::complete`]), run as a task
+    /// of its own while the worker runs the handed task: the completion with
+    /// its step, then what follows a saved step (the run remembered, waiters
+    /// told, dispatches published, an engine woken if needed). Holds the
+    /// run's turn until done. `None` if the step was not saved (nor, then, the
+    /// hand-over; the completion may have been).
+    async fn land(
+        self,
+        turn: Turn,
+        fence: Fence,
+        mut outcome: TaskOutcome,
+        n_llm: usize,
+        step: Landable,
+    ) -> Option<Landed> {
+        let Landable {
+            expected_version,
+            decided,
+            in_flight,
+            inputs_of: (tasks, names, held),
+            now,
+            loop_here,
+        } = step;
+        let stepped = self
+            .deps
+            .store
+            .complete_and_save(
+                &fence,
+                &outcome,
+                now,
+                &orch_store::Step {
+                    expected_version,
+                    diff: &decided.diff,
+                    state: &decided.after,
+                    events: &decided.events,
+                    dead: &decided.dead,
+                    in_flight: &in_flight,
+                    inputs_of: Some(orch_store::InputsOf {
+                        upstream: &names,
+                        upstream_tasks: &tasks,
+                        held: &held,
+                    }),
+                },
+            )
+            .await;
+        let (wake, landed) = match stepped {
+            Ok(orch_store::Stepped {
+                version: Some(version),
+                current,
+                inputs,
+            }) => {
+                let status = self.saved(&fence.run_id, decided, version).await.status;
+                let wake = !current || (!loop_here && ends_a_wait(status));
+                (wake, Some(Landed { version, inputs }))
+            }
+            // The completion committed, the step did not: the engine takes it.
+            Ok(_) => (true, None),
+            Err(e) => {
+                match &e {
+                    orch_store::Error::LeaseLost { .. } => {
+                        warn!(task = %fence.task_id, attempt = fence.attempt, "lease lost before commit; result discarded")
+                    }
+                    e => {
+                        warn!(task = %fence.task_id, attempt = fence.attempt, error = %e, "attempt not recorded; its lease will expire and it will be retried")
+                    }
+                }
+                record_alone(&self.deps, &fence.run_id, &mut outcome, n_llm).await;
+                (false, None)
+            }
+        };
+        drop(turn);
+        if wake && let Err(e) = self.deps.broker.wake(&fence.run_id).await {
+            warn!(run = %fence.run_id, error = %e, "wake-up not delivered; the sweeper will tick the run");
+        }
+        landed
     }
 
     /// After a step's save committed at `version`: remember the run as saved,
@@ -615,6 +752,71 @@ impl Engine {
     }
 }
 
+/// What [`Engine::land`] saves: the step decided with the completion.
+struct Landable {
+    expected_version: i64,
+    decided: Decided,
+    in_flight: Vec<(String, u32)>,
+    /// The handed task's upstream tasks, the names it reads, and the
+    /// artifacts the completing worker holds ([`orch_store::InputsOf`]).
+    inputs_of: (Vec<String>, Vec<String>, Vec<orch_core::Artifact>),
+    now: orch_core::Millis,
+    loop_here: bool,
+}
+
+/// The upstream artifacts a handed task will read, as the completing
+/// worker can tell them before the step is saved: of what it holds (`held`)
+/// and what its completion writes (versioned after the latest it holds of
+/// the same name and path, as the store numbers them), the latest of each
+/// (name, path) that `names` names and `tasks` wrote. Exact unless the run
+/// has versions the worker does not hold; [`crate::worker`] compares it
+/// with what the save read before keeping what was run on it.
+fn predict_inputs(
+    fence: &Fence,
+    outcome: &TaskOutcome,
+    held: &[orch_core::Artifact],
+    names: &[String],
+    tasks: &[String],
+    now: orch_core::Millis,
+) -> Vec<orch_core::Artifact> {
+    let written = outcome.artifacts.iter().map(|a| {
+        let version = held
+            .iter()
+            .filter(|h| h.name == a.name && h.path == a.path)
+            .map(|h| h.version)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        orch_core::Artifact {
+            run_id: fence.run_id.clone(),
+            name: a.name.clone(),
+            version,
+            kind: a.kind.clone(),
+            path: a.path.clone(),
+            task_id: fence.task_id.clone(),
+            attempt: fence.attempt,
+            content: a.content.clone(),
+            metadata: a.metadata.clone(),
+            created_at: now,
+        }
+    });
+    let mut latest: Vec<orch_core::Artifact> = Vec::new();
+    for a in held.iter().cloned().chain(written) {
+        if !names.contains(&a.name) || !tasks.contains(&a.task_id) {
+            continue;
+        }
+        match latest
+            .iter_mut()
+            .find(|l| l.name == a.name && l.path == a.path)
+        {
+            Some(l) if l.version < a.version => *l = a,
+            Some(_) => {}
+            None => latest.push(a),
+        }
+    }
+    latest
+}
+
 /// Hand one task the step dispatches to the worker completing the step
 /// (`hand.worker`), if its role has a free permit in `hand.permits`: the
 /// step saves it claimed, RUNNING under that worker's lease until
@@ -685,6 +887,7 @@ fn hand_over(
         run: decided.after.run.clone(),
         owner,
         inputs: None,
+        landing: None,
         _permit: permit,
     })
 }
@@ -790,6 +993,7 @@ mod tests {
             worker: &worker,
             unwatched_only: false,
             held: &[],
+            pipeline: false,
         };
 
         let mut decided = first_step();
@@ -858,7 +1062,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_run_has_one_turn_at_a_time() {
         use std::time::Duration;
-        let turns = RunTurns::default();
+        let turns = std::sync::Arc::new(RunTurns::default());
         let (a, b) = (RunId::generate(), RunId::generate());
         let first = turns.take(&a).await;
         // Another run's turn is free meanwhile.
@@ -874,5 +1078,97 @@ mod tests {
         assert_eq!(turns.map().len(), 1, "only the held turn is kept");
         drop(second);
         assert!(turns.map().is_empty(), "turns no one holds are forgotten");
+    }
+
+    fn artifact(name: &str, path: Option<&str>, version: i64, task: &str) -> orch_core::Artifact {
+        orch_core::Artifact {
+            run_id: RunId("r1".into()),
+            name: name.into(),
+            version,
+            kind: "document".into(),
+            path: path.map(Into::into),
+            task_id: task.into(),
+            attempt: 1,
+            content: format!("{name} v{version}"),
+            metadata: Value::Null,
+            created_at: 5,
+        }
+    }
+
+    /// What a pipelined hand-off assumes its task reads: the latest of each
+    /// (name, path) among what the worker holds and what its completion
+    /// writes (numbered after the latest it holds), of the names the task
+    /// reads and the tasks it reads from — as the store would read them.
+    #[test]
+    fn a_pipelined_hand_off_predicts_what_the_store_reads() {
+        let fence = Fence {
+            run_id: RunId("r1".into()),
+            task_id: "fix".into(),
+            attempt: 2,
+            owner: "w".into(),
+        };
+        let new = |name: &str, path: Option<&str>| orch_core::NewArtifact {
+            name: name.into(),
+            kind: "code".into(),
+            path: path.map(Into::into),
+            content: format!("{name} new"),
+            metadata: serde_json::json!({"lines": 1}),
+        };
+        let outcome = TaskOutcome {
+            status: TaskStatus::Succeeded,
+            summary: None,
+            verdict: None,
+            error: None,
+            retryable: true,
+            artifacts: vec![
+                new("code", Some("app.py")),
+                new("code", Some("db.py")),
+                new("notes", None),
+            ],
+            events: Vec::new(),
+            usage: Default::default(),
+            llm_calls: Vec::new(),
+        };
+        let held = [
+            artifact("requirements", None, 1, "ba"),
+            artifact("code", Some("app.py"), 1, "be"),
+            artifact("code", Some("app.py"), 2, "fix0"),
+            artifact("plan", None, 1, "pm"),
+        ];
+        let names: Vec<String> = ["requirements", "code"].map(String::from).to_vec();
+        let tasks: Vec<String> = ["ba", "be", "fix0", "fix"].map(String::from).to_vec();
+        let mut got = predict_inputs(&fence, &outcome, &held, &names, &tasks, 9);
+        got.sort_by(|a, b| (&a.name, &a.path).cmp(&(&b.name, &b.path)));
+        let keys: Vec<_> = got
+            .iter()
+            .map(|a| {
+                (
+                    a.name.as_str(),
+                    a.path.as_deref(),
+                    a.version,
+                    a.task_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("code", Some("app.py"), 3, "fix"),
+                ("code", Some("db.py"), 1, "fix"),
+                ("requirements", None, 1, "ba"),
+            ],
+            "plan: not read; notes: not a name the task reads; app.py after the v2 held"
+        );
+        let written = &got[0];
+        assert_eq!(
+            (
+                written.attempt,
+                written.created_at,
+                written.content.as_str()
+            ),
+            (2, 9, "code new"),
+            "as the completion stores it"
+        );
+        assert_eq!(written.metadata, serde_json::json!({"lines": 1}));
     }
 }

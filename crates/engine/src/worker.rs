@@ -25,6 +25,19 @@
 //! truth: the handed task is leased as any claimed one, so if this process
 //! dies, its lease expires and the sweeper re-runs it.
 //!
+//! **Pipelined hand-off.** When the completing attempt was itself handed
+//! over and neither read nor posted a channel message, the worker knows
+//! what the task it is handed will read before the step is saved: what it
+//! holds plus what it just wrote. The step's save then goes on as a task of
+//! its own ([`Landing`]) while the worker runs the handed task's agent on
+//! those inputs; before that task's completion, it waits for the save. Not
+//! saved: the attempt is dropped (the task is not this worker's). Saved, but
+//! the save read other inputs (a person's channel message, a version the
+//! worker did not hold): the attempt runs again on what was read. The model
+//! calls of a dropped attempt are recorded on their own. A task received from
+//! a queue is not pipelined: its message is acknowledged once its completion
+//! has committed.
+//!
 //! The worker's own queue comes first. Unless another loop of the process
 //! waits on it (that loop takes what comes), the worker looks at it without
 //! waiting before committing. A message there runs next — after a handed
@@ -228,8 +241,68 @@ pub(crate) struct Next {
     pub(crate) owner: WorkerId,
     /// What the task reads, if read with the step (else read before it runs).
     pub(crate) inputs: Option<orch_store::AttemptInputs>,
+    /// The step handing the task over, still being saved (a pipelined
+    /// hand-off; see the module's "Pipelined hand-off").
+    pub(crate) landing: Option<Landing>,
     /// Held until the task's attempt is done (dropped with the `Next`).
     pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The save of a pipelined hand-off under way ([`crate::Engine::complete`]),
+/// and the inputs the handed task is run on meanwhile.
+#[derive(Debug)]
+pub(crate) struct Landing {
+    /// The save, as a task of its own: it goes on whatever the worker does.
+    pub(crate) handle: tokio::task::JoinHandle<Option<Landed>>,
+    /// The upstream artifacts the worker expects the save to read.
+    pub(crate) predicted: Vec<orch_core::Artifact>,
+}
+
+/// A pipelined hand-off's step, saved: the run's version and what the save
+/// read for the handed task.
+#[derive(Debug)]
+pub(crate) struct Landed {
+    pub(crate) version: i64,
+    pub(crate) inputs: Option<orch_store::AttemptInputs>,
+}
+
+/// Write on their own what an attempt's outcome would have committed of its
+/// model calls — the first `n_llm` events (its LLM events) and its journal
+/// records — when the outcome cannot be committed: a call that was made
+/// stays on record.
+pub(crate) async fn record_alone(
+    deps: &Deps,
+    run_id: &RunId,
+    outcome: &mut TaskOutcome,
+    n_llm: usize,
+) {
+    let events: Vec<NewEvent> = outcome
+        .events
+        .drain(..n_llm.min(outcome.events.len()))
+        .collect();
+    let calls = std::mem::take(&mut outcome.llm_calls);
+    record_calls(deps, run_id, events, calls).await;
+}
+
+async fn record_calls(
+    deps: &Deps,
+    run_id: &RunId,
+    events: Vec<NewEvent>,
+    calls: Vec<orch_store::LlmCallRecord>,
+) {
+    for call in &calls {
+        if let Err(e) = deps.store.record_llm_call(call).await {
+            warn!(run = %run_id, task = %call.task_id, error = %e, "could not journal an LLM call");
+        }
+    }
+    if !events.is_empty()
+        && let Err(e) = deps
+            .store
+            .append_events(run_id, &events, deps.clock.now_ms())
+            .await
+    {
+        warn!(run = %run_id, error = %e, "could not record LLM events");
+    }
 }
 
 /// Who may be handed a task by a completion's step: the completing worker
@@ -243,21 +316,34 @@ pub(crate) struct Hand<'a> {
     /// The artifacts the completing attempt read: a handed task reads only
     /// the others ([`orch_store::InputsOf::held`]).
     pub(crate) held: &'a [orch_core::Artifact],
+    /// The handed task may start before the step is saved (the module's
+    /// "Pipelined hand-off").
+    pub(crate) pipeline: bool,
 }
 
 /// The attempt [`execute`] runs: one received from a queue, to claim, or
 /// one handed over already claimed.
 enum Job<'a> {
     Dispatched(&'a Dispatch),
-    /// With what it reads, if read with the step that handed it over.
-    Handed(&'a Next, Option<orch_store::AttemptInputs>),
+    /// With what it reads, if read with the step that handed it over, or
+    /// the save of that step still under way.
+    Handed(&'a Next, Option<orch_store::AttemptInputs>, Option<Landing>),
+}
+
+/// What [`execute`] leaves its loop to do next.
+enum Ran {
+    /// Run this task next, if one was handed over.
+    Next(Option<Next>),
+    /// Run the handed task again, on these inputs (`None`: read them): its
+    /// pipelined attempt assumed inputs other than its step read.
+    Again(Option<orch_store::AttemptInputs>),
 }
 
 impl<'a> Job<'a> {
     fn dispatch(&self) -> &'a Dispatch {
         match *self {
             Job::Dispatched(d) => d,
-            Job::Handed(n, _) => &n.dispatch,
+            Job::Handed(n, ..) => &n.dispatch,
         }
     }
 }
@@ -355,9 +441,14 @@ pub(crate) async fn worker_loop(
                 slot: &mut queued,
             });
             let inputs = next.inputs.take();
-            let job = Job::Handed(&next, inputs);
+            let landing = next.landing.take();
+            let job = Job::Handed(&next, inputs, landing);
             match execute(&deps, &opts, stepper.as_ref(), &permits, peek, worker, job).await {
-                Ok(n) => handed = n,
+                Ok(Ran::Next(n)) => handed = n,
+                Ok(Ran::Again(inputs)) => {
+                    next.inputs = inputs;
+                    handed = Some(next);
+                }
                 Err(e) => {
                     warn!(worker = %worker.0, task = %next.dispatch.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried")
                 }
@@ -406,7 +497,9 @@ pub(crate) async fn worker_loop(
         });
         let job = Job::Dispatched(d);
         match execute(&deps, &opts, stepper.as_ref(), &permits, peek, &id, job).await {
-            Ok(n) => handed = n,
+            Ok(Ran::Next(n)) => handed = n,
+            // Only a handed task runs again.
+            Ok(Ran::Again(_)) => {}
             Err(e) => {
                 warn!(worker = %id.0, task = %d.task_id, error = %e, "attempt not recorded; its lease will expire and it will be retried");
                 continue; // not acked: a broker that redelivers will redeliver
@@ -474,15 +567,16 @@ async fn execute(
     peek: Option<Peek<'_>>,
     worker: &WorkerId,
     job: Job<'_>,
-) -> Result<Option<Next>> {
+) -> Result<Ran> {
     let d = job.dispatch();
+    let handed = matches!(job, Job::Handed(..));
     // The plan (cached) names the artifacts the task reads; they are read
     // with the claim, in the same round trip.
     let (plan, loaded) = match plan_of(deps, &d.run_id, &d.task_id).await {
         Ok(plan) => plan,
         Err(orch_store::Error::RunNotFound(_)) => {
             debug!(run = %d.run_id, task = %d.task_id, "dispatch of an unknown run dropped");
-            return Ok(None);
+            return Ok(Ran::Next(None));
         }
         Err(e) => return Err(e.into()),
     };
@@ -490,6 +584,8 @@ async fn execute(
     let upstream_names = upstream_names(&plan, &upstream_tasks);
     let now = deps.clock.now_ms();
     let lease_until = now + opts.lease_ttl.as_millis() as i64;
+    // The save of the step that handed the task over, if still under way.
+    let mut landing = None;
     let claimed = match job {
         Job::Dispatched(d) => {
             let fresh = loaded.then_some(&plan);
@@ -506,12 +602,22 @@ async fn execute(
             )
             .await?
         }
-        Job::Handed(next, inputs) => {
+        Job::Handed(next, inputs, pipelined) => {
             // Claimed by the step's save; what the claim would have read
-            // with it was read with the step, or is read now.
-            let orch_store::AttemptInputs { messages, upstream } = match inputs {
-                Some(inputs) => inputs,
-                None => {
+            // with it was read with the step, or is read now — or, while
+            // the step is being saved, is what the worker expects it to read
+            // (checked once it is saved).
+            let orch_store::AttemptInputs { messages, upstream } = match (pipelined, inputs) {
+                (Some(Landing { handle, predicted }), _) => {
+                    debug!(run = %d.run_id, task = %d.task_id, "running while the step that handed it over is saved (pipelined)");
+                    landing = Some(handle);
+                    orch_store::AttemptInputs {
+                        messages: Vec::new(),
+                        upstream: predicted,
+                    }
+                }
+                (None, Some(inputs)) => inputs,
+                (None, None) => {
                     deps.store
                         .attempt_inputs(&d.run_id, &upstream_tasks, &upstream_names)
                         .await?
@@ -528,14 +634,14 @@ async fn execute(
     };
     let Some(orch_store::ClaimedAttempt {
         task,
-        run,
+        mut run,
         messages,
         upstream,
         state,
     }) = claimed
     else {
         debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
-        return Ok(None);
+        return Ok(Ran::Next(None));
     };
     let fence = Fence {
         run_id: d.run_id.clone(),
@@ -598,6 +704,9 @@ async fn execute(
         let at = upstream_names.iter().position(|n| *n == a.name);
         (at, a.path.clone())
     });
+    // Read no channel message: with none posted either, the task handed
+    // over next reads none, and its step's save may be pipelined.
+    let no_messages = messages.is_empty();
     let context = Context {
         plan: &plan,
         upstream_tasks: &upstream_tasks,
@@ -606,29 +715,54 @@ async fn execute(
         messages,
         upstream: &upstream,
     };
-    let result = run_agent(deps, opts, context, &lost, &sink, &provider).await;
+    let agent = run_agent(deps, opts, context, &lost, &sink, &provider);
+    let (result, landed) = match landing {
+        None => (agent.await, None),
+        Some(handle) => {
+            // The agent runs while the step handing the task over is saved;
+            // if that save fails, the task is not this worker's: stop.
+            let land = async {
+                let landed = handle.await.ok().flatten();
+                if landed.is_none() {
+                    lost.cancel();
+                }
+                Some(landed)
+            };
+            tokio::join!(agent, land)
+        }
+    };
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
+    if let Some(landed) = landed {
+        let discard = |why: &str| {
+            debug!(run = %d.run_id, task = %task.id, attempt = d.attempt, "{why}");
+            async {
+                record_calls(
+                    deps,
+                    &d.run_id,
+                    sink.take().await,
+                    provider.take_buffered().await,
+                )
+                .await
+            }
+        };
+        match landed {
+            None => {
+                discard("the step handing this task over was not saved; attempt dropped").await;
+                return Ok(Ran::Next(None));
+            }
+            Some(Landed { version, inputs }) => {
+                run.version = version;
+                if !assumed_inputs_hold(inputs.as_ref(), &upstream, &upstream_tasks) {
+                    discard("the step read other inputs than the pipelined attempt assumed; running it again").await;
+                    return Ok(Ran::Again(inputs));
+                }
+            }
+        }
+    }
     // LLM events not yet written commit with the outcome, before its own events.
     let llm_events = sink.take().await;
     let llm_calls = provider.take_buffered().await;
-    // What commits with the outcome, written on its own when the outcome cannot be.
-    let record_alone = |events: Vec<NewEvent>, calls: Vec<orch_store::LlmCallRecord>| async move {
-        for call in &calls {
-            if let Err(e) = deps.store.record_llm_call(call).await {
-                warn!(run = %d.run_id, task = %call.task_id, error = %e, "could not journal an LLM call");
-            }
-        }
-        if !events.is_empty()
-            && let Err(e) = deps
-                .store
-                .append_events(&d.run_id, &events, deps.clock.now_ms())
-                .await
-        {
-            warn!(run = %d.run_id, error = %e, "could not record LLM events");
-        }
-    };
-
     // Messages posted by a successful attempt, published once it committed.
     let mut posted: Vec<ChannelPost> = Vec::new();
     let mut outcome = match result {
@@ -677,8 +811,8 @@ async fn execute(
         },
         AttemptResult::LeaseLost => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost while running; result discarded");
-            record_alone(llm_events, llm_calls).await;
-            return Ok(None);
+            record_calls(deps, &d.run_id, llm_events, llm_calls).await;
+            return Ok(Ran::Next(None));
         }
     };
     let n_llm = llm_events.len();
@@ -692,6 +826,9 @@ async fn execute(
         worker,
         unwatched_only: false,
         held: &upstream,
+        // Not for a task received from a queue: its message is acknowledged
+        // once this returns, which must follow its completion's commit.
+        pipeline: handed && no_messages && posted.is_empty(),
     };
     let can_hand = stepper.is_some() && permits.any();
     let hand = match peek {
@@ -725,37 +862,41 @@ async fn execute(
     };
     // With an engine the completion takes the run's next step with it;
     // otherwise an engine is woken to take it.
+    // Errors leave the attempt's model calls on record (record_alone).
     let completed = match stepper {
         Some(s) => {
             s.engine
-                .complete(&fence, &outcome, &task, &run, state, s.loop_here, hand)
+                .complete(
+                    &fence,
+                    outcome,
+                    n_llm,
+                    &task,
+                    &run,
+                    state,
+                    s.loop_here,
+                    hand,
+                )
                 .await
         }
-        None => deps
+        None => match deps
             .store
             .complete_task(&fence, &outcome, deps.clock.now_ms())
             .await
-            .map(|()| (true, None)),
+        {
+            Ok(()) => Ok((true, None)),
+            Err(e) => {
+                record_alone(deps, &d.run_id, &mut outcome, n_llm).await;
+                Err(e)
+            }
+        },
     };
     let (wake, next) = match completed {
         Ok(done) => done,
         Err(orch_store::Error::LeaseLost { .. }) => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost before commit; result discarded");
-            record_alone(
-                outcome.events.drain(..n_llm).collect(),
-                std::mem::take(&mut outcome.llm_calls),
-            )
-            .await;
-            return Ok(None);
+            return Ok(Ran::Next(None));
         }
-        Err(e) => {
-            record_alone(
-                outcome.events.drain(..n_llm).collect(),
-                std::mem::take(&mut outcome.llm_calls),
-            )
-            .await;
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     };
     if wake && let Err(e) = deps.broker.wake(&d.run_id).await {
         warn!(run = %d.run_id, error = %e, "wake-up not delivered; the sweeper will tick the run");
@@ -773,7 +914,30 @@ async fn execute(
             warn!(run = %d.run_id, channel = %msg.channel, error = %e, "channel message not published live; it is in the event log");
         }
     }
-    Ok(next)
+    Ok(Ran::Next(next))
+}
+
+/// Whether what a pipelined hand-off's save read for the handed task
+/// (`read`; `None`: it could not read it) is what its attempt ran on: no
+/// channel message in the task's inbox (see `run_agent`) and the
+/// upstream artifacts `assumed`, in any order.
+fn assumed_inputs_hold(
+    read: Option<&orch_store::AttemptInputs>,
+    assumed: &[orch_core::Artifact],
+    upstream_tasks: &[String],
+) -> bool {
+    let Some(read) = read else {
+        return false;
+    };
+    let inbox = read.messages.iter().any(|m| {
+        m.task_id
+            .as_ref()
+            .is_none_or(|t| upstream_tasks.contains(t))
+            && channel_post(m).is_some()
+    });
+    !inbox
+        && read.upstream.len() == assumed.len()
+        && read.upstream.iter().all(|a| assumed.contains(a))
 }
 
 /// Claim the attempt `d` for `worker`, with what it reads (see
@@ -1080,6 +1244,75 @@ mod tests {
         let n = id.0.rsplit_once('-').unwrap().1;
         assert!(pm.0.ends_with(&format!(":pm-{n}")), "{}", pm.0);
         assert_eq!(pm.as_role(Role::BusinessAnalyst), id, "and back");
+    }
+
+    /// A pipelined attempt's work is kept only if its step read what it
+    /// assumed: the same artifacts in any order, and no channel message in
+    /// its inbox (one of an upstream task or of a person; another task's is
+    /// not in the inbox).
+    #[test]
+    fn a_pipelined_attempt_is_kept_only_on_the_inputs_it_assumed() {
+        use super::assumed_inputs_hold;
+        use orch_core::{Artifact, Event, EventKind, RunId};
+        use orch_store::AttemptInputs;
+        let artifact = |name: &str, version: i64| Artifact {
+            run_id: RunId("r".into()),
+            name: name.into(),
+            version,
+            kind: "document".into(),
+            path: None,
+            task_id: "up".into(),
+            attempt: 1,
+            content: name.into(),
+            metadata: serde_json::Value::Null,
+            created_at: 1,
+        };
+        let message = |task: Option<&str>| Event {
+            run_id: RunId("r".into()),
+            seq: 7,
+            kind: EventKind::ChannelMessage,
+            task_id: task.map(Into::into),
+            message: "posted".into(),
+            data: serde_json::json!({"channel": "design", "from_role": "tech_lead", "text": "hi"}),
+            created_at: 1,
+        };
+        let assumed = [artifact("a", 1), artifact("b", 2)];
+        let upstream = ["up".to_string()];
+        let read =
+            |upstream: Vec<Artifact>, messages: Vec<Event>| AttemptInputs { messages, upstream };
+        let holds = |r: &AttemptInputs| assumed_inputs_hold(Some(r), &assumed, &upstream);
+
+        assert!(
+            holds(&read(vec![artifact("b", 2), artifact("a", 1)], vec![])),
+            "any order"
+        );
+        assert!(
+            holds(&read(
+                vec![artifact("a", 1), artifact("b", 2)],
+                vec![message(Some("beside"))]
+            )),
+            "a message of a task not upstream is not in the inbox"
+        );
+        assert!(
+            !holds(&read(vec![artifact("a", 1), artifact("b", 3)], vec![])),
+            "a newer version"
+        );
+        assert!(!holds(&read(vec![artifact("a", 1)], vec![])), "one fewer");
+        let more = vec![artifact("a", 1), artifact("b", 2), artifact("c", 1)];
+        assert!(!holds(&read(more, vec![])), "one more");
+        let both = || vec![artifact("a", 1), artifact("b", 2)];
+        assert!(
+            !holds(&read(both(), vec![message(Some("up"))])),
+            "an upstream task's message"
+        );
+        assert!(
+            !holds(&read(both(), vec![message(None)])),
+            "a person's message"
+        );
+        assert!(
+            !assumed_inputs_hold(None, &assumed, &upstream),
+            "nothing read: read it"
+        );
     }
 
     #[test]

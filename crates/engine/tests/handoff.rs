@@ -146,3 +146,121 @@ async fn a_run_alone_is_handed_from_worker_to_worker() {
         code.name
     );
 }
+
+/// A chain of `n` tasks, each reading the one before (and so, transitively,
+/// every earlier one), as the benchmark's S1.
+fn chain(n: usize) -> Workflow {
+    let roles = [Role::BusinessAnalyst, Role::ProjectManager, Role::TechLead];
+    let tasks = (0..n)
+        .map(|i| orch_core::TaskSpec {
+            id: format!("t{i}"),
+            role: roles[i % roles.len()],
+            title: format!("step {i}"),
+            instructions: "Write the next step.".into(),
+            needs: if i == 0 {
+                vec![]
+            } else {
+                vec![format!("t{}", i - 1)]
+            },
+            produces: vec![orch_core::ExpectedArtifact {
+                name: format!("a{i}"),
+                kind: "document".into(),
+            }],
+            validation: vec![orch_core::ValidationRule::ArtifactsPresent],
+            gate: None,
+            retries: 2,
+            timeout_secs: None,
+            dedupe_key: None,
+        })
+        .collect();
+    Workflow {
+        name: format!("chain{n}"),
+        description: "a chain".into(),
+        success_criteria: vec![],
+        tasks,
+    }
+}
+
+/// Pipelined hand-off (worker.rs): along a chain, a worker handed a task
+/// runs it while the step that handed it over commits, on the inputs it
+/// expects that step to read. The log says which hand-offs were pipelined;
+/// each task was asked of the provider once (no attempt was run again on
+/// other inputs), ran once, and its prompt — read back from its event —
+/// quotes every earlier artifact as stored.
+#[tokio::test]
+async fn a_chain_runs_each_task_while_the_step_before_commits() {
+    let provider = Arc::new(orch_llm::Recording::new(generic_provider()));
+    let h = TestEngine::with(
+        provider.clone(),
+        Arc::new(SystemClock),
+        EngineOptions::default(),
+    )
+    .await;
+    let (engine, store) = (&h.engine, &h.store);
+    let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+    let n = 8;
+    let id = engine
+        .submit(
+            "a chain",
+            serde_json::Value::Null,
+            &chain(n),
+            fast_settings(),
+        )
+        .await
+        .unwrap();
+    let run = h.wait(&id).await;
+    runtime.shutdown().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);
+
+    let state = store.load_run(&id).await.unwrap();
+    let events = store.list_events(&id, EventQuery::default()).await.unwrap();
+    let of = |kind: EventKind, task: &str| -> Vec<&orch_core::Event> {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && e.task_id.as_deref() == Some(task))
+            .collect()
+    };
+    for t in &state.tasks {
+        assert_eq!(
+            (t.status, t.attempt),
+            (TaskStatus::Succeeded, 1),
+            "{}",
+            t.id
+        );
+        assert_eq!(
+            of(EventKind::TaskStarted, &t.id).len(),
+            1,
+            "{} started once",
+            t.id
+        );
+    }
+    assert_eq!(
+        provider.requests().len(),
+        n,
+        "one call per task: none ran again"
+    );
+    let pipelined: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskQueued && e.data["pipelined"] == true)
+        .filter_map(|e| e.task_id.as_deref())
+        .collect();
+    // The first task is published; the second is handed by a worker that
+    // received its task from a queue (acknowledged once this commits, so
+    // not pipelined); every later one by a worker running a handed task.
+    let later: Vec<String> = (2..n).map(|i| format!("t{i}")).collect();
+    assert_eq!(pipelined, later, "pipelined hand-offs");
+    let artifacts = store.list_artifacts(&id, true).await.unwrap();
+    for i in 1..n {
+        let prompt = of(EventKind::LlmRequest, &format!("t{i}"));
+        let text = prompt[0].data["messages"].to_string();
+        for a in artifacts.iter().filter(|a| a.name < format!("a{i}")) {
+            let quoted = serde_json::to_string(&a.content).unwrap();
+            let quoted = quoted.trim_matches('"');
+            assert!(
+                text.contains(quoted),
+                "t{i}'s prompt quotes {} as stored",
+                a.name
+            );
+        }
+    }
+}
