@@ -492,7 +492,15 @@ impl Engine {
             (tasks, names)
         });
         let held = hand.map(|h| h.held).unwrap_or_default();
-        let pipelined = hand.is_some_and(|h| h.pipeline);
+        // Only if the handed task reads from no task but the completing one
+        // and those whose artifacts the worker holds: otherwise its inputs
+        // cannot be told in advance.
+        let pipelined = hand.zip(upstream.as_ref()).is_some_and(|(h, (tasks, _))| {
+            h.pipeline
+                && tasks
+                    .iter()
+                    .all(|t| *t == fence.task_id || h.held_from.contains(t))
+        });
         if let (true, Some(next), Some((tasks, names))) = (pipelined, &mut handed, &upstream) {
             let predicted = predict_inputs(fence, &outcome, held, names, tasks, now);
             // The log says the handed task may start before this commit.
@@ -993,6 +1001,7 @@ mod tests {
             worker: &worker,
             unwatched_only: false,
             held: &[],
+            held_from: &[],
             pipeline: false,
         };
 

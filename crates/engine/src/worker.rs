@@ -26,9 +26,11 @@
 //! dies, its lease expires and the sweeper re-runs it.
 //!
 //! **Pipelined hand-off.** When the completing attempt was itself handed
-//! over and neither read nor posted a channel message, the worker knows
-//! what the task it is handed will read before the step is saved: what it
-//! holds plus what it just wrote. The step's save then goes on as a task of
+//! over and neither read nor posted a channel message, and the task it is
+//! handed reads from no task but it and its own upstream (a chain; not a
+//! review that also reads a branch run beside it), the worker knows what
+//! that task will read before the step is saved: what it holds plus what it
+//! just wrote. The step's save then goes on as a task of
 //! its own ([`Landing`]) while the worker runs the handed task's agent on
 //! those inputs; before that task's completion, it waits for the save. Not
 //! saved: the attempt is dropped (the task is not this worker's). Saved, but
@@ -316,8 +318,12 @@ pub(crate) struct Hand<'a> {
     /// The artifacts the completing attempt read: a handed task reads only
     /// the others ([`orch_store::InputsOf::held`]).
     pub(crate) held: &'a [orch_core::Artifact],
+    /// The completing task's upstream tasks: those whose artifacts `held`
+    /// holds.
+    pub(crate) held_from: &'a [String],
     /// The handed task may start before the step is saved (the module's
-    /// "Pipelined hand-off").
+    /// "Pipelined hand-off") if it reads from no task but the completing one
+    /// and those of `held_from`.
     pub(crate) pipeline: bool,
 }
 
@@ -826,6 +832,7 @@ async fn execute(
         worker,
         unwatched_only: false,
         held: &upstream,
+        held_from: &upstream_tasks,
         // Not for a task received from a queue: its message is acknowledged
         // once this returns, which must follow its completion's commit.
         pipeline: handed && no_messages && posted.is_empty(),

@@ -145,6 +145,16 @@ async fn a_run_alone_is_handed_from_worker_to_worker() {
         "the code review's prompt names {}",
         code.name
     );
+    // The code review reads both engineers' code: whichever engineer hands
+    // it over does not hold the other's, so it never starts before that
+    // step is saved (pipelined); the tasks of the chain before it may.
+    let pipelined: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskQueued && e.data["pipelined"] == true)
+        .filter_map(|e| e.task_id.as_deref())
+        .collect();
+    assert!(!pipelined.contains("code_review"), "{pipelined:?}");
+    assert!(pipelined.contains("architecture"), "{pipelined:?}");
 }
 
 /// A chain of `n` tasks, each reading the one before (and so, transitively,
