@@ -495,11 +495,20 @@ impl Engine {
         // Only if the handed task reads from no task but the completing one
         // and those whose artifacts the worker holds: otherwise its inputs
         // cannot be told in advance.
+        // And only if no other task of the run writes artifacts of the names
+        // the completion writes: their versions are then the first, and
+        // known (another's, such as a second review's, follow versions the
+        // worker may not hold).
         let pipelined = hand.zip(upstream.as_ref()).is_some_and(|(h, (tasks, _))| {
             h.pipeline
                 && tasks
                     .iter()
                     .all(|t| *t == fence.task_id || h.held_from.contains(t))
+                && outcome.artifacts.iter().all(|a| {
+                    decided.after.tasks.iter().all(|t| {
+                        t.id == fence.task_id || t.expected.iter().all(|e| e.name != a.name)
+                    })
+                })
         });
         if let (true, Some(next), Some((tasks, names))) = (pipelined, &mut handed, &upstream) {
             let predicted = predict_inputs(fence, &outcome, held, names, tasks, now);

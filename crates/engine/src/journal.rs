@@ -72,6 +72,9 @@ pub struct JournalingProvider {
     /// Held across the flusher's write, so the outcome never takes records
     /// that are being written on their own.
     buffered: Arc<tokio::sync::Mutex<Vec<LlmCallRecord>>>,
+    /// Whether the attempt's calls are to be journaled at all, once known
+    /// ([`JournalingProvider::gated`]); `None` for an attempt known to be kept.
+    gate: Option<tokio::sync::watch::Receiver<Option<bool>>>,
 }
 
 impl std::fmt::Debug for JournalingProvider {
@@ -95,7 +98,20 @@ impl JournalingProvider {
             pending: tokio::sync::Mutex::new(Vec::new()),
             window: None,
             buffered: Arc::new(tokio::sync::Mutex::new(Vec::new())),
+            gate: None,
         }
+    }
+
+    /// Journal nothing on its own until `gate` says whether the attempt is
+    /// kept: `Some(true)`, as without a gate; `Some(false)` (or the sender
+    /// gone), records stay held for [`JournalingProvider::take_buffered`],
+    /// to be dropped. For an attempt run before it is known to be this
+    /// worker's to run on these inputs (a pipelined hand-off): the journal
+    /// keeps one record per attempt and step, that of the attempt that
+    /// commits, which is what a replay must find.
+    pub fn gated(mut self, gate: Option<tokio::sync::watch::Receiver<Option<bool>>>) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Hold the records of calls faster than `window` for up to `window`, to
@@ -241,6 +257,35 @@ impl Provider for JournalingProvider {
                 return Ok(response);
             }
         };
+        if let Some(gate) = self.gate.clone()
+            && *gate.borrow() != Some(true)
+        {
+            let mut held = self.buffered.lock().await;
+            let first = held.is_empty();
+            held.push(record);
+            drop(held);
+            if first {
+                let (store, held, window) =
+                    (self.store.clone(), self.buffered.clone(), self.window);
+                tokio::spawn(async move {
+                    let mut gate = gate;
+                    let kept = gate.wait_for(Option::is_some).await.ok().and_then(|v| *v);
+                    if kept != Some(true) {
+                        return; // held, to be taken and dropped
+                    }
+                    if let Some(window) = window {
+                        tokio::time::sleep(window).await;
+                    }
+                    let mut held = held.lock().await;
+                    for record in std::mem::take(&mut *held) {
+                        if let Err(e) = store.record_llm_call(&record).await {
+                            tracing::warn!(run = %record.run_id, task = %record.task_id, error = %e, "could not journal an LLM call");
+                        }
+                    }
+                });
+            }
+            return Ok(response);
+        }
         if let Some(window) = self.window
             && started.elapsed() < window
         {

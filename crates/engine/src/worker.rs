@@ -28,17 +28,19 @@
 //! **Pipelined hand-off.** When the completing attempt was itself handed
 //! over and neither read nor posted a channel message, and the task it is
 //! handed reads from no task but it and its own upstream (a chain; not a
-//! review that also reads a branch run beside it), the worker knows what
-//! that task will read before the step is saved: what it holds plus what it
-//! just wrote. The step's save then goes on as a task of
+//! review that also reads a branch run beside it), and no other task writes
+//! artifacts of the names it wrote (their versions are then the first), the
+//! worker knows what that task will read before the step is saved: what it
+//! holds plus what it just wrote. The step's save then goes on as a task of
 //! its own ([`Landing`]) while the worker runs the handed task's agent on
-//! those inputs; before that task's completion, it waits for the save. Not
-//! saved: the attempt is dropped (the task is not this worker's). Saved, but
-//! the save read other inputs (a person's channel message, a version the
-//! worker did not hold): the attempt runs again on what was read. The model
-//! calls of a dropped attempt are recorded on their own. A task received from
-//! a queue is not pipelined: its message is acknowledged once its completion
-//! has committed.
+//! those inputs. Once the save is done: not saved, the attempt is dropped
+//! (the task is not this worker's); saved but on other inputs (a person's
+//! channel message meanwhile), the attempt is dropped and runs again on what
+//! was read. A dropped attempt's agent is stopped at once and its calls are
+//! recorded as events, not in the journal (`JournalingProvider::gated`). A
+//! task without a plan here yet (one the step adds) waits for the save. A
+//! task received from a queue is not pipelined: its message is acknowledged
+//! once its completion has committed.
 //!
 //! The worker's own queue comes first. Unless another loop of the process
 //! waits on it (that loop takes what comes), the worker looks at it without
@@ -576,6 +578,25 @@ async fn execute(
 ) -> Result<Ran> {
     let d = job.dispatch();
     let handed = matches!(job, Job::Handed(..));
+    // A pipelined hand-off of a task this process has no plan for (one the
+    // step adds, as rework's fix tasks): the plan is read once the step that
+    // adds the task is saved, and the task then runs on what that step read.
+    let mut job = job;
+    let mut landed_version = None;
+    if let Job::Handed(next, _, landing @ Some(_)) = &mut job
+        && cached_plan(&d.run_id, &d.task_id).is_none()
+    {
+        let landed = match landing.take() {
+            Some(l) => l.handle.await.ok().flatten(),
+            None => None,
+        };
+        let Some(Landed { version, inputs }) = landed else {
+            debug!(run = %d.run_id, task = %d.task_id, "the step handing this task over was not saved; attempt dropped");
+            return Ok(Ran::Next(None));
+        };
+        landed_version = Some(version);
+        job = Job::Handed(next, inputs, None);
+    }
     // The plan (cached) names the artifacts the task reads; they are read
     // with the claim, in the same round trip.
     let (plan, loaded) = match plan_of(deps, &d.run_id, &d.task_id).await {
@@ -649,6 +670,9 @@ async fn execute(
         debug!(task = %d.task_id, attempt = d.attempt, "duplicate or stale dispatch dropped");
         return Ok(Ran::Next(None));
     };
+    if let Some(version) = landed_version {
+        run.version = version;
+    }
     let fence = Fence {
         run_id: d.run_id.clone(),
         task_id: d.task_id.clone(),
@@ -693,6 +717,8 @@ async fn execute(
     };
 
     let sink = StoreSink::new(deps.clone(), d.run_id.clone());
+    // A pipelined attempt journals its calls once it is known to be kept.
+    let (keep_tx, keep_rx) = tokio::sync::watch::channel(None);
     // Journal records of fast calls, like LLM events, wait to commit with the outcome.
     let provider = Arc::new(
         crate::JournalingProvider::new(
@@ -701,7 +727,8 @@ async fn execute(
             deps.clock.clone(),
         )
         .replay(!failed_on_output(&task))
-        .buffered(LLM_EVENT_FLUSH),
+        .buffered(LLM_EVENT_FLUSH)
+        .gated(landing.is_some().then_some(keep_rx)),
     );
     let mut upstream = upstream;
     // Plan order, not the order concurrent tasks happened to finish in: the
@@ -726,30 +753,32 @@ async fn execute(
         None => (agent.await, None),
         Some(handle) => {
             // The agent runs while the step handing the task over is saved;
-            // if that save fails, the task is not this worker's: stop.
+            // if that save fails, the task is not this worker's, and if it
+            // read other inputs, the attempt is not the one to keep: stop.
             let land = async {
                 let landed = handle.await.ok().flatten();
-                if landed.is_none() {
+                let kept = landed.as_ref().is_some_and(|l| {
+                    assumed_inputs_hold(l.inputs.as_ref(), &upstream, &upstream_tasks)
+                });
+                let _ = keep_tx.send(Some(kept));
+                if !kept {
                     lost.cancel();
                 }
-                Some(landed)
+                Some((landed, kept))
             };
             tokio::join!(agent, land)
         }
     };
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
-    if let Some(landed) = landed {
+    if let Some((landed, kept)) = landed {
+        // A dropped pipelined attempt's calls stay on record as events, not in
+        // the journal (see `JournalingProvider::gated`).
         let discard = |why: &str| {
             debug!(run = %d.run_id, task = %task.id, attempt = d.attempt, "{why}");
             async {
-                record_calls(
-                    deps,
-                    &d.run_id,
-                    sink.take().await,
-                    provider.take_buffered().await,
-                )
-                .await
+                drop(provider.take_buffered().await);
+                record_calls(deps, &d.run_id, sink.take().await, Vec::new()).await
             }
         };
         match landed {
@@ -759,7 +788,7 @@ async fn execute(
             }
             Some(Landed { version, inputs }) => {
                 run.version = version;
-                if !assumed_inputs_hold(inputs.as_ref(), &upstream, &upstream_tasks) {
+                if !kept {
                     discard("the step read other inputs than the pipelined attempt assumed; running it again").await;
                     return Ok(Ran::Again(inputs));
                 }
@@ -1176,6 +1205,15 @@ static PLANS: std::sync::LazyLock<
 /// Bound on cached plans; the cache is cleared when it is reached.
 const MAX_CACHED_PLANS: usize = 4096;
 
+/// The cached plan of `run_id`, if it has `task_id`.
+fn cached_plan(run_id: &RunId, task_id: &str) -> Option<std::sync::Arc<orch_core::RunState>> {
+    let plans = PLANS.lock().unwrap_or_else(|p| p.into_inner());
+    plans
+        .get(run_id)
+        .filter(|s| s.task(task_id).is_some())
+        .cloned()
+}
+
 /// The plan of `run_id`, cached or read (then `true`: the whole run as it
 /// is now).
 async fn plan_of(
@@ -1183,14 +1221,7 @@ async fn plan_of(
     run_id: &RunId,
     task_id: &str,
 ) -> orch_store::Result<(std::sync::Arc<orch_core::RunState>, bool)> {
-    let key_hit = {
-        let plans = PLANS.lock().unwrap_or_else(|p| p.into_inner());
-        plans
-            .get(run_id)
-            .filter(|s| s.task(task_id).is_some())
-            .cloned()
-    };
-    if let Some(hit) = key_hit {
+    if let Some(hit) = cached_plan(run_id, task_id) {
         return Ok((hit, false));
     }
     let state = std::sync::Arc::new(deps.store.load_run(run_id).await?);

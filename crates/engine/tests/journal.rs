@@ -171,3 +171,57 @@ async fn nul_characters_in_an_answer_are_replaced_before_anything_stores_them() 
     let journaled: Response = serde_json::from_str(&calls[0].response).unwrap();
     assert_eq!(journaled, answer);
 }
+
+/// A gated provider (a pipelined attempt, run before it is known to be
+/// kept) journals nothing until told: told "dropped", its records stay held
+/// for the worker to take and drop, and the journal's one record for that
+/// attempt and step is left to the attempt that commits; told "kept", they
+/// are written as without a gate (here: after the buffering window).
+#[tokio::test(start_paused = true)]
+async fn a_gated_attempt_journals_only_once_it_is_kept() {
+    use std::time::Duration;
+    let (store, run) = store_with_a_run().await;
+    let inner = Arc::new(Counting::default());
+    let window = Duration::from_millis(250);
+    let gated = |gate| {
+        JournalingProvider::new(inner.clone(), store.clone(), Arc::new(SystemClock))
+            .buffered(window)
+            .gated(Some(gate))
+    };
+
+    let (dropped_tx, dropped_rx) = tokio::sync::watch::channel(None);
+    let dropped = gated(dropped_rx);
+    dropped
+        .complete(&request(&run, 1, "on assumed inputs"))
+        .await
+        .unwrap();
+    tokio::time::sleep(window * 4).await;
+    assert!(
+        store.list_llm_calls(&run).await.unwrap().is_empty(),
+        "held while not known"
+    );
+    dropped_tx.send(Some(false)).unwrap();
+    tokio::time::sleep(window * 4).await;
+    assert!(
+        store.list_llm_calls(&run).await.unwrap().is_empty(),
+        "never written once dropped"
+    );
+    let held = dropped.take_buffered().await;
+    assert_eq!(held.len(), 1, "held for the worker to drop");
+
+    let (kept_tx, kept_rx) = tokio::sync::watch::channel(None);
+    let kept = gated(kept_rx);
+    kept.complete(&request(&run, 1, "on the inputs read"))
+        .await
+        .unwrap();
+    kept_tx.send(Some(true)).unwrap();
+    tokio::time::sleep(window * 4).await;
+    let calls = store.list_llm_calls(&run).await.unwrap();
+    assert_eq!(calls.len(), 1, "written once kept");
+    assert_eq!(
+        calls[0].request_hash,
+        request_hash(&request(&run, 1, "on the inputs read")),
+        "the kept attempt's call is the journal's record of attempt 1, step 0"
+    );
+    assert!(kept.take_buffered().await.is_empty());
+}
