@@ -685,6 +685,9 @@ async fn execute(
     // attempt is abandoned (its result could not be committed anyway).
     let lost = CancellationToken::new();
     let stop_heartbeat = CancellationToken::new();
+    // A pipelined attempt: whether it is kept, once its step's save is done
+    // (until then its lease may not be in the store yet).
+    let (keep_tx, keep_rx) = tokio::sync::watch::channel(None);
     let heartbeat = {
         let deps = deps.clone();
         let fence = fence.clone();
@@ -692,7 +695,16 @@ async fn execute(
         let stop = stop_heartbeat.clone();
         let every = opts.heartbeat_every;
         let ttl = opts.lease_ttl.as_millis() as i64;
+        let mut kept = landing.is_some().then(|| keep_rx.clone());
         tokio::spawn(async move {
+            if let Some(kept) = &mut kept {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    k = kept.wait_for(Option::is_some) => if k.ok().and_then(|k| *k) != Some(true) {
+                        return;
+                    },
+                }
+            }
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -717,8 +729,6 @@ async fn execute(
     };
 
     let sink = StoreSink::new(deps.clone(), d.run_id.clone());
-    // A pipelined attempt journals its calls once it is known to be kept.
-    let (keep_tx, keep_rx) = tokio::sync::watch::channel(None);
     // Journal records of fast calls, like LLM events, wait to commit with the outcome.
     let provider = Arc::new(
         crate::JournalingProvider::new(
@@ -728,6 +738,7 @@ async fn execute(
         )
         .replay(!failed_on_output(&task))
         .buffered(LLM_EVENT_FLUSH)
+        // A pipelined attempt journals its calls once it is known to be kept.
         .gated(landing.is_some().then_some(keep_rx)),
     );
     let mut upstream = upstream;
