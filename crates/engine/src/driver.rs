@@ -554,21 +554,17 @@ impl Engine {
                 fence,
                 &outcome,
                 now,
-                &orch_store::Step {
+                &decided.step(
                     expected_version,
-                    diff: &decided.diff,
-                    state: &decided.after,
-                    events: &decided.events,
-                    dead: &decided.dead,
-                    in_flight: &in_flight,
-                    inputs_of: upstream
+                    &in_flight,
+                    upstream
                         .as_ref()
                         .map(|(tasks, names)| orch_store::InputsOf {
                             upstream: names,
                             upstream_tasks: tasks,
                             held,
                         }),
-                },
+                ),
             )
             .await;
         let stepped = match stepped {
@@ -622,19 +618,15 @@ impl Engine {
                 &fence,
                 &outcome,
                 now,
-                &orch_store::Step {
+                &decided.step(
                     expected_version,
-                    diff: &decided.diff,
-                    state: &decided.after,
-                    events: &decided.events,
-                    dead: &decided.dead,
-                    in_flight: &in_flight,
-                    inputs_of: Some(orch_store::InputsOf {
+                    &in_flight,
+                    Some(orch_store::InputsOf {
                         upstream: &names,
                         upstream_tasks: &tasks,
                         held: &held,
                     }),
-                },
+                ),
             )
             .await;
         let (wake, landed) = match stepped {
@@ -796,41 +788,33 @@ fn predict_inputs(
     tasks: &[String],
     now: orch_core::Millis,
 ) -> Vec<orch_core::Artifact> {
-    let written = outcome.artifacts.iter().map(|a| {
-        let version = held
-            .iter()
-            .filter(|h| h.name == a.name && h.path == a.path)
-            .map(|h| h.version)
-            .max()
-            .unwrap_or(0)
-            + 1;
-        orch_core::Artifact {
-            run_id: fence.run_id.clone(),
-            name: a.name.clone(),
-            version,
-            kind: a.kind.clone(),
-            path: a.path.clone(),
-            task_id: fence.task_id.clone(),
-            attempt: fence.attempt,
-            content: a.content.clone(),
-            metadata: a.metadata.clone(),
-            created_at: now,
-        }
-    });
-    let mut latest: Vec<orch_core::Artifact> = Vec::new();
-    for a in held.iter().cloned().chain(written) {
-        if !names.contains(&a.name) || !tasks.contains(&a.task_id) {
-            continue;
-        }
-        match latest
-            .iter_mut()
-            .find(|l| l.name == a.name && l.path == a.path)
-        {
-            Some(l) if l.version < a.version => *l = a,
-            Some(_) => {}
-            None => latest.push(a),
-        }
-    }
+    let written: Vec<orch_core::Artifact> = outcome
+        .artifacts
+        .iter()
+        .map(|a| {
+            let version = held
+                .iter()
+                .filter(|h| h.name == a.name && h.path == a.path)
+                .map(|h| h.version)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            orch_core::Artifact {
+                run_id: fence.run_id.clone(),
+                name: a.name.clone(),
+                version,
+                kind: a.kind.clone(),
+                path: a.path.clone(),
+                task_id: fence.task_id.clone(),
+                attempt: fence.attempt,
+                content: a.content.clone(),
+                metadata: a.metadata.clone(),
+                created_at: now,
+            }
+        })
+        .collect();
+    let mut latest = Vec::new();
+    orch_store::keep_latest(&mut latest, held.iter().chain(&written), names, tasks);
     latest
 }
 
@@ -966,6 +950,26 @@ impl Decided {
             }
         }
         Ok(decided)
+    }
+
+    /// The step to save with a completion: this, if the run is still at
+    /// `expected_version` and the tasks of `in_flight` still in flight at
+    /// their attempts ([`orch_store::Step`]).
+    fn step<'a>(
+        &'a self,
+        expected_version: i64,
+        in_flight: &'a [(String, u32)],
+        inputs_of: Option<orch_store::InputsOf<'a>>,
+    ) -> orch_store::Step<'a> {
+        orch_store::Step {
+            expected_version,
+            diff: &self.diff,
+            state: &self.after,
+            events: &self.events,
+            dead: &self.dead,
+            in_flight,
+            inputs_of,
+        }
     }
 
     /// Nothing to save.

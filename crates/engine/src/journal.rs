@@ -257,46 +257,30 @@ impl Provider for JournalingProvider {
                 return Ok(response);
             }
         };
-        if let Some(gate) = self.gate.clone()
-            && *gate.borrow() != Some(true)
-        {
-            let mut held = self.buffered.lock().await;
-            let first = held.is_empty();
-            held.push(record);
-            drop(held);
-            if first {
-                let (store, held, window) =
-                    (self.store.clone(), self.buffered.clone(), self.window);
-                tokio::spawn(async move {
-                    let mut gate = gate;
-                    let kept = gate.wait_for(Option::is_some).await.ok().and_then(|v| *v);
-                    if kept != Some(true) {
-                        return; // held, to be taken and dropped
-                    }
-                    if let Some(window) = window {
-                        tokio::time::sleep(window).await;
-                    }
-                    let mut held = held.lock().await;
-                    for record in std::mem::take(&mut *held) {
-                        if let Err(e) = store.record_llm_call(&record).await {
-                            tracing::warn!(run = %record.run_id, task = %record.task_id, error = %e, "could not journal an LLM call");
-                        }
-                    }
-                });
-            }
-            return Ok(response);
-        }
-        if let Some(window) = self.window
-            && started.elapsed() < window
-        {
+        // Held: a fast call's record, to commit with the outcome; any record
+        // of a gated attempt not yet known to be kept.
+        let gated = self
+            .gate
+            .as_ref()
+            .is_some_and(|g| *g.borrow() != Some(true));
+        if gated || self.window.is_some_and(|w| started.elapsed() < w) {
             let mut held = self.buffered.lock().await;
             let first = held.is_empty();
             held.push(record);
             drop(held);
             if first {
                 let (store, held) = (self.store.clone(), self.buffered.clone());
+                let (window, gate) = (self.window, self.gate.clone());
                 tokio::spawn(async move {
-                    tokio::time::sleep(window).await;
+                    if let Some(mut gate) = gate {
+                        let kept = gate.wait_for(Option::is_some).await.ok().and_then(|v| *v);
+                        if kept != Some(true) {
+                            return; // held, to be taken and dropped
+                        }
+                    }
+                    if let Some(window) = window {
+                        tokio::time::sleep(window).await;
+                    }
                     let mut held = held.lock().await;
                     for record in std::mem::take(&mut *held) {
                         if let Err(e) = store.record_llm_call(&record).await {

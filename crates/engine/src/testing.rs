@@ -73,6 +73,22 @@ impl TestEngine {
         TestEngine::with(provider, Arc::new(SystemClock), EngineOptions::default()).await
     }
 
+    /// Run `goal` through `workflow` with every role's workers in process
+    /// (started for it, shut down after) and fast retries: the run's id and
+    /// the run once it is terminal or needs input.
+    pub async fn run_to_end(&self, goal: &str, workflow: &orch_core::Workflow) -> (RunId, Run) {
+        let runtime =
+            crate::Runtime::start(self.engine.clone(), &orch_core::Role::SPECIALISTS, true);
+        let id = self
+            .engine
+            .submit(goal, serde_json::Value::Null, workflow, fast_settings())
+            .await
+            .expect("the run is submitted");
+        let run = self.wait(&id).await;
+        runtime.shutdown().await;
+        (id, run)
+    }
+
     /// Wait until `run` is terminal or needs input (at most a minute).
     pub async fn wait(&self, run: &RunId) -> Run {
         self.engine

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orch_broker::{Broker, ChannelMessage, ChannelSubscription, Delivery, Dispatch, MemoryBroker};
 use orch_core::{EventKind, Role, RunId, RunStatus, TaskStatus, Workflow};
-use orch_engine::testing::{TestEngine, fast_settings, generic_provider};
-use orch_engine::{EngineOptions, Runtime, SystemClock};
+use orch_engine::testing::{TestEngine, generic_provider};
+use orch_engine::{EngineOptions, SystemClock};
 use orch_store::EventQuery;
 
 /// The in-process broker, noting the tasks published on the role queues.
@@ -82,20 +82,11 @@ async fn a_run_alone_is_handed_from_worker_to_worker() {
         broker.clone(),
     )
     .await;
-    let (engine, store) = (&h.engine, &h.store);
-    let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+    let store = &h.store;
     let wf = Workflow::builtin("sdlc").unwrap();
-    let id = engine
-        .submit(
-            "Build a small CRUD app for managing TODO items",
-            serde_json::Value::Null,
-            &wf,
-            fast_settings(),
-        )
-        .await
-        .unwrap();
-    let run = h.wait(&id).await;
-    runtime.shutdown().await;
+    let (id, run) = h
+        .run_to_end("Build a small CRUD app for managing TODO items", &wf)
+        .await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);
 
     let state = store.load_run(&id).await.unwrap();
@@ -206,20 +197,9 @@ async fn a_chain_runs_each_task_while_the_step_before_commits() {
         EngineOptions::default(),
     )
     .await;
-    let (engine, store) = (&h.engine, &h.store);
-    let runtime = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+    let store = &h.store;
     let n = 8;
-    let id = engine
-        .submit(
-            "a chain",
-            serde_json::Value::Null,
-            &chain(n),
-            fast_settings(),
-        )
-        .await
-        .unwrap();
-    let run = h.wait(&id).await;
-    runtime.shutdown().await;
+    let (id, run) = h.run_to_end("a chain", &chain(n)).await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);
 
     let state = store.load_run(&id).await.unwrap();

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use orch_core::{EventKind, Role, RunStatus, Workflow};
-use orch_engine::Runtime;
-use orch_engine::testing::{TestEngine, fast_settings, generic_provider};
+use orch_core::{EventKind, RunStatus, Workflow};
+use orch_engine::testing::{TestEngine, generic_provider};
 use orch_llm::Recording;
 use orch_store::EventQuery;
 
@@ -23,19 +22,12 @@ fn sha256(text: &str) -> String {
 async fn every_prompt_reads_back_as_the_provider_received_it() {
     let provider = Arc::new(Recording::new(generic_provider()));
     let h = TestEngine::new(provider.clone()).await;
-    let runtime = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
-    let id = h
-        .engine
-        .submit(
+    let (id, run) = h
+        .run_to_end(
             "Build a small CRUD app for managing TODO items",
-            serde_json::Value::Null,
             &Workflow::builtin("sdlc").unwrap(),
-            fast_settings(),
         )
-        .await
-        .unwrap();
-    let run = h.wait(&id).await;
-    runtime.shutdown().await;
+        .await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);
 
     let requests = provider.requests();

@@ -397,19 +397,7 @@ pub trait ArtifactStore: Send + Sync {
             Err(e) => return Err(e),
         };
         let mut latest: Vec<Artifact> = Vec::new();
-        for a in all {
-            if !names.contains(&a.name) || !tasks.contains(&a.task_id) {
-                continue;
-            }
-            match latest
-                .iter_mut()
-                .find(|l| l.name == a.name && l.path == a.path)
-            {
-                Some(l) if l.version < a.version => *l = a,
-                Some(_) => {}
-                None => latest.push(a),
-            }
-        }
+        keep_latest(&mut latest, &all, names, tasks);
         Ok(latest)
     }
     /// The artifact versions `keys` name (name, path, version), in no
@@ -811,20 +799,33 @@ pub struct InputsOf<'a> {
 /// (name, path). Exactly what a read without `held` returns: every held
 /// artifact exists in the store, and the read left out only held versions.
 pub(crate) fn with_held(mut read: Vec<Artifact>, of: &InputsOf<'_>) -> Vec<Artifact> {
-    for h in of.held {
-        if !of.upstream.contains(&h.name) || !of.upstream_tasks.contains(&h.task_id) {
+    keep_latest(&mut read, of.held, of.upstream, of.upstream_tasks);
+    read
+}
+
+/// Add to `latest` the artifacts of `candidates` named in `names` and
+/// written by a task of `tasks`, keeping one artifact per (name, path): the
+/// highest version. How a task's upstream is chosen from versions
+/// ([`ArtifactStore::latest_artifacts_named`]), wherever they come from.
+pub fn keep_latest<'a>(
+    latest: &mut Vec<Artifact>,
+    candidates: impl IntoIterator<Item = &'a Artifact>,
+    names: &[String],
+    tasks: &[String],
+) {
+    for a in candidates {
+        if !names.contains(&a.name) || !tasks.contains(&a.task_id) {
             continue;
         }
-        match read
+        match latest
             .iter_mut()
-            .find(|a| a.name == h.name && a.path == h.path)
+            .find(|l| l.name == a.name && l.path == a.path)
         {
-            Some(a) if a.version < h.version => *a = h.clone(),
+            Some(l) if l.version < a.version => *l = a.clone(),
             Some(_) => {}
-            None => read.push(h.clone()),
+            None => latest.push(a.clone()),
         }
     }
-    read
 }
 
 /// What a worker reads to run an attempt besides the task and the run
