@@ -967,7 +967,11 @@ async fn execute(
 /// Whether what a pipelined hand-off's save read for the handed task
 /// (`read`; `None`: it could not read it) is what its attempt ran on: no
 /// channel message in the task's inbox (see `run_agent`) and the
-/// upstream artifacts `assumed`, in any order.
+/// upstream artifacts `assumed`, in any order. Artifacts are compared by
+/// what identifies a stored version — run, name, path and version — and the
+/// task and attempt that wrote it (so an assumed version of the completion's
+/// own is the row it wrote), plus its kind: a stored version never changes,
+/// so the same row has the same content, which need not be compared again.
 fn assumed_inputs_hold(
     read: Option<&orch_store::AttemptInputs>,
     assumed: &[orch_core::Artifact],
@@ -982,9 +986,21 @@ fn assumed_inputs_hold(
             .is_none_or(|t| upstream_tasks.contains(t))
             && channel_post(m).is_some()
     });
+    let same = |a: &orch_core::Artifact, b: &orch_core::Artifact| {
+        a.version == b.version
+            && a.name == b.name
+            && a.path == b.path
+            && a.attempt == b.attempt
+            && a.task_id == b.task_id
+            && a.kind == b.kind
+            && a.run_id == b.run_id
+    };
     !inbox
         && read.upstream.len() == assumed.len()
-        && read.upstream.iter().all(|a| assumed.contains(a))
+        && read
+            .upstream
+            .iter()
+            .all(|a| assumed.iter().any(|b| same(a, b)))
 }
 
 /// Claim the attempt `d` for `worker`, with what it reads (see
