@@ -13,6 +13,9 @@ use orch_store::Store;
 
 use crate::{Clock, Deps, Engine, EngineOptions, SystemClock};
 
+/// The engine's database file in its temporary folder.
+const DATABASE_FILE: &str = "test.db";
+
 /// An embedded engine and the handles a test inspects. The database lives
 /// as long as this value.
 pub struct TestEngine {
@@ -49,7 +52,7 @@ impl TestEngine {
         broker: Arc<dyn Broker>,
     ) -> TestEngine {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let url = format!("sqlite://{}", dir.path().join(DATABASE_FILE).display());
         let store = orch_store::connect(&url)
             .await
             .expect("a fresh SQLite store");
@@ -66,6 +69,14 @@ impl TestEngine {
             broker,
             _dir: dir,
         }
+    }
+
+    /// The URL of the engine's SQLite file, for a test's own connection.
+    pub fn database_url(&self) -> String {
+        format!(
+            "sqlite://{}",
+            self._dir.path().join(DATABASE_FILE).display()
+        )
     }
 
     /// An engine with this provider, the system clock and default options.

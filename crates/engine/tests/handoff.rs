@@ -254,3 +254,92 @@ async fn a_chain_runs_each_task_while_the_step_before_commits() {
         }
     }
 }
+
+/// Pipelined hand-off, when the step handing the task over is not saved: a
+/// fault injected into the database (a trigger refusing t3's move to
+/// RUNNING) fails the save of t2's step that hands t3 over, while t3's
+/// attempt already ran on what it expected. The store commits t2's
+/// completion on its own (the engine takes the step); t3's attempt is
+/// dropped: t3 never started, its model call is on record as an event but
+/// not in the journal, whose one record per attempt and step belongs to an
+/// attempt that commits.
+#[tokio::test]
+async fn a_pipelined_attempt_whose_step_is_not_saved_is_dropped() {
+    use sqlx::Connection;
+    let h = TestEngine::new(Arc::new(generic_provider())).await;
+    let mut db = sqlx::SqliteConnection::connect(&h.database_url())
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER injected_fault BEFORE UPDATE OF status ON tasks \
+         WHEN NEW.id = 't3' AND NEW.status = 'RUNNING' \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let (engine, store) = (&h.engine, &h.store);
+    let runtime = orch_engine::Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
+    let id = engine
+        .submit(
+            "a chain",
+            serde_json::Value::Null,
+            &chain(6),
+            orch_engine::testing::fast_settings(),
+        )
+        .await
+        .unwrap();
+    // The dropped attempt records its prompt once its step's save failed.
+    let prompted = async {
+        loop {
+            let events = store.list_events(&id, EventQuery::default()).await.unwrap();
+            if events
+                .iter()
+                .any(|e| e.kind == EventKind::LlmRequest && e.task_id.as_deref() == Some("t3"))
+            {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let events = tokio::time::timeout(Duration::from_secs(20), prompted)
+        .await
+        .expect("t3's attempt ran and was recorded");
+    runtime.shutdown().await;
+
+    let of = |kind: EventKind, task: &str| {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && e.task_id.as_deref() == Some(task))
+            .count()
+    };
+    assert_eq!(of(EventKind::TaskStarted, "t3"), 0, "t3 never started");
+    assert_eq!(of(EventKind::LlmResponse, "t3"), 1, "its call is on record");
+    let journal = store.list_llm_calls(&id).await.unwrap();
+    assert!(
+        journal.iter().all(|c| c.task_id != "t3"),
+        "no journal record of the dropped attempt"
+    );
+    assert!(
+        journal.iter().any(|c| c.task_id == "t2"),
+        "t2's call, with its completion"
+    );
+    let state = store.load_run(&id).await.unwrap();
+    let status = |t: &str| {
+        let t = state.task(t).unwrap();
+        (t.status, t.attempt)
+    };
+    assert_eq!(
+        status("t2"),
+        (TaskStatus::Succeeded, 1),
+        "t2's completion, committed on its own"
+    );
+    assert!(
+        !matches!(status("t3").0, TaskStatus::Running | TaskStatus::Succeeded),
+        "t3: {:?}",
+        status("t3")
+    );
+    assert_eq!(status("t1").0, TaskStatus::Succeeded);
+}
