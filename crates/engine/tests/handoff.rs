@@ -343,3 +343,83 @@ async fn a_pipelined_attempt_whose_step_is_not_saved_is_dropped() {
     );
     assert_eq!(status("t1").0, TaskStatus::Succeeded);
 }
+
+/// Pipelined hand-off, when the step reads other inputs than assumed: a
+/// person's channel message, posted (by a trigger in the engine's SQLite
+/// file) in the very transaction that saves t3 claimed, is in what that
+/// step reads for t3, but not in what t3's pipelined attempt assumed. The
+/// attempt is dropped and t3 runs again on what was read: its prompt
+/// carries the message, the provider was asked twice, and the journal's one
+/// record of t3 is the call of the attempt that committed.
+#[tokio::test]
+async fn a_pipelined_attempt_on_other_inputs_than_read_runs_again() {
+    use sqlx::Connection;
+    let provider = Arc::new(orch_llm::Recording::new(generic_provider()));
+    let h = TestEngine::with(
+        provider.clone(),
+        Arc::new(SystemClock),
+        EngineOptions::default(),
+    )
+    .await;
+    let mut db = sqlx::SqliteConnection::connect(&h.database_url())
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER a_person_posts AFTER UPDATE OF status ON tasks \
+         WHEN NEW.id = 't3' AND NEW.status = 'RUNNING' BEGIN \
+           UPDATE runs SET last_seq = last_seq + 1 WHERE id = NEW.run_id; \
+           INSERT INTO events (run_id, seq, kind, task_id, message, data, created_at) \
+           SELECT id, last_seq, 'channel_message', NULL, 'a person posted to notes', \
+                  '{\"channel\": \"notes\", \"from_role\": \"tech_lead\", \"text\": \"Keep it in SQLite.\"}', 0 \
+           FROM runs WHERE id = NEW.run_id; \
+         END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let (id, run) = h.run_to_end("a chain", &chain(6)).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);
+    let store = &h.store;
+    let t3 = store
+        .load_run(&id)
+        .await
+        .unwrap()
+        .task("t3")
+        .unwrap()
+        .clone();
+    assert_eq!((t3.status, t3.attempt), (TaskStatus::Succeeded, 1));
+
+    let asked: Vec<orch_llm::Request> = provider
+        .requests()
+        .into_iter()
+        .filter(|r| r.meta.task_id == "t3")
+        .collect();
+    assert_eq!(
+        asked.len(),
+        2,
+        "asked on the assumed inputs, then on those read"
+    );
+    let text = |r: &orch_llm::Request| serde_json::to_string(&r.messages).unwrap();
+    assert!(!text(&asked[0]).contains("Keep it in SQLite."));
+    assert!(
+        text(&asked[1]).contains("Keep it in SQLite."),
+        "the kept attempt read the message"
+    );
+    let journal: Vec<_> = store
+        .list_llm_calls(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.task_id == "t3")
+        .collect();
+    assert_eq!(journal.len(), 1, "one record for t3's attempt and step");
+    assert_eq!(journal[0].request_hash, orch_llm::request_hash(&asked[1]));
+    let events = store.list_events(&id, EventQuery::default()).await.unwrap();
+    let prompts = events
+        .iter()
+        .filter(|e| e.kind == EventKind::LlmRequest && e.task_id.as_deref() == Some("t3"))
+        .count();
+    assert_eq!(prompts, 2, "the dropped attempt's call is on record too");
+}
