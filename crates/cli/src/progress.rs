@@ -91,7 +91,12 @@ fn line_for(e: &Event) -> Option<String> {
     let task = e.task_id.as_deref().unwrap_or("");
     let text = match e.kind {
         EventKind::TaskQueued => match e.data["handed_to"].as_str() {
-            // Saved claimed by the worker that completed the task before.
+            // Saved claimed by the worker that completed the task before;
+            // pipelined: started while that step was committing.
+            Some(_) if e.data["pipelined"] == true => format!(
+                "{} {task:<32} handed over (not queued; started while the step committed)",
+                role_tag(e)
+            ),
             Some(_) => format!("{} {task:<32} handed over (not queued)", role_tag(e)),
             None => format!(
                 "{} {task:<32} queued on {}",
@@ -159,4 +164,44 @@ pub fn footer(state: &RunState, elapsed: Duration) {
         "artifacts: orchestrator artifacts {} --content   events: orchestrator events {}",
         r.id, r.id
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_for;
+    use orch_core::{Event, EventKind, RunId};
+
+    fn queued(data: serde_json::Value) -> String {
+        let e = Event {
+            run_id: RunId("r".into()),
+            seq: 3,
+            kind: EventKind::TaskQueued,
+            task_id: Some("plan".into()),
+            message: "queued".into(),
+            data,
+            created_at: 0,
+        };
+        line_for(&e).expect("a line for a queued task")
+    }
+
+    /// The live display tells a task queued from one handed over, and a
+    /// hand-off that started before its step committed (pipelined).
+    #[test]
+    fn a_queued_task_says_how_it_was_dispatched() {
+        let role = "project_manager";
+        let line = queued(serde_json::json!({"role": role, "queue": "q_pm"}));
+        assert!(
+            line.starts_with("[pm ] plan") && line.ends_with("queued on q_pm"),
+            "{line}"
+        );
+        let line = queued(serde_json::json!({"role": role, "handed_to": "h:1:pm-2"}));
+        assert!(line.ends_with("handed over (not queued)"), "{line}");
+        let pipelined =
+            serde_json::json!({"role": role, "handed_to": "h:1:pm-2", "pipelined": true});
+        let line = queued(pipelined);
+        assert!(
+            line.ends_with("(not queued; started while the step committed)"),
+            "{line}"
+        );
+    }
 }
