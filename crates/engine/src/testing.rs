@@ -13,8 +13,10 @@ use orch_store::Store;
 
 use crate::{Clock, Deps, Engine, EngineOptions, SystemClock};
 
-/// The engine's database file in its temporary folder.
-const DATABASE_FILE: &str = "test.db";
+/// The URL of the engine's database file in its temporary folder `dir`.
+fn database_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("test.db").display())
+}
 
 /// An embedded engine and the handles a test inspects. The database lives
 /// as long as this value.
@@ -52,8 +54,7 @@ impl TestEngine {
         broker: Arc<dyn Broker>,
     ) -> TestEngine {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let url = format!("sqlite://{}", dir.path().join(DATABASE_FILE).display());
-        let store = orch_store::connect(&url)
+        let store = orch_store::connect(&database_url(dir.path()))
             .await
             .expect("a fresh SQLite store");
         let deps = Deps {
@@ -73,10 +74,7 @@ impl TestEngine {
 
     /// The URL of the engine's SQLite file, for a test's own connection.
     pub fn database_url(&self) -> String {
-        format!(
-            "sqlite://{}",
-            self._dir.path().join(DATABASE_FILE).display()
-        )
+        database_url(self._dir.path())
     }
 
     /// An engine with this provider, the system clock and default options.

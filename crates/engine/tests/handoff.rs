@@ -182,6 +182,32 @@ fn chain(n: usize) -> Workflow {
     }
 }
 
+/// An engine whose provider keeps a copy of every request, and that copy.
+async fn recorded() -> (
+    Arc<orch_llm::Recording<orch_llm::ScriptedProvider>>,
+    TestEngine,
+) {
+    let provider = Arc::new(orch_llm::Recording::new(generic_provider()));
+    let h = TestEngine::with(
+        provider.clone(),
+        Arc::new(SystemClock),
+        EngineOptions::default(),
+    )
+    .await;
+    (provider, h)
+}
+
+/// Run `sql` (a trigger that injects a fault or an input) on a connection
+/// of the test's own to the engine's SQLite file.
+async fn inject(h: &TestEngine, sql: &'static str) {
+    use sqlx::Connection;
+    let mut db = sqlx::SqliteConnection::connect(&h.database_url())
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&mut db).await.unwrap();
+    db.close().await.unwrap();
+}
+
 /// Pipelined hand-off (worker.rs): along a chain, a worker handed a task
 /// runs it while the step that handed it over commits, on the inputs it
 /// expects that step to read. The log says which hand-offs were pipelined;
@@ -190,13 +216,7 @@ fn chain(n: usize) -> Workflow {
 /// quotes every earlier artifact as stored.
 #[tokio::test]
 async fn a_chain_runs_each_task_while_the_step_before_commits() {
-    let provider = Arc::new(orch_llm::Recording::new(generic_provider()));
-    let h = TestEngine::with(
-        provider.clone(),
-        Arc::new(SystemClock),
-        EngineOptions::default(),
-    )
-    .await;
+    let (provider, h) = recorded().await;
     let store = &h.store;
     let n = 8;
     let (id, run) = h.run_to_end("a chain", &chain(n)).await;
@@ -265,20 +285,14 @@ async fn a_chain_runs_each_task_while_the_step_before_commits() {
 /// attempt that commits.
 #[tokio::test]
 async fn a_pipelined_attempt_whose_step_is_not_saved_is_dropped() {
-    use sqlx::Connection;
     let h = TestEngine::new(Arc::new(generic_provider())).await;
-    let mut db = sqlx::SqliteConnection::connect(&h.database_url())
-        .await
-        .unwrap();
-    sqlx::query(
+    inject(
+        &h,
         "CREATE TRIGGER injected_fault BEFORE UPDATE OF status ON tasks \
          WHEN NEW.id = 't3' AND NEW.status = 'RUNNING' \
          BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    db.close().await.unwrap();
+    .await;
 
     let (engine, store) = (&h.engine, &h.store);
     let runtime = orch_engine::Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
@@ -353,18 +367,9 @@ async fn a_pipelined_attempt_whose_step_is_not_saved_is_dropped() {
 /// record of t3 is the call of the attempt that committed.
 #[tokio::test]
 async fn a_pipelined_attempt_on_other_inputs_than_read_runs_again() {
-    use sqlx::Connection;
-    let provider = Arc::new(orch_llm::Recording::new(generic_provider()));
-    let h = TestEngine::with(
-        provider.clone(),
-        Arc::new(SystemClock),
-        EngineOptions::default(),
-    )
-    .await;
-    let mut db = sqlx::SqliteConnection::connect(&h.database_url())
-        .await
-        .unwrap();
-    sqlx::query(
+    let (provider, h) = recorded().await;
+    inject(
+        &h,
         "CREATE TRIGGER a_person_posts AFTER UPDATE OF status ON tasks \
          WHEN NEW.id = 't3' AND NEW.status = 'RUNNING' BEGIN \
            UPDATE runs SET last_seq = last_seq + 1 WHERE id = NEW.run_id; \
@@ -374,10 +379,7 @@ async fn a_pipelined_attempt_on_other_inputs_than_read_runs_again() {
            FROM runs WHERE id = NEW.run_id; \
          END",
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    db.close().await.unwrap();
+    .await;
 
     let (id, run) = h.run_to_end("a chain", &chain(6)).await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.status_reason);

@@ -503,6 +503,16 @@ impl<'a> LlmCallDoc<'a> {
 pub(crate) struct NoFields {}
 
 /// A value as JSON text.
+/// The document naming artifact versions for `get_artifact_versions.sql`
+/// (both backends): `[[name, path, version], ...]`.
+pub(crate) fn artifact_keys_doc(keys: &[orch_core::elision::ArtifactKey]) -> Result<String> {
+    let keys: Vec<(&str, Option<&str>, i64)> = keys
+        .iter()
+        .map(|k| (k.name.as_str(), k.path.as_deref(), k.version))
+        .collect();
+    to_json(&keys)
+}
+
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Database(format!("cannot encode JSON: {e}")))
 }

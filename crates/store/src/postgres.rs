@@ -1084,14 +1084,10 @@ impl ArtifactStore for PostgresStore {
         run_id: &RunId,
         keys: &[orch_core::elision::ArtifactKey],
     ) -> Result<Vec<Artifact>> {
-        let keys: Vec<(&str, Option<&str>, i64)> = keys
-            .iter()
-            .map(|k| (k.name.as_str(), k.path.as_deref(), k.version))
-            .collect();
         self.read_all(
             sqlx::query(sql::GET_ARTIFACT_VERSIONS)
                 .bind(run_id.as_str())
-                .bind(to_json(&keys)?),
+                .bind(crate::doc::artifact_keys_doc(keys)?),
         )
         .await?
         .iter()
