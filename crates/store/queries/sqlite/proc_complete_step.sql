@@ -10,6 +10,10 @@
 -- proc_stepped then holds the run's new version and whether each in-flight
 -- task is still QUEUED or RUNNING at its attempt; no row if the step did not
 -- apply.
+--
+-- Each document's entries are the outer loop and the task their key in the
+-- primary key (`CROSS JOIN` fixes that order in SQLite): left to itself the
+-- planner read every task of the run and scanned the document once per task.
 CREATE TEMP TABLE proc_stepped (version INTEGER NOT NULL, current INTEGER NOT NULL);
 CREATE TEMP VIEW proc_complete_step (doc, artifacts, step) AS SELECT NULL, NULL, NULL WHERE 0;
 CREATE TEMP TRIGGER proc_complete_step INSTEAD OF INSERT ON proc_complete_step
@@ -20,19 +24,19 @@ BEGIN
     SELECT version + 1,
            (SELECT count(*)
             FROM jsonb_each(NEW.step, '$.in_flight') AS f
-            JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = f.value ->> 0
+            CROSS JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = f.value ->> 0
             WHERE t.attempt = f.value ->> 1 AND t.status IN ('QUEUED', 'RUNNING'))
            = json_array_length(NEW.step, '$.in_flight')
     FROM runs
     WHERE id = NEW.step ->> 'run_id' AND version = NEW.step ->> 'expected_version'
       AND (SELECT count(*)
            FROM jsonb_each(NEW.step, '$.changed') AS c
-           JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = c.value ->> 'id'
+           CROSS JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = c.value ->> 'id'
            WHERE t.status = c.value ->> 'expected_status'
              AND t.attempt = c.value ->> 'expected_attempt')
           = json_array_length(NEW.step, '$.changed')
       AND NOT EXISTS (SELECT 1
                       FROM jsonb_each(NEW.step, '$.tasks') AS n
-                      JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = n.value ->> 'id');
+                      CROSS JOIN tasks AS t ON t.run_id = NEW.step ->> 'run_id' AND t.id = n.value ->> 'id');
     INSERT INTO proc_save_run (doc) SELECT NEW.step FROM proc_stepped;
 END;
