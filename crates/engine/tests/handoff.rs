@@ -98,10 +98,7 @@ async fn a_run_alone_is_handed_from_worker_to_worker() {
             "{}",
             t.id
         );
-        let started: Vec<_> = events
-            .iter()
-            .filter(|e| e.kind == EventKind::TaskStarted && e.task_id.as_deref() == Some(&t.id))
-            .collect();
+        let started = of(&events, EventKind::TaskStarted, &t.id);
         assert_eq!(started.len(), 1, "{} started once", t.id);
         let owner = started[0].data["owner"].as_str().unwrap();
         assert!(
@@ -139,13 +136,31 @@ async fn a_run_alone_is_handed_from_worker_to_worker() {
     // The code review reads both engineers' code: whichever engineer hands
     // it over does not hold the other's, so it never starts before that
     // step is saved (pipelined); the tasks of the chain before it may.
-    let pipelined: BTreeSet<&str> = events
+    let pipelined: BTreeSet<&str> = pipelined(&events).into_iter().collect();
+    assert!(!pipelined.contains("code_review"), "{pipelined:?}");
+    assert!(pipelined.contains("architecture"), "{pipelined:?}");
+}
+
+/// The events of `kind` about `task`, in order.
+fn of<'a>(
+    events: &'a [orch_core::Event],
+    kind: EventKind,
+    task: &str,
+) -> Vec<&'a orch_core::Event> {
+    events
+        .iter()
+        .filter(|e| e.kind == kind && e.task_id.as_deref() == Some(task))
+        .collect()
+}
+
+/// The tasks handed over while the step handing them committed (their
+/// `task_queued` event says `pipelined`), in order.
+fn pipelined(events: &[orch_core::Event]) -> Vec<&str> {
+    events
         .iter()
         .filter(|e| e.kind == EventKind::TaskQueued && e.data["pipelined"] == true)
         .filter_map(|e| e.task_id.as_deref())
-        .collect();
-    assert!(!pipelined.contains("code_review"), "{pipelined:?}");
-    assert!(pipelined.contains("architecture"), "{pipelined:?}");
+        .collect()
 }
 
 /// A chain of `n` tasks, each reading the one before (and so, transitively,
@@ -224,12 +239,6 @@ async fn a_chain_runs_each_task_while_the_step_before_commits() {
 
     let state = store.load_run(&id).await.unwrap();
     let events = store.list_events(&id, EventQuery::default()).await.unwrap();
-    let of = |kind: EventKind, task: &str| -> Vec<&orch_core::Event> {
-        events
-            .iter()
-            .filter(|e| e.kind == kind && e.task_id.as_deref() == Some(task))
-            .collect()
-    };
     for t in &state.tasks {
         assert_eq!(
             (t.status, t.attempt),
@@ -238,7 +247,7 @@ async fn a_chain_runs_each_task_while_the_step_before_commits() {
             t.id
         );
         assert_eq!(
-            of(EventKind::TaskStarted, &t.id).len(),
+            of(&events, EventKind::TaskStarted, &t.id).len(),
             1,
             "{} started once",
             t.id
@@ -249,11 +258,7 @@ async fn a_chain_runs_each_task_while_the_step_before_commits() {
         n,
         "one call per task: none ran again"
     );
-    let pipelined: Vec<&str> = events
-        .iter()
-        .filter(|e| e.kind == EventKind::TaskQueued && e.data["pipelined"] == true)
-        .filter_map(|e| e.task_id.as_deref())
-        .collect();
+    let pipelined = pipelined(&events);
     // The first task is published; the second is handed by a worker that
     // received its task from a queue (acknowledged once this commits, so
     // not pipelined); every later one by a worker running a handed task.
@@ -261,7 +266,7 @@ async fn a_chain_runs_each_task_while_the_step_before_commits() {
     assert_eq!(pipelined, later, "pipelined hand-offs");
     let artifacts = store.list_artifacts(&id, true).await.unwrap();
     for i in 1..n {
-        let prompt = of(EventKind::LlmRequest, &format!("t{i}"));
+        let prompt = of(&events, EventKind::LlmRequest, &format!("t{i}"));
         let text = prompt[0].data["messages"].to_string();
         for a in artifacts.iter().filter(|a| a.name < format!("a{i}")) {
             let quoted = serde_json::to_string(&a.content).unwrap();
@@ -309,10 +314,7 @@ async fn a_pipelined_attempt_whose_step_is_not_saved_is_dropped() {
     let prompted = async {
         loop {
             let events = store.list_events(&id, EventQuery::default()).await.unwrap();
-            if events
-                .iter()
-                .any(|e| e.kind == EventKind::LlmRequest && e.task_id.as_deref() == Some("t3"))
-            {
+            if !of(&events, EventKind::LlmRequest, "t3").is_empty() {
                 return events;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -323,14 +325,16 @@ async fn a_pipelined_attempt_whose_step_is_not_saved_is_dropped() {
         .expect("t3's attempt ran and was recorded");
     runtime.shutdown().await;
 
-    let of = |kind: EventKind, task: &str| {
-        events
-            .iter()
-            .filter(|e| e.kind == kind && e.task_id.as_deref() == Some(task))
-            .count()
-    };
-    assert_eq!(of(EventKind::TaskStarted, "t3"), 0, "t3 never started");
-    assert_eq!(of(EventKind::LlmResponse, "t3"), 1, "its call is on record");
+    assert_eq!(
+        of(&events, EventKind::TaskStarted, "t3").len(),
+        0,
+        "t3 never started"
+    );
+    assert_eq!(
+        of(&events, EventKind::LlmResponse, "t3").len(),
+        1,
+        "its call is on record"
+    );
     let journal = store.list_llm_calls(&id).await.unwrap();
     assert!(
         journal.iter().all(|c| c.task_id != "t3"),
@@ -419,9 +423,9 @@ async fn a_pipelined_attempt_on_other_inputs_than_read_runs_again() {
     assert_eq!(journal.len(), 1, "one record for t3's attempt and step");
     assert_eq!(journal[0].request_hash, orch_llm::request_hash(&asked[1]));
     let events = store.list_events(&id, EventQuery::default()).await.unwrap();
-    let prompts = events
-        .iter()
-        .filter(|e| e.kind == EventKind::LlmRequest && e.task_id.as_deref() == Some("t3"))
-        .count();
-    assert_eq!(prompts, 2, "the dropped attempt's call is on record too");
+    assert_eq!(
+        of(&events, EventKind::LlmRequest, "t3").len(),
+        2,
+        "the dropped attempt's call is on record too"
+    );
 }
