@@ -314,23 +314,23 @@ pub(crate) fn started_event(claim: &Claim<'_>) -> NewEvent {
 
 /// The parameter documents of `proc_complete_task` (see
 /// [`TaskStore::complete_task`]): the outcome, and its artifacts.
-pub(crate) fn complete_docs(
+pub(crate) fn complete_docs<E: Encoding>(
     fence: &Fence,
     outcome: &TaskOutcome,
     now: Millis,
-) -> Result<(String, String)> {
-    complete_docs_reading(fence, outcome, now, None)
+) -> Result<(E::Doc, E::Doc)> {
+    complete_docs_reading::<E>(fence, outcome, now, None)
 }
 
 /// [`complete_docs`], the outcome's document also naming what to read for
 /// a task the step saves claimed (`upstream`, `upstream_tasks`: as a claim's
 /// document names them, read by the same statements).
-fn complete_docs_reading(
+fn complete_docs_reading<E: Encoding>(
     fence: &Fence,
     outcome: &TaskOutcome,
     now: Millis,
     inputs_of: Option<crate::InputsOf<'_>>,
-) -> Result<(String, String)> {
+) -> Result<(E::Doc, E::Doc)> {
     if !matches!(outcome.status, TaskStatus::Succeeded | TaskStatus::Failed) {
         return Err(Error::Database(format!(
             "a task attempt ends SUCCEEDED or FAILED, not {}",
@@ -372,20 +372,20 @@ fn complete_docs_reading(
             earlier,
         ));
     }
-    Ok((to_json(&doc)?, to_json(&artifacts)?))
+    Ok((E::encode(&doc)?, E::encode(&artifacts)?))
 }
 
 /// The three parameter documents of a completion with its step
 /// (`proc_complete_step`, `orch_complete_step`): the outcome, its artifacts,
 /// and the step (`proc_save_run`'s document with `in_flight`).
-pub(crate) fn complete_step_docs(
+pub(crate) fn complete_step_docs<E: Encoding>(
     fence: &Fence,
     outcome: &TaskOutcome,
     now: Millis,
     step: &Step<'_>,
-) -> Result<(String, String, String)> {
-    let (doc, artifacts) = complete_docs_reading(fence, outcome, now, step.inputs_of)?;
-    let step = to_json(&StepDoc {
+) -> Result<(E::Doc, E::Doc, E::Doc)> {
+    let (doc, artifacts) = complete_docs_reading::<E>(fence, outcome, now, step.inputs_of)?;
+    let step = E::encode(&StepDoc {
         in_flight: step.in_flight,
         step: save_doc(
             &fence.run_id,
@@ -403,7 +403,7 @@ pub(crate) fn complete_step_docs(
 /// What a completion's step reads for the task it saves claimed, as a
 /// document of its own (SQLite's `call_complete_step_reading.sql`):
 /// `{run_id, upstream, upstream_tasks}`, as a claim's document names them.
-pub(crate) fn reads_doc(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<String> {
+pub(crate) fn reads_doc<E: Encoding>(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<E::Doc> {
     #[derive(Serialize)]
     struct Reads<'a> {
         run_id: &'a str,
@@ -411,7 +411,7 @@ pub(crate) fn reads_doc(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<Strin
         upstream_tasks: &'a [String],
         held: Vec<HeldKey<'a>>,
     }
-    to_json(&Reads {
+    E::encode(&Reads {
         run_id: run_id.as_str(),
         upstream: of.upstream,
         upstream_tasks: of.upstream_tasks,
@@ -502,7 +502,6 @@ impl<'a> LlmCallDoc<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct NoFields {}
 
-/// A value as JSON text.
 /// The document naming artifact versions for `get_artifact_versions.sql`
 /// (both backends): `[[name, path, version], ...]`.
 pub(crate) fn artifact_keys_doc(keys: &[orch_core::elision::ArtifactKey]) -> Result<String> {
@@ -513,8 +512,37 @@ pub(crate) fn artifact_keys_doc(keys: &[orch_core::elision::ArtifactKey]) -> Res
     to_json(&keys)
 }
 
+/// A value as JSON text.
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Database(format!("cannot encode JSON: {e}")))
+}
+
+/// How a backend takes its parameter documents: PostgreSQL's functions
+/// as JSON text ([`JsonText`]), SQLite's procedures as JSONB ([`Jsonb`]).
+/// The documents' fields are the same in both.
+pub(crate) trait Encoding {
+    type Doc;
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self::Doc>;
+}
+
+/// Documents as JSON text.
+pub(crate) struct JsonText;
+
+impl Encoding for JsonText {
+    type Doc = String;
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+        to_json(value)
+    }
+}
+
+/// Documents as SQLite's JSONB ([`crate::jsonb`]).
+pub(crate) struct Jsonb;
+
+impl Encoding for Jsonb {
+    type Doc = Vec<u8>;
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+        crate::jsonb::to_jsonb(value)
+    }
 }
 
 /// A token count as a column value (saturating: counts never get near `i64::MAX`).

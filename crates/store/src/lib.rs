@@ -31,6 +31,7 @@ use orch_core::{
 
 pub mod conformance;
 mod doc;
+mod jsonb;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

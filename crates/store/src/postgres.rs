@@ -66,8 +66,8 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::doc::{
-    Doc, NoFields, complete_docs, complete_step_docs, create_doc, save_doc, started_event, to_json,
-    token_param,
+    Doc, JsonText, NoFields, complete_docs, complete_step_docs, create_doc, save_doc,
+    started_event, to_json, token_param,
 };
 use crate::rows::{
     JsonRow, Prefixed, artifact_from_row, col, dead_letter_from_row, event_from_row, gate_from_row,
@@ -950,7 +950,7 @@ impl TaskStore for PostgresStore {
     }
 
     async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
-        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
+        let (doc, artifacts) = complete_docs::<JsonText>(fence, outcome, now)?;
         self.retrying(&fence.run_id, || {
             self.complete_task_once(fence, &doc, &artifacts)
         })
@@ -1407,7 +1407,7 @@ impl Store for PostgresStore {
     ) -> Result<Stepped> {
         let reading = step.inputs_of.is_some();
         let held = step.inputs_of;
-        let (doc, artifacts, step) = complete_step_docs(fence, outcome, now, step)?;
+        let (doc, artifacts, step) = complete_step_docs::<JsonText>(fence, outcome, now, step)?;
         let stepped = self
             .retrying(&fence.run_id, || {
                 self.complete_and_save_once(fence, &doc, &artifacts, &step, reading)

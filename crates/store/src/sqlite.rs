@@ -17,8 +17,11 @@
 //! lock before reading anything (the `BEGIN IMMEDIATE` behaviour, so no lock
 //! upgrade can fail with `SQLITE_BUSY` in WAL mode). Its
 //! parameters travel as one JSON document (artifact contents as a second
-//! one) read with `->>` and `json_each`, so batches of events, tasks, gates
-//! and artifacts cost nothing extra. A condition that must stop the write
+//! one) read with `->>` and `jsonb_each`, so batches of events, tasks, gates
+//! and artifacts cost nothing extra. The documents are bound in SQLite's
+//! binary JSONB form ([`crate::jsonb`]), which its JSON functions read
+//! without parsing: the writer thread, the one all writes wait on, neither
+//! parses them nor unescapes their strings. A condition that must stop the write
 //! (version conflict, lease lost, task not claimable) is a
 //! `RAISE(ABORT, 'orch-assert:...')`: the statement's changes are undone,
 //! and the store maps the message to its error or result.
@@ -61,8 +64,8 @@ use orch_core::{
 use serde::Serialize;
 
 use crate::doc::{
-    ClaimDoc, Doc, NoFields, complete_docs, complete_step_docs, create_doc, reads_doc, save_doc,
-    started_event, to_json, token_param,
+    ClaimDoc, Doc, Encoding, Jsonb, NoFields, complete_docs, complete_step_docs, create_doc,
+    reads_doc, save_doc, started_event, to_json, token_param,
 };
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow,
@@ -625,7 +628,7 @@ impl SqliteStore {
         doc: &Doc<'_, T>,
         map: impl FnOnce(sqlx::Error) -> Error,
     ) -> Result<Call> {
-        self.call_with(Write::new(sql).text(to_json(doc)?), map)
+        self.call_with(Write::new(sql).blob(Jsonb::encode(doc)?), map)
             .await
     }
 
@@ -1206,8 +1209,8 @@ impl TaskStore for SqliteStore {
     }
 
     async fn complete_task(&self, fence: &Fence, outcome: &TaskOutcome, now: Millis) -> Result<()> {
-        let (doc, artifacts) = complete_docs(fence, outcome, now)?;
-        let write = Write::new(sql::COMPLETE_TASK).text(doc).text(artifacts);
+        let (doc, artifacts) = complete_docs::<Jsonb>(fence, outcome, now)?;
+        let write = Write::new(sql::COMPLETE_TASK).blob(doc).blob(artifacts);
         self.call_with(write, db_err).await?.completed(fence)?;
         Ok(())
     }
@@ -1581,17 +1584,18 @@ impl Store for SqliteStore {
             inputs_of: None,
             ..*step
         };
-        let (doc, artifacts, step_doc) = complete_step_docs(fence, outcome, now, &without_reads)?;
+        let (doc, artifacts, step_doc) =
+            complete_step_docs::<Jsonb>(fence, outcome, now, &without_reads)?;
         let write = match step.inputs_of {
             None => Write::new(sql::COMPLETE_STEP)
-                .text(doc)
-                .text(artifacts)
-                .text(step_doc),
+                .blob(doc)
+                .blob(artifacts)
+                .blob(step_doc),
             Some(of) => Write::new(sql::COMPLETE_STEP_READING)
-                .text(reads_doc(&fence.run_id, of)?)
-                .text(doc)
-                .text(artifacts)
-                .text(step_doc),
+                .blob(reads_doc::<Jsonb>(&fence.run_id, of)?)
+                .blob(doc)
+                .blob(artifacts)
+                .blob(step_doc),
         };
         let rows = match self.call_with(write, db_err).await {
             Ok(call) => call.completed(fence)?,

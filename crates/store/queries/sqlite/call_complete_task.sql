@@ -1,1 +1,1 @@
-INSERT INTO proc_complete_task (doc, artifacts) VALUES (jsonb(?1), jsonb(?2));
+INSERT INTO proc_complete_task (doc, artifacts) VALUES (?1, ?2);

@@ -1,1 +1,1 @@
-INSERT INTO proc_create_run (doc) VALUES (jsonb(?1));
+INSERT INTO proc_create_run (doc) VALUES (?1);

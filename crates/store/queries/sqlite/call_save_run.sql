@@ -1,1 +1,1 @@
-INSERT INTO proc_save_run (doc) VALUES (jsonb(?1));
+INSERT INTO proc_save_run (doc) VALUES (?1);

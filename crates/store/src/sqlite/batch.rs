@@ -32,6 +32,7 @@ pub(super) type Answer = std::result::Result<Vec<SqliteRow>, sqlx::Error>;
 #[derive(Debug, Clone)]
 enum Param {
     Text(Arc<str>),
+    Blob(Arc<[u8]>),
     Int(i64),
     Real(f64),
 }
@@ -41,6 +42,7 @@ impl Param {
     fn bind_to(&self, query: Query) -> Query {
         match self {
             Param::Text(v) => query.bind(v.clone()),
+            Param::Blob(v) => query.bind(v.clone()),
             Param::Int(v) => query.bind(*v),
             Param::Real(v) => query.bind(*v),
         }
@@ -68,6 +70,11 @@ impl Write {
 
     pub(super) fn text(mut self, value: impl Into<Arc<str>>) -> Write {
         self.params.push(Param::Text(value.into()));
+        self
+    }
+
+    pub(super) fn blob(mut self, value: impl Into<Arc<[u8]>>) -> Write {
+        self.params.push(Param::Blob(value.into()));
         self
     }
 
@@ -574,7 +581,7 @@ mod tests {
         let b = Chained::of(super::super::sql::COMPLETE_STEP, 3, ends);
         assert!(std::ptr::eq(a.text, b.text));
         assert_eq!((a.statements, a.params, a.refs), (2, 3, &[1, 2, 3][..]));
-        assert_eq!(a.text.matches("jsonb(?), jsonb(?), jsonb(?)").count(), 3);
+        assert_eq!(a.text.matches("VALUES (?, ?, ?)").count(), 3);
         assert!(a.text.starts_with("BEGIN IMMEDIATE;\n") && a.text.ends_with("\nCOMMIT;"));
         let middle = Chained::of(
             super::super::sql::COMPLETE_STEP,
