@@ -308,53 +308,32 @@ impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
     }
 }
 
-impl ser::SerializeSeq for Container<'_> {
-    type Ok = ();
-    type Error = EncodeError;
+/// The serde traits of an array: each element a value of the container.
+macro_rules! array {
+    ($($trait:ident::$method:ident),+ $(,)?) => {
+        $(impl ser::$trait for Container<'_> {
+            type Ok = ();
+            type Error = EncodeError;
 
-    fn serialize_element<T: Serialize + ?Sized>(
-        &mut self,
-        v: &T,
-    ) -> std::result::Result<(), EncodeError> {
-        self.value(v)
-    }
+            fn $method<T: Serialize + ?Sized>(
+                &mut self,
+                v: &T,
+            ) -> std::result::Result<(), EncodeError> {
+                self.value(v)
+            }
 
-    fn end(self) -> std::result::Result<(), EncodeError> {
-        Container::end(self)
-    }
+            fn end(self) -> std::result::Result<(), EncodeError> {
+                Container::end(self)
+            }
+        })+
+    };
 }
 
-impl ser::SerializeTuple for Container<'_> {
-    type Ok = ();
-    type Error = EncodeError;
-
-    fn serialize_element<T: Serialize + ?Sized>(
-        &mut self,
-        v: &T,
-    ) -> std::result::Result<(), EncodeError> {
-        self.value(v)
-    }
-
-    fn end(self) -> std::result::Result<(), EncodeError> {
-        Container::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for Container<'_> {
-    type Ok = ();
-    type Error = EncodeError;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        v: &T,
-    ) -> std::result::Result<(), EncodeError> {
-        self.value(v)
-    }
-
-    fn end(self) -> std::result::Result<(), EncodeError> {
-        Container::end(self)
-    }
-}
+array!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+);
 
 impl ser::SerializeMap for Container<'_> {
     type Ok = ();
