@@ -353,12 +353,13 @@ pub fn request_hash(req: &Request) -> String {
     // Serializing plain strings, numbers and `Value`s cannot fail, nor can
     // writing into a hash.
     let _ = serde_json::to_writer(&mut hashing, &canonical);
-    hashing
-        .0
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let digest = hashing.0.finalize();
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        // Writing into a `String` cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+    }
+    hex
 }
 
 #[cfg(test)]

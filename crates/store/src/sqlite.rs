@@ -19,7 +19,7 @@
 //! parameters travel as one JSON document (artifact contents as a second
 //! one) read with `->>` and `jsonb_each`, so batches of events, tasks, gates
 //! and artifacts cost nothing extra. The documents are bound in SQLite's
-//! binary JSONB form ([`crate::jsonb`]), which its JSON functions read
+//! binary JSONB form (encoded by the crate's `jsonb` module), which its JSON functions read
 //! without parsing: the writer thread, the one all writes wait on, neither
 //! parses them nor unescapes their strings. A condition that must stop the write
 //! (version conflict, lease lost, task not claimable) is a
