@@ -15,14 +15,14 @@
 //! on the write connection when it opens). A single statement is atomic and,
 //! run alone, its own transaction; as a write statement it takes the write
 //! lock before reading anything (the `BEGIN IMMEDIATE` behaviour, so no lock
-//! upgrade can fail with `SQLITE_BUSY` in WAL mode). Its
-//! parameters travel as one JSON document (artifact contents as a second
-//! one) read with `->>` and `jsonb_each`, so batches of events, tasks, gates
-//! and artifacts cost nothing extra. The documents are bound in SQLite's
-//! binary JSONB form (encoded by the crate's `jsonb` module), which its JSON functions read
+//! upgrade can fail with `SQLITE_BUSY` in WAL mode). Its parameters travel
+//! as one JSON document (artifact contents as a second one) read with `->>`
+//! and `jsonb_each`, so batches of events, tasks, gates and artifacts cost
+//! nothing extra. The documents are bound in SQLite's binary JSONB form
+//! (encoded by the crate's `jsonb` module), which its JSON functions read
 //! without parsing: the writer thread, the one all writes wait on, neither
-//! parses them nor unescapes their strings. A condition that must stop the write
-//! (version conflict, lease lost, task not claimable) is a
+//! parses them nor unescapes their strings. A condition that must stop the
+//! write (version conflict, lease lost, task not claimable) is a
 //! `RAISE(ABORT, 'orch-assert:...')`: the statement's changes are undone,
 //! and the store maps the message to its error or result.
 //!
