@@ -232,25 +232,33 @@ impl RunState {
     }
 
     /// Task ids this task depends on, directly or transitively, in plan order.
+    ///
+    /// Linear in the run's tasks: the worker asks for every attempt it
+    /// runs, and a chain of `n` tasks made the search by scanning `n²`.
     pub fn upstream_of(&self, task_id: &str) -> Vec<String> {
-        let mut seen: Vec<String> = Vec::new();
-        let mut stack: Vec<String> = self
-            .task(task_id)
-            .map(|t| t.needs.clone())
+        use std::collections::{HashMap, HashSet};
+        let mut by_id: HashMap<&str, &Task> = HashMap::with_capacity(self.tasks.len());
+        for t in &self.tasks {
+            // The first of an id, as `task` finds it.
+            by_id.entry(t.id.as_str()).or_insert(t);
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<&str> = by_id
+            .get(task_id)
+            .map(|t| t.needs.iter().map(String::as_str).collect())
             .unwrap_or_default();
         while let Some(id) = stack.pop() {
-            if seen.contains(&id) {
+            if !seen.insert(id) {
                 continue;
             }
-            if let Some(t) = self.task(&id) {
-                stack.extend(t.needs.iter().cloned());
+            if let Some(t) = by_id.get(id) {
+                stack.extend(t.needs.iter().map(String::as_str));
             }
-            seen.push(id);
         }
         let mut ordered: Vec<String> = self
             .tasks
             .iter()
-            .filter(|t| seen.contains(&t.id))
+            .filter(|t| seen.contains(t.id.as_str()))
             .map(|t| t.id.clone())
             .collect();
         ordered.dedup();

@@ -1264,3 +1264,24 @@ fn the_budget_of_a_finished_run_cannot_be_raised() {
     .unwrap_err();
     assert!(matches!(err, Error::Conflict(_)), "{err}");
 }
+
+#[test]
+fn upstream_of_is_every_task_a_task_depends_on_in_plan_order() {
+    let state = new_state(settings());
+    assert!(state.upstream_of("requirements").is_empty());
+    assert!(state.upstream_of("no_such_task").is_empty());
+    let before_review = [
+        "requirements",
+        "plan",
+        "ux_design",
+        "architecture",
+        "database",
+        "backend",
+        "frontend",
+    ];
+    assert_eq!(state.upstream_of("code_review"), strings(&before_review));
+    // A branch does not depend on its sibling.
+    let backend = state.upstream_of("backend");
+    assert!(!backend.contains(&"frontend".to_string()), "{backend:?}");
+    assert_eq!(backend, strings(&before_review[..5]));
+}
