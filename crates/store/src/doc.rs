@@ -401,9 +401,10 @@ pub(crate) fn complete_step_docs<E: Encoding>(
 }
 
 /// What a completion's step reads for the task it saves claimed, as a
-/// document of its own (SQLite's `call_complete_step_reading.sql`):
+/// JSONB document of its own (only SQLite's `call_complete_step_reading.sql`
+/// takes one):
 /// `{run_id, upstream, upstream_tasks}`, as a claim's document names them.
-pub(crate) fn reads_doc<E: Encoding>(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<E::Doc> {
+pub(crate) fn reads_doc(run_id: &RunId, of: crate::InputsOf<'_>) -> Result<Vec<u8>> {
     #[derive(Serialize)]
     struct Reads<'a> {
         run_id: &'a str,
@@ -411,7 +412,7 @@ pub(crate) fn reads_doc<E: Encoding>(run_id: &RunId, of: crate::InputsOf<'_>) ->
         upstream_tasks: &'a [String],
         held: Vec<HeldKey<'a>>,
     }
-    E::encode(&Reads {
+    Jsonb::encode(&Reads {
         run_id: run_id.as_str(),
         upstream: of.upstream,
         upstream_tasks: of.upstream_tasks,

@@ -1592,7 +1592,7 @@ impl Store for SqliteStore {
                 .blob(artifacts)
                 .blob(step_doc),
             Some(of) => Write::new(sql::COMPLETE_STEP_READING)
-                .blob(reads_doc::<Jsonb>(&fence.run_id, of)?)
+                .blob(reads_doc(&fence.run_id, of)?)
                 .blob(doc)
                 .blob(artifacts)
                 .blob(step_doc),
