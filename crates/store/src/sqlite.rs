@@ -350,8 +350,11 @@ impl WriterThread {
 /// while this thread waited 630 ms in all for a core. Under `SCHED_BATCH`
 /// (same priority; only wake-up preemption is given up) this thread waits
 /// for a free core or the end of a time slice instead, and picks up several
-/// answers at once. A system that refuses it (a restricted container) keeps
-/// the default, which is only slower.
+/// answers at once. Threads started from this one inherit the policy: the
+/// checkpointer's connection thread, which should not preempt the writes
+/// either; the write connection is opened from the caller's runtime and
+/// keeps the default. A system that refuses the policy (a restricted
+/// container) keeps the default, which is only slower.
 fn yield_to_the_connection() {
     #[cfg(target_os = "linux")]
     {
@@ -1766,6 +1769,40 @@ mod tests {
             }
         }
         appended
+    }
+
+    /// The writer thread gives up wake-up preemption (see
+    /// `yield_to_the_connection`).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_writer_thread_runs_under_sched_batch() {
+        const SCHED_BATCH: u32 = 3;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let (state, events) = crate::conformance::new_run(1_000);
+        store.create_run(&state, &events, 1_000).await.unwrap();
+        // Each thread's name and scheduling policy (`stat`'s 41st field).
+        let threads: Vec<(String, u32)> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                // Fields after the name (which may hold spaces) start at 3.
+                let after = &stat[stat.rfind(')')? + 2..];
+                let policy = after.split(' ').nth(41 - 3)?.parse().ok()?;
+                Some((comm.trim().to_string(), policy))
+            })
+            .collect();
+        let writers: Vec<u32> = threads
+            .iter()
+            .filter(|(name, _)| name == "orch-sqlite-wri")
+            .map(|&(_, policy)| policy)
+            .collect();
+        assert!(!writers.is_empty(), "no writer thread among {threads:?}");
+        assert!(writers.iter().all(|&p| p == SCHED_BATCH), "{threads:?}");
+        store.close().await;
     }
 
     /// Writes made at once commit in batches, yet each gets its own answer:
