@@ -371,7 +371,7 @@ fn yield_to_the_connection() {
     }
 }
 
-/// The checkpointer's two passes/// The checkpointer's two passes ([`WriterThread::checkpoint`]) on the
+/// The checkpointer's two passes ([`WriterThread::checkpoint`]) on the
 /// connection in `slot` (opened from `options` if need be); `Ok(false)` if
 /// the store is closed.
 async fn checkpoint_once(
