@@ -251,7 +251,11 @@ struct WriterThread {
     /// Told of every write; the checkpointer waits for it.
     wrote: Arc<tokio::sync::Notify>,
     /// The checkpointer's connection (file databases), closed before the
-    /// writer so that the writer's close is the last one.
+    /// writer so that the writer's close is the last one. Opened with the
+    /// writer, from the caller's runtime: a connection opened from this
+    /// thread would run on a thread of its scheduling policy (see
+    /// [`yield_to_the_connection`]), and the checkpoint's second pass holds
+    /// the write connection, so it must not wait for a core.
     checkpointer: Slot,
     /// Dropped with the store: ends the thread.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -320,13 +324,13 @@ impl WriterThread {
     /// appended since: a few pages, after which the next write starts the
     /// WAL from its beginning. A failure is logged and tried again after
     /// the next write.
-    fn checkpoint(&self, options: SqliteConnectOptions, writer: Slot) {
+    fn checkpoint(&self, writer: Slot) {
         let (wrote, slot) = (self.wrote.clone(), self.checkpointer.clone());
         self.handle.spawn(async move {
             loop {
                 wrote.notified().await;
                 tokio::time::sleep(CHECKPOINT_EVERY).await;
-                match checkpoint_once(&options, &slot, &writer).await {
+                match checkpoint_once(&slot, &writer).await {
                     Ok(true) => {}
                     Ok(false) => return, // the store is closed
                     Err(e) => {
@@ -350,11 +354,10 @@ impl WriterThread {
 /// while this thread waited 630 ms in all for a core. Under `SCHED_BATCH`
 /// (same priority; only wake-up preemption is given up) this thread waits
 /// for a free core or the end of a time slice instead, and picks up several
-/// answers at once. Threads started from this one inherit the policy: the
-/// checkpointer's connection thread, which should not preempt the writes
-/// either; the write connection is opened from the caller's runtime and
-/// keeps the default. A system that refuses the policy (a restricted
-/// container) keeps the default, which is only slower.
+/// answers at once. Threads started from this one would inherit the policy,
+/// so the store opens every connection (each runs on a thread of its own)
+/// from the caller's runtime. A system that refuses the policy (a
+/// restricted container) keeps the default, which is only slower.
 fn yield_to_the_connection() {
     #[cfg(target_os = "linux")]
     {
@@ -372,21 +375,10 @@ fn yield_to_the_connection() {
 }
 
 /// The checkpointer's two passes ([`WriterThread::checkpoint`]) on the
-/// connection in `slot` (opened from `options` if need be); `Ok(false)` if
-/// the store is closed.
-async fn checkpoint_once(
-    options: &SqliteConnectOptions,
-    slot: &Slot,
-    writer: &Slot,
-) -> std::result::Result<bool, sqlx::Error> {
+/// connection in `slot`; `Ok(false)` if the store is closed.
+async fn checkpoint_once(slot: &Slot, writer: &Slot) -> std::result::Result<bool, sqlx::Error> {
     const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
     let mut taken = slot.clone().lock_owned().await;
-    if taken.is_none() {
-        if writer.lock().await.is_none() {
-            return Ok(false);
-        }
-        *taken = Some(SqliteConnection::connect_with(options).await?);
-    }
     let Some(c) = taken.as_mut() else {
         return Ok(false);
     };
@@ -571,10 +563,14 @@ impl SqliteStore {
                     .map_err(|e| connect_err(url, e))?;
                 // Readers find the file in WAL mode already.
                 let readers = Readers::new(file_options(&path), MAX_READERS);
+                let checkpointer = SqliteConnection::connect_with(&file_options(&path))
+                    .await
+                    .map_err(|e| connect_err(url, e))?;
                 let thread = WriterThread::start()?;
+                *thread.checkpointer.lock().await = Some(checkpointer);
                 let writer = Arc::new(Mutex::new(Some(writer)));
                 thread.drive(writer.clone());
-                thread.checkpoint(file_options(&path), writer.clone());
+                thread.checkpoint(writer.clone());
                 SqliteStore {
                     conns: Conns {
                         writer,
@@ -638,8 +634,8 @@ impl SqliteStore {
         if let Some(readers) = &self.conns.readers {
             readers.close().await;
         }
-        // Held until the writer is closed too: the checkpointer, finding
-        // both closed, stops instead of opening its connection again.
+        // Held until the writer is closed too: the writer's close is the
+        // last one, which checkpoints what is left and removes the WAL.
         let mut checkpointer = self.conns.thread.checkpointer.lock().await;
         if let Some(c) = checkpointer.take()
             && let Err(e) = c.close().await
@@ -1772,7 +1768,7 @@ mod tests {
     }
 
     /// The writer thread gives up wake-up preemption (see
-    /// `yield_to_the_connection`).
+    /// `yield_to_the_connection`); the connections' threads do not.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_writer_thread_runs_under_sched_batch() {
@@ -1802,6 +1798,16 @@ mod tests {
             .collect();
         assert!(!writers.is_empty(), "no writer thread among {threads:?}");
         assert!(writers.iter().all(|&p| p == SCHED_BATCH), "{threads:?}");
+        // Connections (each on a thread of its own, sqlx's) keep the
+        // default: the checkpointer's too, opened with the writer.
+        let connections = threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("sqlx-sqlite"));
+        assert!(connections.clone().count() >= 2, "{threads:?}");
+        assert!(
+            connections.clone().all(|&(_, p)| p != SCHED_BATCH),
+            "{threads:?}"
+        );
         store.close().await;
     }
 
@@ -1919,11 +1925,7 @@ mod tests {
         assert!(grown > 40 * 64 * 1024, "{grown} bytes of WAL");
         drop(held);
 
-        assert!(
-            checkpoint_once(&file_options(&path), ckpt, writer)
-                .await
-                .unwrap()
-        );
+        assert!(checkpoint_once(ckpt, writer).await.unwrap());
         write_20(40).await;
         // Appended, the 20 writes would have made it 1.3 MB longer.
         assert!(size() <= grown, "the WAL started over in the same file");
@@ -1934,11 +1936,7 @@ mod tests {
         assert_eq!(stored.len(), events.len() + 60);
 
         store.close().await;
-        assert!(
-            !checkpoint_once(&file_options(&path), ckpt, writer)
-                .await
-                .unwrap()
-        );
+        assert!(!checkpoint_once(ckpt, writer).await.unwrap());
         assert!(ckpt.lock().await.is_none(), "no connection opened again");
         assert_eq!(size(), 0, "the last connection to close removes the WAL");
     }
