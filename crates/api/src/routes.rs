@@ -179,8 +179,8 @@ fn store_err(e: orch_engine::store::Error) -> ApiError {
 #[utoipa::path(
     get, path = "/health", tag = "system",
     responses(
-        (status = 200, description = "The store can be read", body = Health),
-        (status = 503, description = "The store cannot be read", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The store and the queues can be read", body = Health),
+        (status = 503, description = "The store or the queues cannot be read", body = Problem, content_type = "application/problem+json"),
     ),
     security(())
 )]
@@ -194,6 +194,27 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         })
         .await
         .map_err(|e| ApiError::Unavailable(format!("the store cannot be read: {e}")))?;
+    // The queues too: with Redis down nothing is dispatched, whatever the store says.
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        deps.broker.depth(orch_core::Role::BusinessAnalyst),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(ApiError::Unavailable(format!(
+                "the {} queues cannot be read: {e}",
+                deps.broker.backend()
+            )));
+        }
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "the {} queues did not answer within 2 s",
+                deps.broker.backend()
+            )));
+        }
+    }
     Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),

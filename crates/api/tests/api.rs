@@ -1280,3 +1280,60 @@ async fn metrics_are_prometheus_text_and_may_be_public() {
         .await
         .problem(StatusCode::UNAUTHORIZED, "token");
 }
+
+/// `/health` answers 503 while the queues cannot be read: a private
+/// `redis-server` on a port of its own is stopped under a live broker.
+#[tokio::test]
+async fn health_is_unavailable_while_the_queues_cannot_be_read() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut server) = server else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let broker = loop {
+        match orch_engine::broker::RedisBroker::connect(&url, "health:").await {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() > deadline => {
+                let _ = server.kill();
+                panic!("the private redis-server did not start: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let embedded = TestEngine::with_broker(
+        Arc::new(ScriptedProvider::builtin()),
+        Arc::new(orch_engine::SystemClock),
+        orch_engine::EngineOptions::default(),
+        Arc::new(broker),
+    )
+    .await;
+    let app = app(AppState::new(
+        embedded.engine.clone(),
+        ApiConfig {
+            auth: AuthMode::Disabled,
+            ..ApiConfig::default()
+        },
+    ));
+    let r = send(&app, get("/health")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["broker"], "redis");
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), send(&app, get("/health")))
+        .await
+        .expect("/health answers within its own bound");
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(r.text().contains("queues"), "{}", r.text());
+}

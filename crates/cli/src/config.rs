@@ -20,7 +20,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `QUEUE_PREFIX`: prefix of the Redis keys (default none: streams are `q_ba` ... `q_sec`).
     pub queue_prefix: String,
-    /// `LLM_PROVIDER`: `scripted` (or, later, `anthropic`, `openai`). No default.
+    /// `LLM_PROVIDER`: `anthropic`, `openai` (also `ollama`, `vllm`, `llamacpp`:
+    /// a local OpenAI-compatible server) or `scripted`. Unset: chosen from the
+    /// API keys that are set (see `wiring::choose_provider`).
     pub provider: Option<String>,
     /// `LLM_MODEL` (default: the provider's own, `claude-sonnet-4-20250514` for Anthropic).
     pub model: Option<String>,
@@ -36,6 +38,9 @@ pub struct Config {
     pub max_rework: u32,
     /// `LEASE_TTL_SECONDS` (default 30).
     pub lease_ttl: Duration,
+    /// `DRAIN_TIMEOUT_SECONDS`: on SIGTERM, how long attempts in flight may
+    /// run on before they are given back to their runs (default 10).
+    pub drain_timeout: Duration,
     /// `REQUEUE_AFTER_SECONDS`: a task queued this long without being claimed is published again (default 30).
     pub requeue_after: Duration,
     /// `SWEEP_INTERVAL_MS`: how often the sweeper runs (default 1000).
@@ -134,6 +139,9 @@ impl Config {
             require_security_review: parse_bool("REQUIRE_SECURITY_REVIEW", true)?,
             max_rework: parse_num("MAX_REWORK", 2)?,
             lease_ttl: Duration::from_secs_f64(lease_secs),
+            drain_timeout: Duration::from_secs_f64(
+                parse_num::<f64>("DRAIN_TIMEOUT_SECONDS", 10.0)?.clamp(0.0, 86_400.0),
+            ),
             requeue_after: Duration::from_secs_f64(
                 parse_num::<f64>("REQUEUE_AFTER_SECONDS", 30.0)?.max(0.1),
             ),

@@ -115,6 +115,7 @@ fn line_for(e: &Event) -> Option<String> {
         EventKind::TaskRetryScheduled
         | EventKind::TaskDead
         | EventKind::LeaseExpired
+        | EventKind::TaskReleased
         | EventKind::DlqReplayed => {
             format!("      {task:<32} {}", e.message)
         }

@@ -96,6 +96,7 @@ pub fn engine_options(cfg: &Config) -> EngineOptions {
         requeue_after: cfg.requeue_after,
         sweep_every: cfg.sweep_every,
         tick_all_every: cfg.tick_all_every,
+        drain_timeout: cfg.drain_timeout,
         // Empty: the provider's default model (see `engine`).
         model: cfg.model.clone().unwrap_or_default(),
         role_models: cfg.role_models.clone(),

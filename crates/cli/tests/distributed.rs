@@ -790,6 +790,80 @@ fn sigterm_lets_a_worker_finish_its_in_flight_attempt_before_it_exits() {
     assert!(log.contains("draining"), "{log}");
 }
 
+#[test]
+fn sigterm_gives_back_an_attempt_still_running_after_the_drain_timeout() {
+    if !redis_available() {
+        return;
+    }
+    // The first worker's calls would take ten minutes; the lease is 30 s.
+    let mut c = Cluster::new(&[
+        ("SCRIPTED_LATENCY_MS", "600000"),
+        ("LEASE_TTL_SECONDS", "30"),
+        ("DRAIN_TIMEOUT_SECONDS", "0.2"),
+    ]);
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker", &["worker"]);
+    let id = c.submit();
+    let s = c.wait_until(
+        "a task to be running",
+        Duration::from_secs(30),
+        |s| running_task(s).is_some(),
+        &id,
+    );
+    let task = running_task(&s).unwrap();
+    let (_, mut child) = c.children.pop().unwrap();
+    let term = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        term.elapsed() < Duration::from_secs(10),
+        "the worker waited {:?} to exit",
+        term.elapsed()
+    );
+    let s = c.status(&id);
+    let t = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == task.as_str())
+        .unwrap();
+    assert_eq!(t["status"], "QUEUED", "given back and queued again: {s}");
+    assert_eq!(t["attempt"], 2, "{s}");
+    let log = std::fs::read_to_string(c.dir.path().join("worker.log")).unwrap();
+    assert!(log.contains("giving back the attempts"), "{log}");
+
+    // A worker with a fast provider finishes the run well within the lease:
+    // nobody waited for the given-back attempt's lease to expire.
+    c.env.retain(|(k, _)| k != "SCRIPTED_LATENCY_MS");
+    c.spawn("worker2", &["worker"]);
+    c.wait_until(
+        "the run to complete",
+        Duration::from_secs(25),
+        completed,
+        &id,
+    );
+    assert_nothing_done_twice(&c, &id);
+    let events = c.json(&["events", &id, "--json"]);
+    let of = |kind: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind && e["task_id"] == task.as_str())
+            .count()
+    };
+    assert_eq!(of("task_released"), 1);
+    assert_eq!(of("lease_expired") + of("task_failed"), 0);
+    assert_eq!(of("task_succeeded"), 1);
+}
+
 impl Cluster {
     /// The base URL of a spawned `serve`'s HTTP API (from its log).
     fn api_base(&self, name: &str) -> String {

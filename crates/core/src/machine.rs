@@ -38,6 +38,15 @@ pub enum Input {
         attempt: u32,
         owner: Option<String>,
     },
+    /// A worker that shuts down gives back `attempt` of `task_id`, which it
+    /// holds under `owner`'s lease, before finishing it: the task is queued
+    /// again at once and the attempt is not counted (neither against the
+    /// task's retries nor against `MAX_ITERATIONS`).
+    Released {
+        task_id: String,
+        attempt: u32,
+        owner: String,
+    },
     /// A person waives a gate.
     WaiveGate { gate: GateKind, reason: String },
     /// A person answers a run that waits in `NEEDS_INPUT`.
@@ -348,6 +357,39 @@ fn apply_input(state: &mut RunState, input: Input, now: Millis) -> Result<Vec<Ac
                     format!("lease of attempt {attempt} expired ({who})"),
                 )
                 .with_data(serde_json::json!({"attempt": attempt, "owner": who})),
+            ));
+        }
+        Input::Released {
+            task_id,
+            attempt,
+            owner,
+        } => {
+            let task = state
+                .task_mut(&task_id)
+                .ok_or_else(|| Error::UnknownTask(task_id.clone()))?;
+            if task.status != TaskStatus::Running
+                || task.attempt != attempt
+                || task.lease_owner.as_deref() != Some(owner.as_str())
+            {
+                // Stale: the lease was lost and the task moved on without
+                // this worker; what it gives back is not its to give.
+                return Ok(out);
+            }
+            task.status = task.status.transition(TaskStatus::Ready)?;
+            task.max_attempts = task.max_attempts.saturating_add(1);
+            task.not_before = None;
+            task.lease_owner = None;
+            task.lease_expires_at = None;
+            state.run.iterations = state.run.iterations.saturating_sub(1);
+            out.push(Action::Emit(
+                NewEvent::task(
+                    EventKind::TaskReleased,
+                    &task_id,
+                    format!(
+                        "attempt {attempt} given back by {owner}, which is shutting down; queued again, not counted"
+                    ),
+                )
+                .with_data(serde_json::json!({"attempt": attempt, "owner": owner})),
             ));
         }
         Input::WaiveGate { gate, reason } => {

@@ -393,6 +393,7 @@ pub enum EventKind {
     TaskCancelled,
     TaskSkipped,
     LeaseExpired,
+    TaskReleased,
     LlmRequest,
     LlmResponse,
     LlmError,
@@ -422,7 +423,7 @@ impl EventKind {
     }
 }
 
-const EVENT_KIND_NAMES: [&str; 29] = [
+const EVENT_KIND_NAMES: [&str; 30] = [
     "run_created",
     "run_status_changed",
     "task_created",
@@ -435,6 +436,7 @@ const EVENT_KIND_NAMES: [&str; 29] = [
     "task_cancelled",
     "task_skipped",
     "lease_expired",
+    "task_released",
     "llm_request",
     "llm_response",
     "llm_error",

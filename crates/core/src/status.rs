@@ -138,7 +138,8 @@ impl TaskStatus {
     ///
     /// `FAILED -> READY` is a scheduled retry, `DEAD -> READY` a replay from the
     /// dead letter queue, `QUEUED -> FAILED` a dispatch that could not be
-    /// delivered, `RUNNING -> FAILED` a failed attempt or an expired lease.
+    /// delivered, `RUNNING -> FAILED` a failed attempt or an expired lease,
+    /// `RUNNING -> READY` an attempt given back by a worker that shuts down.
     pub fn can_transition_to(self, to: TaskStatus) -> bool {
         use TaskStatus::*;
         if self == to {
@@ -148,7 +149,7 @@ impl TaskStatus {
             Pending => matches!(to, Ready | Skipped | Cancelled),
             Ready => matches!(to, Queued | Skipped | Cancelled),
             Queued => matches!(to, Running | Failed | Cancelled),
-            Running => matches!(to, Succeeded | Failed | Cancelled),
+            Running => matches!(to, Ready | Succeeded | Failed | Cancelled),
             Failed => matches!(to, Ready | Dead | Cancelled),
             Dead => matches!(to, Ready | Cancelled),
             Succeeded | Skipped | Cancelled => false,

@@ -1,7 +1,9 @@
 //! The runtime owns the spawned loops: the engine loop (wake-ups and the
 //! sweeper) and the role workers. Each loop selects on one cancellation
 //! token; shutdown cancels it and waits for the loops to drain, up to the
-//! drain timeout.
+//! drain timeout. Attempts still running then are given back to their runs
+//! (queued again at once, not counted as failed), so a rolling restart
+//! costs a task neither a retry nor a lease's wait.
 
 use std::time::Instant;
 
@@ -19,6 +21,8 @@ pub struct Runtime {
     engine: Engine,
     /// Cancels every loop of this runtime.
     cancel: CancellationToken,
+    /// Tells attempts in flight to give their tasks back (after the drain timeout).
+    give_back: CancellationToken,
     /// The loops, awaited on shutdown.
     tasks: JoinSet<()>,
 }
@@ -27,6 +31,7 @@ impl Runtime {
     /// Start the engine loop (if `with_engine`) and workers for `roles`.
     pub fn start(engine: Engine, roles: &[Role], with_engine: bool) -> Runtime {
         let cancel = CancellationToken::new();
+        let give_back = CancellationToken::new();
         let mut tasks = JoinSet::new();
         if with_engine {
             tasks.spawn(engine_loop(engine.clone(), cancel.clone()));
@@ -44,10 +49,12 @@ impl Runtime {
             Some(&stepper),
             roles,
             &cancel,
+            &give_back,
         );
         Runtime {
             engine,
             cancel,
+            give_back,
             tasks,
         }
     }
@@ -62,29 +69,50 @@ impl Runtime {
     }
 
     /// Stop every loop: in-flight attempts may finish within the drain
-    /// timeout; after it they are abandoned (their leases expire and the
-    /// tasks are re-run by whoever sweeps next). Nothing is lost either way.
+    /// timeout; after it they give their tasks back (queued again at once,
+    /// the attempt not counted). One that cannot within 5 s more is
+    /// abandoned: its lease expires and it is retried. Nothing is lost
+    /// either way.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         let drain = self.engine.options().drain_timeout;
-        let deadline = tokio::time::Instant::now() + drain;
-        while !self.tasks.is_empty() {
+        if self.join_until(tokio::time::Instant::now() + drain).await {
+            return;
+        }
+        warn!(
+            left = self.tasks.len(),
+            "drain timeout: giving back the attempts still in flight (their tasks are queued again)"
+        );
+        self.give_back.cancel();
+        if self
+            .join_until(tokio::time::Instant::now() + GIVE_BACK_GRACE)
+            .await
+        {
+            return;
+        }
+        warn!(
+            left = self.tasks.len(),
+            "attempts not given back in time abandoned (their leases expire and they are retried)"
+        );
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Wait for every loop to end, until `deadline`; whether they all did.
+    async fn join_until(&mut self, deadline: tokio::time::Instant) -> bool {
+        loop {
             match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
                 Ok(Some(Err(e))) if e.is_panic() => warn!(error = %e, "a loop panicked"),
                 Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => {
-                    warn!(
-                        left = self.tasks.len(),
-                        "drain timeout: abandoning in-flight attempts (they will be retried)"
-                    );
-                    self.tasks.abort_all();
-                    break;
-                }
+                Ok(None) => return true,
+                Err(_) => return false,
             }
         }
     }
 }
+
+/// How long, after the drain timeout, attempts get to give their tasks back.
+const GIVE_BACK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// React to wake-ups at once; sweep every `sweep_every`.
 async fn engine_loop(engine: Engine, cancel: CancellationToken) {

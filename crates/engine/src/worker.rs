@@ -58,7 +58,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orch_agents::{AgentOutput, ChannelPost, EventSink, TaskInput};
 use orch_broker::{ChannelMessage, Delivery, Dispatch};
-use orch_core::{Event, EventKind, NewEvent, Role, RunId, TaskStatus, Usage};
+use orch_core::{Event, EventKind, Input, NewEvent, Role, RunId, TaskStatus, Usage};
 use orch_store::{Fence, TaskOutcome};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -214,6 +214,9 @@ impl EventSink for StoreSink {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Permits {
     roles: Arc<std::collections::HashMap<Role, RolePermits>>,
+    /// Cancelled when the process stops waiting for its attempts in flight
+    /// to finish: each then gives its task back ([`Input::Released`]).
+    give_back: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -365,8 +368,9 @@ struct Peek<'a> {
 }
 
 impl Permits {
-    pub(crate) fn new(roles: &[Role], concurrency: usize) -> Self {
+    pub(crate) fn new(roles: &[Role], concurrency: usize, give_back: CancellationToken) -> Self {
         Permits {
+            give_back,
             roles: Arc::new(
                 roles
                     .iter()
@@ -759,7 +763,14 @@ async fn execute(
         messages,
         upstream: &upstream,
     };
-    let agent = run_agent(deps, opts, context, &lost, &sink, &provider);
+    let agent = run_agent(
+        deps,
+        opts,
+        context,
+        [&lost, &permits.give_back],
+        &sink,
+        &provider,
+    );
     let (result, landed) = match landing {
         None => (agent.await, None),
         Some(handle) => {
@@ -858,6 +869,13 @@ async fn execute(
         AttemptResult::LeaseLost => {
             warn!(task = %task.id, attempt = d.attempt, "lease lost while running; result discarded");
             record_calls(deps, &d.run_id, llm_events, llm_calls).await;
+            return Ok(Ran::Next(None));
+        }
+        AttemptResult::GivenBack => {
+            // The calls made so far stay on record (and in the journal, so
+            // the next attempt replays them rather than paying again).
+            record_calls(deps, &d.run_id, llm_events, llm_calls).await;
+            give_back(stepper, &fence).await;
             return Ok(Ran::Next(None));
         }
     };
@@ -1107,6 +1125,8 @@ enum AttemptResult {
         usage: Usage,
     },
     LeaseLost,
+    /// The process shuts down and stopped waiting: the task is given back.
+    GivenBack,
 }
 
 /// What an attempt runs on: the run's plan, the claimed task and what was
@@ -1133,11 +1153,36 @@ pub(crate) fn upstream_names(plan: &orch_core::RunState, upstream_ids: &[String]
         .collect()
 }
 
+/// Give the attempt `fence` holds back to its run: queued again at once,
+/// not counted. Without an engine (or if the store refuses) the lease is
+/// left to expire, and the attempt is retried as a failed one.
+async fn give_back(stepper: Option<&Stepper>, fence: &Fence) {
+    let Some(s) = stepper else {
+        warn!(task = %fence.task_id, attempt = fence.attempt, "shutting down: attempt abandoned; its lease will expire and it will be retried");
+        return;
+    };
+    let input = Input::Released {
+        task_id: fence.task_id.clone(),
+        attempt: fence.attempt,
+        owner: fence.owner.clone(),
+    };
+    match s.engine.apply_input(&fence.run_id, input).await {
+        Ok(_) => {
+            info!(run = %fence.run_id, task = %fence.task_id, attempt = fence.attempt, "shutting down: attempt given back; its task is queued again")
+        }
+        Err(e) => {
+            warn!(run = %fence.run_id, task = %fence.task_id, error = %e, "shutting down: attempt not given back; its lease will expire and it will be retried")
+        }
+    }
+}
+
+/// Run the task's agent until it ends, times out, its lease is lost
+/// (`stop[0]`) or the process gives it back (`stop[1]`).
 async fn run_agent(
     deps: &Deps,
     opts: &EngineOptions,
     context: Context<'_>,
-    lost: &CancellationToken,
+    stop: [&CancellationToken; 2],
     sink: &StoreSink,
     provider: &Arc<crate::JournalingProvider>,
 ) -> AttemptResult {
@@ -1183,8 +1228,10 @@ async fn run_agent(
         run.tokens_in.saturating_add(run.tokens_out),
     );
     let agent = deps.agents.run_task(input, &budgeted, sink);
+    let [lost, give_back] = stop;
     let result = tokio::select! {
         _ = lost.cancelled() => AttemptResult::LeaseLost,
+        _ = give_back.cancelled() => AttemptResult::GivenBack,
         r = tokio::time::timeout(timeout, agent) => match r {
             Ok(Ok(out)) => AttemptResult::Done(out),
             Ok(Err(f)) => AttemptResult::Failed {
@@ -1279,8 +1326,9 @@ pub(crate) fn spawn_workers(
     stepper: Option<&Stepper>,
     roles: &[Role],
     cancel: &CancellationToken,
+    give_back: &CancellationToken,
 ) {
-    let permits = Permits::new(roles, opts.concurrency);
+    let permits = Permits::new(roles, opts.concurrency, give_back.clone());
     for &role in roles {
         for _ in 0..opts.concurrency.max(1) {
             set.spawn(worker_loop(

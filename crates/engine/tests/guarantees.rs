@@ -777,3 +777,88 @@ async fn a_lost_wake_up_is_repaired_by_the_next_round_of_ticks() {
         "moved on by the round of ticks"
     );
 }
+
+/// Shutdown lets attempts run on for the drain timeout, then gives their
+/// tasks back: queued again at once, the attempt not counted, its lease
+/// not waited for. A process started after it completes the run.
+#[tokio::test]
+async fn shutdown_gives_back_attempts_still_running_after_the_drain_timeout() {
+    let slow: Arc<dyn Provider> =
+        Arc::new(generic_provider().with_latency(Duration::from_secs(3_600)));
+    let opts = EngineOptions {
+        drain_timeout: Duration::from_millis(50),
+        ..EngineOptions::default()
+    };
+    let h = harness(slow, Arc::new(SystemClock), opts).await;
+    let run = submit_sdlc(&h.engine).await;
+    let rt = Runtime::start(h.engine.clone(), &Role::SPECIALISTS, true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status_of(&h.store, &run, "requirements").await.0 != TaskStatus::Running {
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let max_before = h
+        .store
+        .list_tasks(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == "requirements")
+        .unwrap()
+        .max_attempts;
+    // Well under the lease's 30 s and the hour the call would take.
+    tokio::time::timeout(Duration::from_secs(10), rt.shutdown())
+        .await
+        .expect("shutdown gives back instead of waiting");
+
+    let t = h
+        .store
+        .list_tasks(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == "requirements")
+        .unwrap();
+    assert_eq!(t.status, TaskStatus::Queued, "queued again at once: {t:?}");
+    assert_eq!(t.attempt, 2);
+    assert_eq!(
+        t.max_attempts,
+        max_before + 1,
+        "the given-back attempt is not counted"
+    );
+    assert_eq!(t.lease_owner, None);
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::TaskReleased, "requirements").await,
+        1
+    );
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::LeaseExpired, "requirements").await
+            + events_of(&h.store, &run, EventKind::TaskFailed, "requirements").await,
+        0,
+        "a release is not a failure"
+    );
+
+    // A new process (fast provider, same store) picks the task up and ends the run.
+    let fast = orch_engine::Engine::new(
+        orch_engine::Deps {
+            provider: generic(),
+            ..h.engine.deps().clone()
+        },
+        EngineOptions::default(),
+    );
+    let rt = Runtime::start(fast.clone(), &Role::SPECIALISTS, true);
+    let end = fast
+        .wait(
+            &run,
+            Duration::from_millis(20),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    rt.shutdown().await;
+    assert_eq!(end.status, RunStatus::Completed, "{end:?}");
+    assert_eq!(
+        events_of(&h.store, &run, EventKind::TaskStarted, "requirements").await,
+        2
+    );
+}

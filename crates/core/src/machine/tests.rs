@@ -866,6 +866,69 @@ fn an_expired_lease_of_the_current_attempt_fails_it_and_schedules_a_retry() {
 }
 
 #[test]
+fn an_attempt_given_back_is_queued_again_at_once_and_not_counted() {
+    let mut state = new_state(settings());
+    step(&mut state, T0);
+    claim(&mut state, "requirements", T0);
+    let before = state.task("requirements").unwrap().max_attempts;
+    let iterations = state.run.iterations;
+    let out = apply(
+        &mut state,
+        Input::Released {
+            task_id: "requirements".into(),
+            attempt: 1,
+            owner: "worker-1".into(),
+        },
+        T0 + 5,
+    )
+    .unwrap();
+    assert_eq!(
+        kinds(&out),
+        [EventKind::TaskReleased, EventKind::TaskQueued]
+    );
+    assert_eq!(
+        dispatches(&out),
+        [("requirements".to_string(), Role::BusinessAnalyst, 2)],
+        "queued again with no backoff"
+    );
+    let t = state.task("requirements").unwrap();
+    assert_eq!(t.status, TaskStatus::Queued);
+    assert_eq!(t.lease_owner, None);
+    assert_eq!(t.last_error, None, "a release is not a failure");
+    assert_eq!(
+        t.max_attempts,
+        before + 1,
+        "the given-back attempt is not counted"
+    );
+    assert_eq!(
+        state.run.iterations, iterations,
+        "nor against MAX_ITERATIONS"
+    );
+}
+
+#[test]
+fn a_release_by_a_worker_that_no_longer_holds_the_lease_changes_nothing() {
+    let mut state = new_state(settings());
+    step(&mut state, T0);
+    claim(&mut state, "requirements", T0);
+    for (attempt, owner) in [(1, "worker-2"), (2, "worker-1")] {
+        let before = state.clone();
+        let out = apply(
+            &mut state,
+            Input::Released {
+                task_id: "requirements".into(),
+                attempt,
+                owner: owner.into(),
+            },
+            T0 + 5,
+        )
+        .unwrap();
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(state, before);
+    }
+}
+
+#[test]
 fn an_expired_lease_of_a_stale_attempt_changes_nothing() {
     let mut state = new_state(settings());
     step(&mut state, T0);
