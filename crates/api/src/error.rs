@@ -130,9 +130,11 @@ impl From<orch_engine::store::Error> for ApiError {
             E::Locked(_) | E::Connect { .. } | E::Database(_) => {
                 ApiError::Unavailable(format!("database: {e}; retry later"))
             }
-            E::Corrupt(_) | E::Migrate(_) | E::Decode(_) | E::UnsupportedUrl(_) => {
-                ApiError::Internal(e.to_string())
-            }
+            E::Corrupt(_)
+            | E::Migrate(_)
+            | E::Decode(_)
+            | E::UnsupportedUrl(_)
+            | E::Config { .. } => ApiError::Internal(e.to_string()),
         }
     }
 }

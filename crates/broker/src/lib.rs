@@ -44,7 +44,7 @@ pub async fn connect(url: Option<&str>, prefix: &str) -> Result<Arc<dyn Broker>>
         Some(url) if url.starts_with("redis") || url.starts_with("unix://") => {
             Ok(Arc::new(RedisBroker::connect(url, prefix).await?))
         }
-        Some(url) => Err(Error::Connect {
+        Some(url) => Err(Error::Config {
             url: crate::redis::redact(url),
             message: "unsupported broker URL: expected redis://host[:port][/db], \
                       or no URL for the in-process broker"
@@ -60,6 +60,10 @@ pub enum Error {
     Closed,
     #[error("cannot reach the broker at {url}: {message}")]
     Connect { url: String, message: String },
+    /// The broker URL or its credentials are wrong: waiting for the server
+    /// cannot help (unlike [`Error::Connect`]).
+    #[error("cannot use the broker at {url}: {message}")]
+    Config { url: String, message: String },
     #[error("broker error: {0}")]
     Backend(String),
     #[error("malformed queue message: {0}")]

@@ -149,10 +149,11 @@ impl RedisBroker {
             url: shown.clone(),
             message,
         };
-        let client = Client::open(url).map_err(|e| {
-            connect_error(format!(
+        let client = Client::open(url).map_err(|e| Error::Config {
+            url: shown.clone(),
+            message: format!(
                 "invalid Redis URL ({e}); expected redis://[user:password@]host[:port][/db]"
-            ))
+            ),
         })?;
 
         // One plain attempt first: the connection manager retries with
@@ -168,6 +169,12 @@ impl RedisBroker {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, probe).await {
             Ok(Ok(_)) => {}
+            Ok(Err(e)) if is_config_error(&e) => {
+                return Err(Error::Config {
+                    url: shown.clone(),
+                    message: connect_hint(&e),
+                });
+            }
             Ok(Err(e)) => return Err(connect_error(connect_hint(&e))),
             Err(_) => {
                 return Err(connect_error(format!(
@@ -726,6 +733,15 @@ fn backend(what: &str, key: &str, e: RedisError) -> Error {
 }
 
 /// A connection failure with what to check.
+/// Wrong credentials or a bad URL: retrying the same connection cannot help.
+fn is_config_error(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig
+    ) || e.code() == Some("NOAUTH")
+        || e.code() == Some("WRONGPASS")
+}
+
 fn connect_hint(e: &RedisError) -> String {
     let check = match e.kind() {
         ErrorKind::AuthenticationFailed => "check the user name and password in the URL",

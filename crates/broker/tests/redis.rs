@@ -433,8 +433,14 @@ async fn an_unreachable_server_is_a_quick_connect_error() {
         assert!(shown.contains("127.0.0.1:1"), "{shown}");
         assert!(message.contains("redis-server is running"), "{message}");
     }
+    // A URL that no server can fix is a configuration error, not retried.
     let err = RedisBroker::connect("not a url", "").await.unwrap_err();
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    let Err(err) = orch_broker::connect(Some("http://127.0.0.1:6379"), "").await else {
+        panic!("an http:// URL is refused");
+    };
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("redis://"), "{err}");
 }
 
 /// The consumer names of `role`'s stream, sorted.

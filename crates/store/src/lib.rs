@@ -76,6 +76,10 @@ pub enum Error {
     Corrupt(String),
     #[error("cannot open database {url}: {message}")]
     Connect { url: String, message: String },
+    /// The database URL, credentials or database name are wrong: waiting
+    /// for the server cannot help (unlike [`Error::Connect`]).
+    #[error("cannot use database {url}: {message}")]
+    Config { url: String, message: String },
     #[error("database schema error: {0}. Run `orchestrator init-db` to create or upgrade it")]
     Migrate(String),
     #[error("stored data is invalid: {0}")]

@@ -207,7 +207,7 @@ impl PostgresStore {
     pub async fn connect_with(url: &str, pool_size: Option<u32>) -> Result<PostgresStore> {
         let pool_size = pool_size.map_or_else(default_pool_size, |n| n.clamp(1, MAX_POOL_SIZE));
         let shown = redact_url(url);
-        let mut options: PgConnectOptions = url.trim().parse().map_err(|e| Error::Connect {
+        let mut options: PgConnectOptions = url.trim().parse().map_err(|e| Error::Config {
             url: shown.clone(),
             message: format!(
                 "not a valid PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
@@ -744,9 +744,12 @@ fn connect_err(url: &str, options: &PgConnectOptions, e: sqlx::Error) -> Error {
         }
         _ => "check DATABASE_URL and that PostgreSQL is running".to_string(),
     };
-    Error::Connect {
-        url: url.to_string(),
-        message: format!("{}; {hint}", message(&e)),
+    let message = format!("{}; {hint}", message(&e));
+    let url = url.to_string();
+    match sqlstate(&e).as_deref() {
+        // Wrong credentials or no such database: not fixed by waiting.
+        Some("28P01" | "28000" | "3D000") => Error::Config { url, message },
+        _ => Error::Connect { url, message },
     }
 }
 

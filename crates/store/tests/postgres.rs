@@ -553,23 +553,23 @@ async fn a_missing_database_says_to_create_it() {
     }
     let url = with_database(&admin, &format!("orch_missing_{:016x}", random()));
     match PostgresStore::connect(&url).await {
-        Err(Error::Connect { message, .. }) => {
+        Err(Error::Config { message, .. }) => {
             assert!(message.contains("createdb"), "{message}")
         }
-        Err(other) => panic!("expected Error::Connect, got {other:?}"),
-        Ok(_) => panic!("expected Error::Connect, got a store"),
+        Err(other) => panic!("expected Error::Config, got {other:?}"),
+        Ok(_) => panic!("expected Error::Config, got a store"),
     }
 }
 
 #[tokio::test]
-async fn an_invalid_url_is_a_connect_error() {
+async fn an_invalid_url_is_a_configuration_error() {
     match PostgresStore::connect("postgres://u:pw@host:notaport/db").await {
-        Err(Error::Connect { url, message }) => {
+        Err(Error::Config { url, message }) => {
             assert!(!url.contains("pw"), "{url}");
             assert!(message.contains("postgres://USER"), "{message}");
         }
-        Err(other) => panic!("expected Error::Connect, got {other:?}"),
-        Ok(_) => panic!("expected Error::Connect, got a store"),
+        Err(other) => panic!("expected Error::Config, got {other:?}"),
+        Ok(_) => panic!("expected Error::Config, got a store"),
     }
 }
 
