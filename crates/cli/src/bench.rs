@@ -24,7 +24,7 @@ use crate::wiring;
 /// Options of `orchestrator bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Which scenario: s1, s2, s3 or all.
+    /// Which scenario: s1, s2, s3, s4 (only with --distributed) or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// S1: tasks in the chain.
@@ -50,6 +50,7 @@ pub struct BenchArgs {
     /// Worker processes in distributed mode.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
 }

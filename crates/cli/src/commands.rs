@@ -129,15 +129,15 @@ pub async fn resolve_run(store: &Arc<dyn Store>, s: &str) -> Result<RunId> {
 async fn init_db(cfg: &Config, json: bool) -> Result<ExitCode> {
     let store = wiring::open_store(cfg).await?;
     if json {
-        render::print_json(
+        render::write_json(
             &serde_json::json!({"database": wiring::redact_url(&cfg.database_url), "backend": store.backend(), "ok": true}),
-        );
+        )?;
     } else {
-        println!(
+        render::outln!(
             "database ready: {} ({})",
             wiring::redact_url(&cfg.database_url),
             store.backend()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -172,12 +172,26 @@ fn parse_context(raw: Option<&str>) -> serde_json::Value {
 async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
     // Everything that can be refused is checked before anything is created.
     check_budget(a.budget_usd, a.budget_tokens)?;
-    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
+    let flag = a.provider.provider.as_deref();
+    let provider = match &a.resume {
+        // Checked once the run is found: it may name its own provider.
+        Some(_) => None,
+        None => Some(wiring::choose_provider(cfg, flag)?),
+    };
     let workflow = match &a.resume {
         Some(_) => None,
         None => Some(load_workflow(a.workflow.as_deref())?),
     };
     let store = wiring::open_store(cfg).await?;
+    let provider = match (provider, &a.resume) {
+        (Some(p), _) => p,
+        (None, Some(r)) => {
+            let id = resolve_run(&store, r).await?;
+            let run = store.get_run(&id).await?;
+            wiring::provider_for_run(cfg, flag, id.as_str(), &run.provider)?
+        }
+        (None, None) => unreachable!("a provider is chosen when not resuming"),
+    };
     let engine = wiring::engine(
         store.clone(),
         wiring::open_broker(cfg).await?,
@@ -248,6 +262,21 @@ pub async fn follow_run(engine: &Engine, run_id: &RunId, show: bool) -> Result<o
     if show {
         progress::header(&run, engine.deps().provider.as_ref());
     }
+    // A run that is continued shows what happens from now on, not again
+    // what happened before.
+    let mut after = 0;
+    if run.status != RunStatus::Pending {
+        let earlier = store
+            .list_events(run_id, orch_store::EventQuery::default())
+            .await?;
+        after = earlier.last().map_or(0, |e| e.seq);
+        if show && !earlier.is_empty() {
+            println!(
+                "continuing after {} earlier events (`orchestrator events {run_id}` shows them)",
+                earlier.len()
+            );
+        }
+    }
     // In process, this process is the engine and every worker. With a shared
     // broker, `orchestrator serve` and `orchestrator worker` do the work and
     // this process only takes the first step and follows.
@@ -260,7 +289,7 @@ pub async fn follow_run(engine: &Engine, run_id: &RunId, show: bool) -> Result<o
         );
     }
     engine.tick(run_id).await?;
-    let follower = progress::Follower::new(store.clone(), run_id.clone(), show);
+    let follower = progress::Follower::new(store.clone(), run_id.clone(), show, after, !local);
     let result = follower.follow(engine).await;
     if let Some(runtime) = runtime {
         runtime.shutdown().await;
@@ -283,9 +312,9 @@ async fn status(cfg: &Config, a: RunRef) -> Result<ExitCode> {
     let state = store.load_run(&id).await?;
     let dead = store.list_dead_letters(Some(&id), false).await?;
     if a.json {
-        render::print_json(&render::status_json(&state, &dead));
+        render::write_json(&render::status_json(&state, &dead))?;
     } else {
-        render::print_status(&state, &dead);
+        render::write_status(&state, &dead)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -305,9 +334,9 @@ async fn list(cfg: &Config, a: ListArgs) -> Result<ExitCode> {
         })
         .await?;
     if a.json {
-        render::print_json(&runs);
+        render::write_json(&runs)?;
     } else {
-        render::print_runs(&runs);
+        render::write_runs(&runs)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -326,10 +355,10 @@ async fn events(cfg: &Config, a: EventsArgs) -> Result<ExitCode> {
         )
         .await?;
     if a.json {
-        render::print_json(&events);
+        render::write_json(&events)?;
     } else {
         for e in &events {
-            render::print_event(e, a.verbose);
+            render::write_event(e, a.verbose)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -341,7 +370,7 @@ async fn artifacts(cfg: &Config, a: ArtifactsArgs) -> Result<ExitCode> {
     let list = store.list_artifacts(&id, !a.all_versions).await?;
     if a.json {
         if a.content {
-            render::print_json(&list);
+            render::write_json(&list)?;
         } else {
             let slim: Vec<_> = list
                 .iter()
@@ -350,10 +379,10 @@ async fn artifacts(cfg: &Config, a: ArtifactsArgs) -> Result<ExitCode> {
                         "task_id": x.task_id, "attempt": x.attempt, "bytes": x.content.len(), "created_at": x.created_at})
                 })
                 .collect();
-            render::print_json(&slim);
+            render::write_json(&slim)?;
         }
     } else {
-        render::print_artifacts(&list, a.content);
+        render::write_artifacts(&list, a.content)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -381,7 +410,9 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let provider = wiring::choose_provider(cfg, a.provider.provider.as_deref())?;
+    let recorded = store.get_run(&id).await?.provider;
+    let provider =
+        wiring::provider_for_run(cfg, a.provider.provider.as_deref(), id.as_str(), &recorded)?;
     let engine = wiring::engine(
         store.clone(),
         wiring::open_broker(cfg).await?,
@@ -415,8 +446,10 @@ async fn human_input(
 ) -> Result<ExitCode> {
     let store = wiring::open_store(cfg).await?;
     let id = resolve_run(&store, run).await?;
-    // Continue the run afterwards only when a provider is chosen.
-    let chosen = wiring::choose_provider(cfg, provider).ok();
+    // Continue the run afterwards only when a provider is chosen (or the
+    // run names its own).
+    let recorded = store.get_run(&id).await?.provider;
+    let chosen = wiring::provider_for_run(cfg, provider, id.as_str(), &recorded).ok();
     let engine = wiring::engine(
         store.clone(),
         wiring::open_broker(cfg).await?,
@@ -482,13 +515,6 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Replay { id, provider, json } => {
-            let chosen = wiring::choose_provider(cfg, provider.provider.as_deref()).ok();
-            let engine = wiring::engine(
-                store.clone(),
-                wiring::open_broker(cfg).await?,
-                chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
-                wiring::engine_options(cfg),
-            )?;
             let letter = store
                 .list_dead_letters(None, false)
                 .await?
@@ -497,6 +523,20 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
                 .with_context(|| {
                     format!("no dead letter {id} waiting for replay; see `orchestrator dlq list`")
                 })?;
+            let recorded = store.get_run(&letter.run_id).await?.provider;
+            let chosen = wiring::provider_for_run(
+                cfg,
+                provider.provider.as_deref(),
+                letter.run_id.as_str(),
+                &recorded,
+            )
+            .ok();
+            let engine = wiring::engine(
+                store.clone(),
+                wiring::open_broker(cfg).await?,
+                chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
+                wiring::engine_options(cfg),
+            )?;
             let out = engine.replay_dead_letter(id).await?;
             if chosen.is_some() && out.status == RunStatus::Running {
                 return drive(&engine, &letter.run_id, false, json).await;
@@ -546,12 +586,12 @@ async fn export(cfg: &Config, a: ExportArgs) -> Result<ExitCode> {
         written.push(rel);
     }
     if a.json {
-        render::print_json(&serde_json::json!({"run_id": id, "out": a.out, "files": written}));
+        render::write_json(&serde_json::json!({"run_id": id, "out": a.out, "files": written}))?;
     } else {
         for f in &written {
-            println!("{}", out.join(f).display());
+            render::outln!("{}", out.join(f).display())?;
         }
-        println!("{} file(s) written to {}", written.len(), out.display());
+        render::outln!("{} file(s) written to {}", written.len(), out.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -564,46 +604,74 @@ fn workflows(cmd: WorkflowCommand) -> Result<ExitCode> {
                 .filter_map(|n| Workflow::builtin(n))
                 .collect();
             if json {
-                render::print_json(&all);
+                render::write_json(&all)?;
             } else {
                 for wf in &all {
-                    println!(
+                    render::outln!(
                         "{:<12} {} task(s)  {}",
                         wf.name,
                         wf.tasks.len(),
                         wf.description
-                    );
+                    )?;
                 }
             }
         }
-        WorkflowCommand::Show { name } => match orch_core::dsl::builtin_source(&name) {
-            Some((_, text)) => print!("{text}"),
-            None => {
-                let wf = load_workflow(Some(&name))?;
-                print!(
-                    "{}",
-                    std::fs::read_to_string(&name).unwrap_or_else(|_| format!("{wf:#?}"))
-                );
+        WorkflowCommand::Show { name, json: true } => {
+            render::write_json(&load_workflow(Some(&name))?)?;
+        }
+        WorkflowCommand::Show { name, json: false } => {
+            match orch_core::dsl::builtin_source(&name) {
+                Some((_, text)) => render::out!("{text}")?,
+                None => {
+                    let wf = load_workflow(Some(&name))?;
+                    render::out!(
+                        "{}",
+                        std::fs::read_to_string(&name).unwrap_or_else(|_| format!("{wf:#?}"))
+                    )?;
+                }
             }
-        },
+        }
         WorkflowCommand::Validate { file, json } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading workflow file {file}"))?;
-            let wf = Workflow::parse(&file, &text)?;
+            let wf = match Workflow::parse_all(&file, &text) {
+                Ok(wf) => wf,
+                Err(errors) => return invalid_workflow(&file, &errors, json),
+            };
             if json {
-                render::print_json(
+                render::write_json(
                     &serde_json::json!({"file": file, "valid": true, "name": wf.name, "tasks": wf.tasks.len()}),
-                );
+                )?;
             } else {
-                println!(
+                render::outln!(
                     "{file}: valid workflow {:?} with {} task(s)",
                     wf.name,
                     wf.tasks.len()
-                );
+                )?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Report every error of a workflow file (one line each, on stderr; with
+/// `--json` as a document on stdout) and fail.
+fn invalid_workflow(file: &str, errors: &[orch_core::DslError], json: bool) -> Result<ExitCode> {
+    if json {
+        let errors: Vec<_> = errors
+            .iter()
+            .map(|e| {
+                serde_json::json!({"line": e.line, "column": e.column, "field": e.field,
+                    "message": e.message, "error": e.to_string()})
+            })
+            .collect();
+        render::write_json(&serde_json::json!({"file": file, "valid": false, "errors": errors}))?;
+    } else {
+        for e in errors {
+            eprintln!("error: {e}");
+        }
+    }
+    Ok(ExitCode::from(1))
 }
 
 /// Parse `--roles` (names, queues or short forms, comma-separated; `all`).
@@ -865,12 +933,22 @@ async fn tokens(cfg: &Config, cmd: TokenCommand) -> Result<ExitCode> {
             }
             let new = orch_api::auth::generate(name.trim(), &scopes, now);
             store.create_token(&new.record).await?;
-            if json {
+            let written = if json {
                 let mut v = show(&new.record);
                 v["token"] = serde_json::Value::String(new.token.clone());
-                render::print_json(&v);
+                render::write_json(&v)
             } else {
-                println!("{}", new.token);
+                render::outln!("{}", new.token)
+            };
+            // The secret is shown only here: never end quietly without it.
+            if let Err(e) = written {
+                bail!(
+                    "{e}; token {} was created but not shown: revoke it with `orchestrator token revoke {}` and create another",
+                    new.record.id,
+                    new.record.id
+                );
+            }
+            if !json {
                 eprintln!(
                     "token {} ({}) created with scopes {}; it is shown only now — send it as `Authorization: Bearer <token>`",
                     new.record.id,
@@ -882,16 +960,21 @@ async fn tokens(cfg: &Config, cmd: TokenCommand) -> Result<ExitCode> {
         TokenCommand::List { all, json } => {
             let list = store.list_tokens(all).await?;
             if json {
-                render::print_json(&list.iter().map(show).collect::<Vec<_>>());
+                render::write_json(&list.iter().map(show).collect::<Vec<_>>())?;
             } else if list.is_empty() {
-                println!("no tokens; create one with `orchestrator token create --scope read`");
+                render::outln!(
+                    "no tokens; create one with `orchestrator token create --scope read`"
+                )?;
             } else {
-                println!(
+                render::outln!(
                     "{:<14} {:<20} {:<18} {:<20} REVOKED",
-                    "ID", "NAME", "SCOPES", "CREATED"
-                );
+                    "ID",
+                    "NAME",
+                    "SCOPES",
+                    "CREATED"
+                )?;
                 for t in &list {
-                    println!(
+                    render::outln!(
                         "{:<14} {:<20} {:<18} {:<20} {}",
                         t.id,
                         render::truncate(&t.name, 20),
@@ -900,7 +983,7 @@ async fn tokens(cfg: &Config, cmd: TokenCommand) -> Result<ExitCode> {
                         t.revoked_at
                             .map(render::fmt_time)
                             .unwrap_or_else(|| "-".into())
-                    );
+                    )?;
                 }
             }
         }
@@ -910,9 +993,9 @@ async fn tokens(cfg: &Config, cmd: TokenCommand) -> Result<ExitCode> {
             let id = orch_api::auth::split_token(id).map_or(id, |(id, _)| id);
             let t = store.revoke_token(id, now).await?;
             if json {
-                render::print_json(&show(&t));
+                render::write_json(&show(&t))?;
             } else {
-                println!("token {} ({}) revoked", t.id, t.name);
+                render::outln!("token {} ({}) revoked", t.id, t.name)?;
             }
         }
     }

@@ -96,6 +96,7 @@ enum TokenCommand {
         /// A label for people (who or what uses the token).
         #[arg(long, default_value = "default")]
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -104,12 +105,14 @@ enum TokenCommand {
         /// Include revoked tokens.
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by its id (`orch_<id>_...`); every `serve` refuses it within seconds.
     Revoke {
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -160,7 +163,7 @@ struct JsonFlag {
 
 #[derive(Debug, Args)]
 struct ProviderArgs {
-    /// LLM provider: scripted (a deterministic fixture; labelled as such everywhere). Overrides LLM_PROVIDER.
+    /// LLM provider: anthropic (needs ANTHROPIC_API_KEY), openai (OPENAI_API_KEY and/or OPENAI_BASE_URL; ollama, vllm and llamacpp name it too, for a local server) or scripted (a deterministic fixture; labelled as such everywhere). Overrides LLM_PROVIDER.
     #[arg(long, value_name = "NAME")]
     provider: Option<String>,
 }
@@ -209,6 +212,7 @@ struct BudgetArgs {
     tokens: Option<i64>,
     #[command(flatten)]
     provider: ProviderArgs,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -216,6 +220,7 @@ struct BudgetArgs {
 #[derive(Debug, Args)]
 struct RunRef {
     run: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -229,6 +234,7 @@ struct ListArgs {
     limit: u32,
     #[arg(long, default_value_t = 0)]
     offset: u32,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -245,6 +251,7 @@ struct EventsArgs {
     /// At most this many events (0: all).
     #[arg(long, default_value_t = 0)]
     limit: u32,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -258,6 +265,7 @@ struct ArtifactsArgs {
     /// Every version, not only the latest.
     #[arg(long)]
     all_versions: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -270,8 +278,10 @@ struct TickArgs {
     once: bool,
     #[command(flatten)]
     provider: ProviderArgs,
+    /// Print only the final result.
     #[arg(long, short)]
     quiet: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -288,6 +298,7 @@ enum GateCommand {
         /// Continue the run after waiving (needs a provider).
         #[command(flatten)]
         provider: ProviderArgs,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -300,6 +311,7 @@ struct AnswerArgs {
     text: String,
     #[command(flatten)]
     provider: ProviderArgs,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -309,6 +321,7 @@ struct CancelArgs {
     run: String,
     #[arg(long, default_value = "cancelled by user")]
     reason: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -323,6 +336,7 @@ enum DlqCommand {
         /// Include replayed ones.
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -331,6 +345,7 @@ enum DlqCommand {
         id: i64,
         #[command(flatten)]
         provider: ProviderArgs,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -340,14 +355,21 @@ enum DlqCommand {
 enum WorkflowCommand {
     /// List the built-in workflows.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Print a built-in workflow (or a file) as YAML.
-    Show { name: String },
+    Show {
+        name: String,
+        /// Print the workflow as JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a workflow file; errors name the file, line and field.
     Validate {
         file: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -359,6 +381,7 @@ struct ExportArgs {
     /// Folder to write into (created if missing).
     #[arg(long, short, default_value = "orchestrator-export")]
     out: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -370,6 +393,7 @@ struct ReplayArgs {
     /// Only the result, no progress.
     #[arg(long, short)]
     quiet: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -378,11 +402,15 @@ struct ReplayArgs {
 /// 3 the run waits for input, 4 the run failed or was cancelled.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // sqlx's warnings (a statement slowed by a lock another process holds)
+    // span several lines and repeat what the one-line error then says:
+    // ORCH_LOG=warn shows them.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,sqlx=error".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     // One thread measured fastest for the engine and workers on 2 cores; the
@@ -419,6 +447,14 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // The reader of stdout went away (`orchestrator events RUN | head`):
+        // it has all it wanted.
+        Err(e)
+            if e.downcast_ref::<render::StdoutError>()
+                .is_some_and(render::StdoutError::is_closed) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

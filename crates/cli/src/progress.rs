@@ -29,29 +29,100 @@ pub struct Follower {
     run_id: RunId,
     show: bool,
     after: i64,
+    /// Processes elsewhere do the work: a long silence is worth a hint.
+    remote: bool,
 }
 
+/// With the work done elsewhere, how long without a new event before the
+/// follower says what may be missing (and again as long as it lasts).
+const QUIET_HINT_AFTER: Duration = Duration::from_secs(30);
+
+/// How long the follower waits out a database it cannot read before it
+/// gives up (the run itself goes on without it).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+
 impl Follower {
-    pub fn new(store: Arc<dyn Store>, run_id: RunId, show: bool) -> Self {
+    /// Show events after `after` (0: all of them).
+    pub fn new(store: Arc<dyn Store>, run_id: RunId, show: bool, after: i64, remote: bool) -> Self {
         Follower {
             store,
             run_id,
             show,
-            after: 0,
+            after,
+            remote,
         }
     }
 
     pub async fn follow(mut self, engine: &Engine) -> Result<Run> {
         let mut changes = engine.changes();
+        let mut failing: Option<(std::time::Instant, Duration)> = None;
+        let mut last_news = std::time::Instant::now();
+        let mut hinted = last_news;
         loop {
-            self.drain_events().await?;
-            let run = self.store.get_run(&self.run_id).await?;
-            if run.status.is_terminal() || run.status == orch_core::RunStatus::NeedsInput {
-                self.drain_events().await?;
-                return Ok(run);
+            match self.step().await {
+                Ok((run, news)) => {
+                    if let Some((since, _)) = failing.take() {
+                        eprintln!(
+                            "the database answers again (after {:.1} s); following run {}",
+                            since.elapsed().as_secs_f64(),
+                            self.run_id
+                        );
+                    }
+                    if let Some(run) = run {
+                        return Ok(run);
+                    }
+                    let now = std::time::Instant::now();
+                    if news {
+                        last_news = now;
+                    } else if self.remote
+                        && now.duration_since(last_news) >= QUIET_HINT_AFTER
+                        && now.duration_since(hinted) >= QUIET_HINT_AFTER
+                    {
+                        hinted = now;
+                        eprintln!(
+                            "no progress on run {} for {} s: are `orchestrator serve` and workers for its roles running against this DATABASE_URL and REDIS_URL?",
+                            self.run_id,
+                            now.duration_since(last_news).as_secs()
+                        );
+                    }
+                }
+                Err(e) if transient(&e) => {
+                    let (since, delay) = failing
+                        .get_or_insert((std::time::Instant::now(), Duration::from_millis(250)));
+                    if since.elapsed() > GIVE_UP_AFTER {
+                        return Err(e.context(format!(
+                            "gave up following run {} after {} s; the run goes on without this command: follow it again with `orchestrator status {}`",
+                            self.run_id,
+                            GIVE_UP_AFTER.as_secs(),
+                            self.run_id
+                        )));
+                    }
+                    eprintln!(
+                        "cannot read run {}: {e:#}; retrying in {:.1} s (the run goes on)",
+                        self.run_id,
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(*delay).await;
+                    *delay = (*delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
         }
+    }
+
+    /// Show new events; the run if it finished or needs input, and whether
+    /// there were new events.
+    async fn step(&mut self) -> Result<(Option<Run>, bool)> {
+        let before = self.after;
+        self.drain_events().await?;
+        let run = self.store.get_run(&self.run_id).await?;
+        if run.status.is_terminal() || run.status == orch_core::RunStatus::NeedsInput {
+            self.drain_events().await?;
+            return Ok((Some(run), true));
+        }
+        Ok((None, self.after > before))
     }
 
     async fn drain_events(&mut self) -> Result<()> {
@@ -76,6 +147,20 @@ impl Follower {
         }
         Ok(())
     }
+}
+
+/// Whether a store error may pass (a server restarting, a lock held).
+fn transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<orch_store::Error>(),
+            Some(
+                orch_store::Error::Connect { .. }
+                    | orch_store::Error::Locked(_)
+                    | orch_store::Error::Database(_)
+            )
+        )
+    })
 }
 
 fn role_tag(e: &Event) -> String {

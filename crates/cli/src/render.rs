@@ -1,12 +1,78 @@
 //! Human and JSON output of the read commands.
+//!
+//! Output goes through [`outln!`], which returns a write error instead of
+//! panicking the way `println!` does: a reader that goes away early
+//! (`orchestrator events RUN | head -1`) ends the command quietly with exit
+//! code 0 (see `main`).
+
+use std::fmt;
+use std::io;
 
 use orch_core::{Artifact, DeadLetter, Event, Run, RunState};
 use serde::Serialize;
 
+/// Writing to stdout failed. [`StdoutError::is_closed`]: the reader went
+/// away, which `main` treats as success.
+#[derive(Debug)]
+pub struct StdoutError(pub io::Error);
+
+impl StdoutError {
+    /// Whether the reader closed the pipe (EPIPE).
+    pub fn is_closed(&self) -> bool {
+        self.0.kind() == io::ErrorKind::BrokenPipe
+    }
+}
+
+impl fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot write to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The result of writing output.
+pub type Out = Result<(), StdoutError>;
+
+/// `println!` that returns [`Out`] instead of panicking on a write error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::render::StdoutError)
+    }};
+}
+pub(crate) use outln;
+
+/// `print!` that returns [`Out`] instead of panicking on a write error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err($crate::render::StdoutError)
+    }};
+}
+pub(crate) use out;
+
+pub fn write_json<T: Serialize + ?Sized>(value: &T) -> Out {
+    let s = serde_json::to_string_pretty(value).map_err(|e| StdoutError(io::Error::other(e)))?;
+    outln!("{s}")
+}
+
+/// [`write_json`] for callers that cannot return the error: a closed pipe
+/// is ignored, any other error is reported on stderr.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot render JSON: {e}"),
+    lenient(write_json(value));
+}
+
+/// Swallow a closed pipe; report any other write error on stderr.
+fn lenient(result: Out) {
+    if let Err(e) = result
+        && !e.is_closed()
+    {
+        eprintln!("error: {e}");
     }
 }
 
@@ -44,28 +110,32 @@ pub fn status_json(state: &RunState, dead: &[DeadLetter]) -> serde_json::Value {
     })
 }
 
-pub fn print_status(state: &RunState, dead: &[DeadLetter]) {
+pub fn write_status(state: &RunState, dead: &[DeadLetter]) -> Out {
     let r = &state.run;
-    println!("run       {}", r.id);
-    println!("goal      {}", r.goal);
-    println!("workflow  {}", r.workflow);
-    println!("provider  {}", r.provider);
+    outln!("run       {}", r.id)?;
+    outln!("goal      {}", r.goal)?;
+    outln!("workflow  {}", r.workflow)?;
+    outln!("provider  {}", r.provider)?;
     match &r.status_reason {
-        Some(reason) => println!("status    {} — {reason}", r.status),
-        None => println!("status    {}", r.status),
+        Some(reason) => outln!("status    {} — {reason}", r.status)?,
+        None => outln!("status    {}", r.status)?,
     }
-    println!("created   {}", fmt_time(r.created_at));
+    outln!("created   {}", fmt_time(r.created_at))?;
     if let Some(f) = r.finished_at {
-        println!(
+        outln!(
             "finished  {} ({:.1} s)",
             fmt_time(f),
             (f - r.created_at) as f64 / 1000.0
-        );
+        )?;
     }
-    println!(
+    outln!(
         "cost      ${:.4}  ({} tokens in, {} out; {} task attempts of at most {})",
-        r.cost_usd, r.tokens_in, r.tokens_out, r.iterations, r.settings.max_iterations
-    );
+        r.cost_usd,
+        r.tokens_in,
+        r.tokens_out,
+        r.iterations,
+        r.settings.max_iterations
+    )?;
     if r.settings.budget_usd.is_some() || r.settings.budget_tokens.is_some() {
         let mut parts = Vec::new();
         if let Some(u) = r.settings.budget_usd {
@@ -74,10 +144,10 @@ pub fn print_status(state: &RunState, dead: &[DeadLetter]) {
         if let Some(t) = r.settings.budget_tokens {
             parts.push(format!("{} of {t} tokens", r.tokens_in + r.tokens_out));
         }
-        println!("budget    {}", parts.join(", "));
+        outln!("budget    {}", parts.join(", "))?;
     }
     for g in &state.gates {
-        println!(
+        outln!(
             "gate      {:<16} {:<8} rework rounds {}{}",
             g.kind.as_str(),
             g.status.as_str(),
@@ -86,20 +156,23 @@ pub fn print_status(state: &RunState, dead: &[DeadLetter]) {
                 .as_deref()
                 .map(|x| format!("  ({x})"))
                 .unwrap_or_default()
-        );
+        )?;
     }
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "{:<34} {:<18} {:<10} {:>7}  result",
-        "task", "role", "status", "attempt"
-    );
+        "task",
+        "role",
+        "status",
+        "attempt"
+    )?;
     for t in &state.tasks {
         let result = t
             .result_summary
             .clone()
             .or_else(|| t.last_error.clone().map(|e| format!("error: {e}")))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:<34} {:<18} {:<10} {:>3}/{:<3}  {}",
             t.id,
             t.role.as_str(),
@@ -107,63 +180,69 @@ pub fn print_status(state: &RunState, dead: &[DeadLetter]) {
             t.attempt,
             t.max_attempts,
             truncate(&result, 70)
-        );
+        )?;
     }
     if !dead.is_empty() {
-        println!();
-        print_dead_letters(dead);
+        outln!()?;
+        write_dead_letters(dead)?;
     }
+    Ok(())
 }
 
-pub fn print_runs(runs: &[Run]) {
+pub fn write_runs(runs: &[Run]) -> Out {
     if runs.is_empty() {
-        println!(
+        outln!(
             "no runs yet; start one with: orchestrator run \"Build a small CRUD app for managing TODO items\" --provider scripted"
-        );
-        return;
+        )?;
+        return Ok(());
     }
-    println!(
+    outln!(
         "{:<36}  {:<11}  {:<20}  {:>9}  goal",
-        "run", "status", "created", "cost"
-    );
+        "run",
+        "status",
+        "created",
+        "cost"
+    )?;
     for r in runs {
-        println!(
+        outln!(
             "{:<36}  {:<11}  {:<20}  {:>9}  {}",
             r.id,
             r.status.as_str(),
             fmt_time(r.created_at),
             format!("${:.4}", r.cost_usd),
             truncate(&r.goal, 60)
-        );
+        )?;
     }
+    Ok(())
 }
 
-pub fn print_event(e: &Event, verbose: bool) {
+pub fn write_event(e: &Event, verbose: bool) -> Out {
     let task = e
         .task_id
         .as_deref()
         .map(|t| format!(" [{t}]"))
         .unwrap_or_default();
-    println!(
+    outln!(
         "{:>5}  {}  {:<20}{} {}",
         e.seq,
         fmt_time(e.created_at),
         e.kind.as_str(),
         task,
         e.message
-    );
+    )?;
     if verbose && !e.data.is_null() {
         let body = serde_json::to_string_pretty(&e.data).unwrap_or_default();
         for line in body.lines() {
-            println!("         {line}");
+            outln!("         {line}")?;
         }
     }
+    Ok(())
 }
 
-pub fn print_artifacts(list: &[Artifact], content: bool) {
+pub fn write_artifacts(list: &[Artifact], content: bool) -> Out {
     if list.is_empty() {
-        println!("no artifacts yet");
-        return;
+        outln!("no artifacts yet")?;
+        return Ok(());
     }
     for a in list {
         let path = a
@@ -171,7 +250,7 @@ pub fn print_artifacts(list: &[Artifact], content: bool) {
             .as_deref()
             .map(|p| format!("  {p}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{} v{}  ({}, {} bytes, by {} attempt {}){path}",
             a.name,
             a.version,
@@ -179,27 +258,32 @@ pub fn print_artifacts(list: &[Artifact], content: bool) {
             a.content.len(),
             a.task_id,
             a.attempt
-        );
+        )?;
         if content {
-            println!("{}", "-".repeat(72));
-            println!("{}", a.content.trim_end());
-            println!("{}", "-".repeat(72));
-            println!();
+            outln!("{}", "-".repeat(72))?;
+            outln!("{}", a.content.trim_end())?;
+            outln!("{}", "-".repeat(72))?;
+            outln!()?;
         }
     }
+    Ok(())
 }
 
-pub fn print_dead_letters(list: &[DeadLetter]) {
+pub fn write_dead_letters(list: &[DeadLetter]) -> Out {
     if list.is_empty() {
-        println!("the dead letter queue is empty");
-        return;
+        outln!("the dead letter queue is empty")?;
+        return Ok(());
     }
-    println!(
+    outln!(
         "{:>4}  {:<36}  {:<24}  {:<18} {:>8}  error",
-        "id", "run", "task", "role", "attempts"
-    );
+        "id",
+        "run",
+        "task",
+        "role",
+        "attempts"
+    )?;
     for d in list {
-        println!(
+        outln!(
             "{:>4}  {:<36}  {:<24}  {:<18} {:>8}  {}{}",
             d.id,
             d.run_id,
@@ -212,8 +296,15 @@ pub fn print_dead_letters(list: &[DeadLetter]) {
             } else {
                 ""
             }
-        );
+        )?;
     }
+    Ok(())
+}
+
+/// [`write_dead_letters`] for callers that cannot return the error (see
+/// [`print_json`]).
+pub fn print_dead_letters(list: &[DeadLetter]) {
+    lenient(write_dead_letters(list));
 }
 
 pub fn truncate(s: &str, max: usize) -> String {

@@ -87,6 +87,45 @@ pub fn choose_provider(cfg: &Config, flag: Option<&str>) -> Result<Arc<dyn Provi
     }
 }
 
+/// The provider to continue a run with, whose provider label is `recorded`:
+/// the one chosen with `--provider` or `LLM_PROVIDER` if any; else the one
+/// the run started with, when that names a provider of this binary (said on
+/// stderr, so that continuing a scripted run is never silent); else as
+/// [`choose_provider`].
+pub fn provider_for_run(
+    cfg: &Config,
+    flag: Option<&str>,
+    run_id: &str,
+    recorded: &str,
+) -> Result<Arc<dyn Provider>> {
+    if flag.is_some() || cfg.provider.is_some() {
+        return choose_provider(cfg, flag);
+    }
+    match recorded_provider(recorded) {
+        Some(name) => {
+            eprintln!(
+                "continuing run {run_id} with the provider it started with: {name} (choose another with --provider NAME)"
+            );
+            choose_provider(cfg, Some(name))
+        }
+        None => choose_provider(cfg, None),
+    }
+}
+
+/// The provider name a run's label (`scripted`, `anthropic`, `openai`,
+/// `NAME (scripted)`, `replay of RUN`) stands for, if this binary has it.
+fn recorded_provider(label: &str) -> Option<&'static str> {
+    if label.ends_with("(scripted)") {
+        return Some("scripted");
+    }
+    match label {
+        "scripted" => Some("scripted"),
+        "anthropic" => Some("anthropic"),
+        "openai" => Some("openai"),
+        _ => None,
+    }
+}
+
 /// Engine options from the configuration.
 pub fn engine_options(cfg: &Config) -> EngineOptions {
     EngineOptions {
@@ -146,6 +185,16 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn a_run_s_provider_label_names_the_provider_to_continue_it_with() {
+        assert_eq!(recorded_provider("scripted"), Some("scripted"));
+        assert_eq!(recorded_provider("my-fixture (scripted)"), Some("scripted"));
+        assert_eq!(recorded_provider("anthropic"), Some("anthropic"));
+        assert_eq!(recorded_provider("openai"), Some("openai"));
+        assert_eq!(recorded_provider("replay of 0193abcd"), None);
+        assert_eq!(recorded_provider("none"), None);
     }
 }
 

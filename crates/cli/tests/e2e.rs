@@ -206,8 +206,38 @@ fn a_detached_run_is_recorded_and_tick_finishes_it() {
     let run = env.json(&["run", GOAL, "--provider", "scripted", "--detach", "--json"]);
     assert_eq!(run["status"], "PENDING");
     let id = run["id"].as_str().unwrap().to_string();
-    let out = env.json(&["tick", &id, "--provider", "scripted", "--json"]);
+    // As the hint says: no provider named again, the run's own is used, and
+    // the output says which.
+    let out = env.run(&["tick", &id, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("with the provider it started with: scripted"),
+        "{}",
+        stderr(&out)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out["run"]["status"], "COMPLETED");
+}
+
+#[test]
+fn run_resume_finishes_a_detached_run_with_its_own_provider() {
+    let env = Env::new();
+    let run = env.json(&["run", GOAL, "--provider", "scripted", "--detach", "--json"]);
+    let id = run["id"].as_str().unwrap().to_string();
+    let out = env.json(&["run", "--resume", &id, "--json"]);
+    assert_eq!(out["run"]["status"], "COMPLETED", "{out}");
+    assert_eq!(out["run"]["id"], id.as_str());
+    // A provider named on the command line wins over the run's own.
+    let other = Env::new();
+    let run = other.json(&["run", GOAL, "--provider", "scripted", "--detach", "--json"]);
+    let id = run["id"].as_str().unwrap().to_string();
+    let out = other.run(&["run", "--resume", &id, "--provider", "nonesuch"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown LLM provider"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -430,4 +460,188 @@ fn a_bad_database_pool_size_is_refused_before_anything_is_opened() {
         .success()
         .then_some(())
         .expect("a size in range is accepted");
+}
+
+/// A reader that stops early (`orchestrator events RUN -v | head -1`) is
+/// not an error: each read command ends at once, exit code 0, nothing on
+/// stderr (it used to panic with "failed printing to stdout: Broken pipe").
+#[test]
+fn read_commands_writing_to_a_closed_pipe_end_quietly() {
+    let env = Env::new();
+    let run = env.json(&["run", GOAL, "--provider", "scripted", "--detach", "--json"]);
+    let id = run["id"].as_str().unwrap().to_string();
+    let commands: [&[&str]; 7] = [
+        &["events", &id, "-v"],
+        &["events", &id, "--json"],
+        &["status", &id],
+        &["list"],
+        &["list", "--json"],
+        &["workflows", "show", "sdlc"],
+        &["workflows", "list", "--json"],
+    ];
+    for args in commands {
+        // The read end is closed before the command starts: its first write
+        // fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env
+            .cmd(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+}
+
+/// `workflows validate` reports every error of the file, one line each,
+/// and fails; `--json` says the same as a document.
+#[test]
+fn workflow_validation_reports_every_error() {
+    let env = Env::new();
+    let bad = env.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: bad\ntasks:\n  - id: a\n    role: business_analyst\n    produces: [{name: x, kind: doc}]\n  - id: b\n    role: tech_lead\n    needs: [nope]\n    produces: [{name: y, kind: doc}]\n  - id: c\n    role: tech_lead\n    needs: [ghost]\n    retries: 99\n    produces: [{name: z, kind: doc}]\n",
+    )
+    .unwrap();
+    let file = bad.to_str().unwrap();
+    let out = env.run(&["workflows", "validate", file]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines.iter().all(|l| l.starts_with("error: ")), "{err}");
+    assert!(
+        lines[0].contains("bad.yaml:8") && lines[0].contains("nope"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("bad.yaml:12") && lines[1].contains("ghost"),
+        "{err}"
+    );
+    assert!(
+        lines[2].contains("bad.yaml:13") && lines[2].contains("retries"),
+        "{err}"
+    );
+
+    let out = env.run(&["workflows", "validate", file, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["errors"][0]["line"], 8);
+}
+
+/// `workflows show --json` prints the workflow that `workflows list --json`
+/// lists.
+#[test]
+fn a_workflow_is_shown_as_json() {
+    let env = Env::new();
+    let wf = env.json(&["workflows", "show", "sdlc", "--json"]);
+    let listed = env.json(&["workflows", "list", "--json"]);
+    assert_eq!(wf["name"], "sdlc");
+    assert_eq!(wf, listed[0]);
+}
+
+/// A status filter that is not a status says which ones are, in one line.
+#[test]
+fn an_unknown_status_filter_lists_the_valid_ones() {
+    let env = Env::new();
+    let out = env.run(&["list", "--status", "bogus"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"bogus\"") && err.contains("NEEDS_INPUT") && err.contains("CANCELLED"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+/// A database another process holds a write lock on: the default log
+/// filter (no ORCH_LOG) prints the one-line error only — not sqlx's
+/// multi-line slow-statement warning — and no colour codes into a pipe.
+#[test]
+fn a_locked_database_gets_one_plain_line() {
+    use sqlx::Connection as _;
+    let env = Env::new();
+    env.ok(&["init-db"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut holder = rt.block_on(async {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", env.db().display()))
+            .await
+            .unwrap();
+        sqlx::raw_sql("BEGIN EXCLUSIVE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c
+    });
+    let out = env
+        .cmd(&["run", GOAL, "--provider", "scripted", "--detach"])
+        .env_remove("ORCH_LOG")
+        .output()
+        .unwrap();
+    rt.block_on(async {
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder.close().await.unwrap();
+    });
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("locked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains('\x1b'), "no ANSI codes into a pipe: {err:?}");
+}
+
+/// A long-running process waits for a server that is down, but a URL that no
+/// server can fix (a bad port, a scheme that is not Redis) fails at once.
+#[test]
+fn serve_and_worker_refuse_a_bad_url_at_once_instead_of_retrying() {
+    let env = Env::new();
+    for (args, var, url, says) in [
+        (
+            &["serve", "--no-api"][..],
+            "DATABASE_URL",
+            "postgres://u@127.0.0.1:notaport/db",
+            "not a valid PostgreSQL URL",
+        ),
+        (
+            &["worker"][..],
+            "REDIS_URL",
+            "http://127.0.0.1:6379",
+            "unsupported broker URL",
+        ),
+    ] {
+        let mut child = env
+            .cmd(args)
+            .env("LLM_PROVIDER", "scripted")
+            .env(var, url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("{args:?} with {var}={url} kept retrying");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("retrying"), "{args:?}: {err}");
+    }
 }

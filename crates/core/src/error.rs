@@ -9,7 +9,7 @@ pub enum Error {
         "unknown role {0:?}; known roles: business_analyst, project_manager, ux_engineer, tech_lead, database_engineer, backend_engineer, frontend_engineer, code_reviewer, security_reviewer (or their queues q_ba ... q_sec)"
     )]
     UnknownRole(String),
-    #[error("unknown {kind} value {value:?}")]
+    #[error("unknown {kind} value {value:?}{}", valid_values(.kind))]
     UnknownStatus { kind: &'static str, value: String },
     #[error("unknown gate {0:?}; gates are code_review and security_review")]
     UnknownGate(String),
@@ -32,5 +32,46 @@ pub enum Error {
     UnknownTask(String),
 }
 
+/// `; valid values: ...` for the enum named `kind`, for
+/// [`Error::UnknownStatus`] (empty for a name it does not know).
+fn valid_values(kind: &str) -> String {
+    use crate::{EventKind, GateStatus, RunStatus, TaskStatus};
+    fn join<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> String {
+        all.iter().map(|v| name(*v)).collect::<Vec<_>>().join(", ")
+    }
+    let list = match kind {
+        "RunStatus" => join(RunStatus::ALL, RunStatus::as_str),
+        "TaskStatus" => join(TaskStatus::ALL, TaskStatus::as_str),
+        "GateStatus" => join(GateStatus::ALL, GateStatus::as_str),
+        "EventKind" => EventKind::NAMES.join(", "),
+        _ => return String::new(),
+    };
+    format!("; valid values: {list}")
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use crate::{EventKind, GateStatus, RunStatus, TaskStatus};
+
+    #[test]
+    fn unknown_values_name_the_valid_ones_in_one_line() {
+        let err = "bogus".parse::<RunStatus>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown RunStatus value \"bogus\"; valid values: PENDING, PLANNING, RUNNING, NEEDS_INPUT, COMPLETED, FAILED, CANCELLED"
+        );
+        for err in [
+            "x".parse::<TaskStatus>().unwrap_err().to_string(),
+            "x".parse::<GateStatus>().unwrap_err().to_string(),
+            "x".parse::<EventKind>().unwrap_err().to_string(),
+        ] {
+            assert!(err.contains("; valid values: "), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = "x".parse::<EventKind>().unwrap_err().to_string();
+        assert!(err.contains("run_created, "), "{err}");
+    }
+}

@@ -926,8 +926,9 @@ fn reconcile(state: &mut RunState, now: Millis, out: &mut Vec<Action>) {
             )
         } else {
             format!(
-                "task(s) {} failed every attempt and are in the dead letter queue; replay (orchestrator dlq replay), answer with guidance, or cancel",
-                dead.join(", ")
+                "task(s) {} failed every attempt and are in the dead letter queue; replay one (`orchestrator dlq list --run {run}` shows its id, then `orchestrator dlq replay ID`), answer with guidance (`orchestrator answer {run} TEXT`), or cancel (`orchestrator cancel {run}`)",
+                dead.join(", "),
+                run = state.run.id
             )
         };
         out.push(Action::Emit(
