@@ -404,8 +404,19 @@ async fn creating_a_run_refuses_bad_requests_with_problems() {
     send(&app, post_json("/runs", json!({"goal": big})))
         .await
         .problem(StatusCode::PAYLOAD_TOO_LARGE, "larger");
-    // A valid inline workflow is used.
+    // A workflow without the review tasks the server's settings require:
+    // 422, naming the setting.
     let yaml = "name: tiny\ntasks:\n  - id: reqs\n    role: business_analyst\n    produces: [{ name: requirements, kind: requirements }]\n";
+    send(
+        &app,
+        post_json("/runs", json!({"goal": GOAL, "workflow_yaml": yaml})),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY, "REQUIRE_CODE_REVIEW");
+    // A valid inline workflow is used.
+    let yaml = format!(
+        "{yaml}  - {{ id: cr, role: code_reviewer, needs: [reqs], gate: code_review, produces: [{{ name: code_review, kind: review }}] }}\n  - {{ id: sec, role: security_reviewer, needs: [cr], gate: security_review, produces: [{{ name: security_review, kind: review }}] }}\n"
+    );
     let r = send(
         &app,
         post_json("/runs", json!({"goal": GOAL, "workflow_yaml": yaml})),

@@ -30,6 +30,16 @@ pub enum Error {
     Conflict(String),
     #[error("no task {0:?} in this run")]
     UnknownTask(String),
+    /// A required gate has no review task in the workflow: the run could
+    /// never pass it, so it would complete unreviewed.
+    #[error(
+        "workflow {workflow:?} has no {gate} task but {var} is true: add a task with `gate: {gate}`, or set {var}=false to run it without that gate"
+    )]
+    GateWithoutReview {
+        workflow: String,
+        gate: &'static str,
+        var: &'static str,
+    },
 }
 
 /// `; valid values: ...` for the enum named `kind`, for

@@ -92,6 +92,28 @@ pub enum Action {
     },
 }
 
+/// Refuse a run of `workflow` under `settings` that requires a gate the
+/// workflow has no review task for ([`Error::GateWithoutReview`]): such a
+/// run would complete without the review the settings demand.
+pub fn check_required_gates(workflow: &Workflow, settings: &RunSettings) -> Result<()> {
+    for kind in GateKind::ALL {
+        let (required, var) = match kind {
+            GateKind::CodeReview => (settings.require_code_review, "REQUIRE_CODE_REVIEW"),
+            GateKind::SecurityReview => {
+                (settings.require_security_review, "REQUIRE_SECURITY_REVIEW")
+            }
+        };
+        if required && !workflow.tasks.iter().any(|t| t.gate == Some(kind)) {
+            return Err(Error::GateWithoutReview {
+                workflow: workflow.name.clone(),
+                gate: kind.as_str(),
+                var,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl RunState {
     /// Instantiate a workflow as a new run in `PENDING`. The returned state is
     /// what the driver stores with the `run_created` events.

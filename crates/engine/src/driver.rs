@@ -201,7 +201,7 @@ impl Engine {
         settings: RunSettings,
     ) -> Result<RunId> {
         let (state, mut events) =
-            self.new_run(goal, context, workflow, settings, &self.provider_label());
+            self.new_run(goal, context, workflow, settings, &self.provider_label())?;
         let id = state.run.id.clone();
         let decided = Decided::from(&state, Input::Reconcile, state.run.created_at)?;
         if !decided.dead.is_empty() {
@@ -245,7 +245,7 @@ impl Engine {
         settings: RunSettings,
         provider: &str,
     ) -> Result<RunId> {
-        let (state, events) = self.new_run(goal, context, workflow, settings, provider);
+        let (state, events) = self.new_run(goal, context, workflow, settings, provider)?;
         self.deps
             .store
             .create_run(&state, &events, state.run.created_at)
@@ -271,7 +271,8 @@ impl Engine {
         workflow: &Workflow,
         settings: RunSettings,
         provider: &str,
-    ) -> (RunState, Vec<NewEvent>) {
+    ) -> Result<(RunState, Vec<NewEvent>)> {
+        orch_core::machine::check_required_gates(workflow, &settings)?;
         let now = self.deps.clock.now_ms();
         let (state, mut events) = RunState::new_run(
             RunId::generate(),
@@ -294,7 +295,7 @@ impl Engine {
                 ),
             );
         }
-        (state, events)
+        Ok((state, events))
     }
 
     /// Reconcile a run: move everything that can move and publish what became ready.

@@ -84,13 +84,18 @@ impl TestEngine {
 
     /// Run `goal` through `workflow` with every role's workers in process
     /// (started for it, shut down after) and fast retries: the run's id and
-    /// the run once it is terminal or needs input.
+    /// the run once it is terminal or needs input. A workflow without
+    /// review tasks runs with neither gate required ([`ungated_settings`]).
     pub async fn run_to_end(&self, goal: &str, workflow: &orch_core::Workflow) -> (RunId, Run) {
         let runtime =
             crate::Runtime::start(self.engine.clone(), &orch_core::Role::SPECIALISTS, true);
+        let mut settings = fast_settings();
+        if orch_core::machine::check_required_gates(workflow, &settings).is_err() {
+            settings = ungated_settings();
+        }
         let id = self
             .engine
-            .submit(goal, serde_json::Value::Null, workflow, fast_settings())
+            .submit(goal, serde_json::Value::Null, workflow, settings)
             .await
             .expect("the run is submitted");
         let run = self.wait(&id).await;
@@ -123,5 +128,15 @@ pub fn fast_settings() -> RunSettings {
         retry_backoff_ms: 5,
         retry_backoff_max_ms: 20,
         ..RunSettings::default()
+    }
+}
+
+/// [`fast_settings`] for a workflow without review tasks: neither gate
+/// required (a run that requires one refuses such a workflow).
+pub fn ungated_settings() -> RunSettings {
+    RunSettings {
+        require_code_review: false,
+        require_security_review: false,
+        ..fast_settings()
     }
 }

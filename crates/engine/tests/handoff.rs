@@ -306,7 +306,7 @@ async fn a_pipelined_attempt_whose_step_is_not_saved_is_dropped() {
             "a chain",
             serde_json::Value::Null,
             &chain(6),
-            orch_engine::testing::fast_settings(),
+            orch_engine::testing::ungated_settings(),
         )
         .await
         .unwrap();

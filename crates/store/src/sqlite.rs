@@ -1735,6 +1735,10 @@ mod tests {
     /// the 7th) to an unknown run; with `duplicates`, every 20th (from the
     /// 13th) creates the run again. The number of appends that succeeded.
     async fn write_at_once(store: &SqliteStore, state: &RunState, duplicates: bool) -> usize {
+        // The connection held meanwhile, as a heartbeat would: every write
+        // queues (none runs inline), so they are batched and chained
+        // however fast or loaded the machine is.
+        let held = store.conns.writer.clone().lock_owned().await;
         let mut writes = tokio::task::JoinSet::new();
         for i in 0..60 {
             let (store, state) = (store.clone(), state.clone());
@@ -1751,6 +1755,10 @@ mod tests {
                 }
             });
         }
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
         let mut appended = 0;
         while let Some(outcome) = writes.join_next().await {
             match outcome.unwrap() {

@@ -1348,3 +1348,30 @@ fn upstream_of_is_every_task_a_task_depends_on_in_plan_order() {
     assert!(!backend.contains(&"frontend".to_string()), "{backend:?}");
     assert_eq!(backend, strings(&before_review[..5]));
 }
+
+#[test]
+fn a_workflow_without_a_required_gate_s_review_task_is_refused() {
+    let sdlc = Workflow::builtin("sdlc").unwrap();
+    assert!(check_required_gates(&sdlc, &RunSettings::default()).is_ok());
+    let mut no_security = sdlc.clone();
+    no_security
+        .tasks
+        .retain(|t| t.gate != Some(GateKind::SecurityReview));
+    let err = check_required_gates(&no_security, &RunSettings::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("security_review") && err.contains("REQUIRE_SECURITY_REVIEW=false"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+    let not_required = RunSettings {
+        require_security_review: false,
+        ..RunSettings::default()
+    };
+    assert!(check_required_gates(&no_security, &not_required).is_ok());
+    let mut none = sdlc;
+    none.tasks.retain(|t| t.gate.is_none());
+    let err = check_required_gates(&none, &not_required).unwrap_err();
+    assert!(err.to_string().contains("REQUIRE_CODE_REVIEW"), "{err}");
+}
