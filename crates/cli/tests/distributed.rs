@@ -1,7 +1,8 @@
 //! Distributed mode with real processes: `serve` and `worker` processes
 //! sharing a store and Redis Streams queues, under faults — a worker killed
-//! mid-task, `serve` killed mid-run, the queues' data lost, a task that
-//! always fails, a message delivered twice. Each test has its own database
+//! mid-task, `serve` killed mid-run, the queues' data lost (and Redis
+//! itself restarted empty), PostgreSQL restarted, a task that always
+//! fails, a message delivered twice. Each test has its own database
 //! and Redis key prefix, so tests run in parallel without colliding.
 
 use std::process::{Child, Command, Output, Stdio};
@@ -649,6 +650,113 @@ fn a_worker_killed_mid_task_on_postgres_is_replaced_and_the_run_completes() {
     }
     let _shared = PG_LOCK.read().unwrap_or_else(|p| p.into_inner());
     worker_kill_scenario(Cluster::postgres(&[("SCRIPTED_LATENCY_MS", "400")]));
+}
+
+/// A `redis-server` of one test's own, on a port of its own: it can be
+/// killed and restarted without touching the Redis other tests share.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// `None` (the test skips) when `redis-server` is not installed.
+    fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = PrivateRedis { port, child: None };
+        r.restart().then_some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Start the server (again: nothing is kept on disk, so with its data
+    /// lost) and wait until it answers. False if it cannot be started.
+    fn restart(&mut self) -> bool {
+        let Ok(child) = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+        else {
+            eprintln!("skipped: redis-server is not installed");
+            return false;
+        };
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Redis dies mid-run with workers blocked on their streams and comes back
+/// empty (no consumer groups, no entries): the processes live through it,
+/// the store re-publishes what was queued, and the run completes with
+/// nothing done twice.
+#[test]
+fn redis_restarted_with_its_data_lost_mid_run_loses_no_task() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "150")]);
+    c.env.retain(|(k, _)| k != "REDIS_URL");
+    c.env.push(("REDIS_URL".into(), redis.url()));
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker", &["worker"]);
+    let id = c.submit();
+    c.wait_until(
+        "two tasks to succeed",
+        Duration::from_secs(30),
+        |s| {
+            s["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["status"] == "SUCCEEDED")
+                .count()
+                >= 2
+        },
+        &id,
+    );
+    redis.kill();
+    assert_ne!(c.status(&id)["run"]["status"], "COMPLETED", "not mid-run");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(redis.restart());
+    let s = c.wait_until(
+        "the run to complete",
+        Duration::from_secs(90),
+        completed,
+        &id,
+    );
+    assert_eq!(s["run"]["status"], "COMPLETED");
+    assert_nothing_done_twice(&c, &id);
+    for (name, child) in &mut c.children {
+        assert!(child.try_wait().unwrap().is_none(), "{name} exited");
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use orch_core::Role;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::Engine;
 use crate::worker::{Stepper, spawn_workers};
@@ -127,6 +127,8 @@ async fn engine_loop(engine: Engine, cancel: CancellationToken) {
         warn!(error = %e, "sweep failed");
     }
     let mut ticks = JoinSet::new();
+    let mut sweep_failures = Failures::default();
+    let mut wake_failures = Failures::default();
     loop {
         let wait = every.saturating_sub(last_sweep.elapsed());
         let woken = tokio::select! {
@@ -135,6 +137,9 @@ async fn engine_loop(engine: Engine, cancel: CancellationToken) {
         };
         match woken {
             Ok(runs) => {
+                if let Some(n) = wake_failures.succeeded() {
+                    info!(failures = n, "wake-up channel works again");
+                }
                 for run in runs {
                     let engine = engine.clone();
                     ticks.spawn(async move {
@@ -150,7 +155,9 @@ async fn engine_loop(engine: Engine, cancel: CancellationToken) {
             }
             Err(orch_broker::Error::Closed) => break,
             Err(e) => {
-                warn!(error = %e, "wake-up channel failed");
+                if let Some(n) = wake_failures.failed(std::time::Instant::now()) {
+                    warn!(error = %e, failures = n, "wake-up channel failed; will try again");
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(every) => {}
@@ -160,10 +167,82 @@ async fn engine_loop(engine: Engine, cancel: CancellationToken) {
         while ticks.try_join_next().is_some() {}
         if last_sweep.elapsed() >= every {
             last_sweep = Instant::now();
-            if let Err(e) = engine.sweep().await {
-                warn!(error = %e, "sweep failed; will try again");
+            match engine.sweep().await {
+                Ok(_) => {
+                    if let Some(n) = sweep_failures.succeeded() {
+                        info!(failures = n, "sweep works again");
+                    }
+                }
+                Err(e) => {
+                    if let Some(n) = sweep_failures.failed(std::time::Instant::now()) {
+                        warn!(error = %e, failures = n, "sweep failed; will try again");
+                    }
+                }
             }
         }
     }
     while ticks.join_next().await.is_some() {}
+}
+
+/// Failures of a loop's step in a row, logged at a falling rate: the first
+/// at once, the next ones 1, 2, 4 ... and at most 60 s apart, so a server
+/// that is down for an hour is a few dozen log lines, not thousands.
+#[derive(Debug, Default)]
+struct Failures {
+    /// In a row, since the last success.
+    count: u64,
+    /// When the next failure may be logged; the gap before that.
+    next_log: Option<(std::time::Instant, std::time::Duration)>,
+}
+
+impl Failures {
+    const MAX_GAP: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Count a failure at `now`; `Some(failures in a row)` if it is to be logged.
+    fn failed(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.count += 1;
+        match self.next_log {
+            Some((at, _)) if now < at => None,
+            Some((_, gap)) => {
+                let gap = (gap * 2).min(Self::MAX_GAP);
+                self.next_log = Some((now + gap, gap));
+                Some(self.count)
+            }
+            None => {
+                let gap = std::time::Duration::from_secs(1);
+                self.next_log = Some((now + gap, gap));
+                Some(self.count)
+            }
+        }
+    }
+
+    /// A success: `Some(failures before it)` if there were any.
+    fn succeeded(&mut self) -> Option<u64> {
+        let n = std::mem::take(&mut self.count);
+        self.next_log = None;
+        (n > 0).then_some(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failures;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn failures_in_a_row_are_logged_at_a_falling_rate_up_to_once_a_minute() {
+        let t0 = Instant::now();
+        let mut f = Failures::default();
+        // A step that fails every second for an hour.
+        let logged: Vec<u64> = (0..3_600)
+            .filter_map(|s| f.failed(t0 + Duration::from_secs(s)).map(|_| s))
+            .collect();
+        assert_eq!(&logged[..8], &[0, 1, 3, 7, 15, 31, 63, 123]);
+        let gaps: Vec<u64> = logged.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g <= 60), "{gaps:?}");
+        assert!(logged.len() < 70, "{} lines in an hour", logged.len());
+        assert_eq!(f.succeeded(), Some(3_600));
+        assert_eq!(f.succeeded(), None, "counted once");
+        assert_eq!(f.failed(t0), Some(1), "a new outage is logged at once");
+    }
 }
