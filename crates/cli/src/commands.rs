@@ -127,10 +127,21 @@ pub async fn resolve_run(store: &Arc<dyn Store>, s: &str) -> Result<RunId> {
 }
 
 async fn init_db(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let created = orch_store::create_database_if_missing(&cfg.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "creating the database of DATABASE_URL={}",
+                wiring::redact_url(&cfg.database_url)
+            )
+        })?;
+    if created && !json {
+        render::outln!("created database {}", wiring::redact_url(&cfg.database_url))?;
+    }
     let store = wiring::open_store(cfg).await?;
     if json {
         render::write_json(
-            &serde_json::json!({"database": wiring::redact_url(&cfg.database_url), "backend": store.backend(), "ok": true}),
+            &serde_json::json!({"database": wiring::redact_url(&cfg.database_url), "backend": store.backend(), "created": created, "ok": true}),
         )?;
     } else {
         render::outln!(
@@ -307,7 +318,7 @@ pub fn exit_for(status: RunStatus) -> ExitCode {
 }
 
 async fn status(cfg: &Config, a: RunRef) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, &a.run).await?;
     let state = store.load_run(&id).await?;
     let dead = store.list_dead_letters(Some(&id), false).await?;
@@ -320,12 +331,12 @@ async fn status(cfg: &Config, a: RunRef) -> Result<ExitCode> {
 }
 
 async fn list(cfg: &Config, a: ListArgs) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
     let status = a
         .status
         .as_deref()
         .map(str::parse::<RunStatus>)
         .transpose()?;
+    let store = wiring::open_existing_store(cfg).await?;
     let runs = store
         .list_runs(&RunFilter {
             status,
@@ -342,7 +353,7 @@ async fn list(cfg: &Config, a: ListArgs) -> Result<ExitCode> {
 }
 
 async fn events(cfg: &Config, a: EventsArgs) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, &a.run).await?;
     let events = store
         .list_events(
@@ -365,7 +376,7 @@ async fn events(cfg: &Config, a: EventsArgs) -> Result<ExitCode> {
 }
 
 async fn artifacts(cfg: &Config, a: ArtifactsArgs) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, &a.run).await?;
     let list = store.list_artifacts(&id, !a.all_versions).await?;
     if a.json {
@@ -388,7 +399,7 @@ async fn artifacts(cfg: &Config, a: ArtifactsArgs) -> Result<ExitCode> {
 }
 
 async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, &a.run).await?;
     if a.once {
         let engine = wiring::engine(
@@ -444,7 +455,7 @@ async fn human_input(
     provider: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, run).await?;
     // Continue the run afterwards only when a provider is chosen (or the
     // run names its own).
@@ -479,7 +490,7 @@ async fn human_input(
 }
 
 async fn cancel(cfg: &Config, a: CancelArgs) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, &a.run).await?;
     let engine = wiring::engine(
         store,
@@ -499,7 +510,7 @@ async fn cancel(cfg: &Config, a: CancelArgs) -> Result<ExitCode> {
 }
 
 async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     match cmd {
         DlqCommand::List { run, all, json } => {
             let run = match run {
@@ -561,7 +572,7 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
 }
 
 async fn export(cfg: &Config, a: ExportArgs) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, &a.run).await?;
     let list = store.list_artifacts(&id, true).await?;
     let out = Path::new(&a.out);

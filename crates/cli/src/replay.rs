@@ -114,7 +114,7 @@ async fn artifact_set(
 
 /// `orchestrator replay RUN`.
 pub async fn replay(cfg: &Config, a: ReplayArgs) -> Result<ExitCode> {
-    let store = wiring::open_store(cfg).await?;
+    let store = wiring::open_existing_store(cfg).await?;
     let source = resolve_run(&store, &a.run).await?;
     let run = store.get_run(&source).await?;
     let workflow = load_workflow(Some(&run.workflow)).with_context(|| {

@@ -16,11 +16,25 @@ static OPENED: std::sync::Mutex<Vec<Arc<dyn Store>>> = std::sync::Mutex::new(Vec
 
 /// Open the store named by `DATABASE_URL`, creating and migrating it if needed.
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>> {
+    open(cfg, true).await
+}
+
+/// [`open_store`] for commands about runs that must already exist (`status`,
+/// `events`, `tick`, ...): a SQLite file that is not there is an error that
+/// says so, not a new empty database at a mistyped path.
+pub async fn open_existing_store(cfg: &Config) -> Result<Arc<dyn Store>> {
+    open(cfg, false).await
+}
+
+async fn open(cfg: &Config, create: bool) -> Result<Arc<dyn Store>> {
     let options = orch_store::StoreOptions {
         pool_size: cfg.database_pool_size,
     };
-    let store = orch_store::connect_with(&cfg.database_url, &options)
-        .await
+    let opened = match create {
+        true => orch_store::connect_with(&cfg.database_url, &options).await,
+        false => orch_store::connect_existing_with(&cfg.database_url, &options).await,
+    };
+    let store = opened
         .with_context(|| format!("opening DATABASE_URL={}", redact_url(&cfg.database_url)))?;
     OPENED
         .lock()

@@ -198,6 +198,29 @@ fn unknown_runs_and_corrupt_databases_get_one_line_errors() {
         garbage,
         "the file is left as it was"
     );
+
+    // A mistyped path: read commands say there is no database there and
+    // create none.
+    let typo = env.dir.path().join("orhc.db");
+    for args in [
+        &["list"][..],
+        &["status", "0193aaaa"],
+        &["events", "0193aaaa"],
+    ] {
+        let out = env
+            .cmd(args)
+            .env("DATABASE_URL", format!("sqlite://{}", typo.display()))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("no database file") && err.contains("init-db"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
 }
 
 #[test]

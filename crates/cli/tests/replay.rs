@@ -87,6 +87,7 @@ fn a_replayed_run_reproduces_the_source_artifacts() {
 #[test]
 fn replaying_an_unknown_run_is_a_one_line_error() {
     let env = Env::new();
+    assert!(env.run(&["init-db"]).status.success());
     let out = env.run(&["replay", "0199aaaa-0000-7000-8000-000000000000"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -947,6 +947,20 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     open(url, true, &StoreOptions::default()).await
 }
 
+/// Create the database `url` names if it does not exist (`init-db`):
+/// PostgreSQL only — a SQLite file is created when it is opened. `true` if
+/// it was created.
+pub async fn create_database_if_missing(url: &str) -> Result<bool> {
+    let scheme = url
+        .trim()
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => postgres::create_database_if_missing(url).await,
+        _ => Ok(false),
+    }
+}
+
 /// How a store is opened beyond its URL.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
@@ -966,6 +980,11 @@ pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn S
 /// are never created by the store, so this is [`connect`] for them.
 pub async fn connect_existing(url: &str) -> Result<Arc<dyn Store>> {
     open(url, false, &StoreOptions::default()).await
+}
+
+/// [`connect_existing`] with [`StoreOptions`].
+pub async fn connect_existing_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    open(url, false, options).await
 }
 
 async fn open(url: &str, create: bool, options: &StoreOptions) -> Result<Arc<dyn Store>> {

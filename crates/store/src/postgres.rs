@@ -650,6 +650,80 @@ impl From<Error> for Failure {
 }
 
 /// SQLSTATE of a database error.
+/// Create the database `url` names if the server has none of that name
+/// (`orchestrator init-db`): connects to the server's `postgres` database
+/// (else `template1`) as the URL's user. `true` if it was created.
+pub async fn create_database_if_missing(url: &str) -> Result<bool> {
+    let shown = redact_url(url);
+    let options: PgConnectOptions = url.trim().parse().map_err(|e| Error::Config {
+        url: shown.clone(),
+        message: format!(
+            "not a valid PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ),
+    })?;
+    let name = options
+        .get_database()
+        .unwrap_or(options.get_username())
+        .to_string();
+    let mut admin = None;
+    let mut last = None;
+    for maintenance in ["postgres", "template1"] {
+        if maintenance == name {
+            // It exists: it is the one connected to.
+            return Ok(false);
+        }
+        let server = options.clone().database(maintenance);
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&server)).await {
+            Ok(Ok(c)) => {
+                admin = Some(c);
+                break;
+            }
+            Ok(Err(e)) => last = Some(connect_err(&shown, &options, e)),
+            Err(_) => {
+                last = Some(Error::Connect {
+                    url: shown.clone(),
+                    message: format!(
+                        "no answer from {}:{} within {} s; check the host, the port and the network (firewall)",
+                        options.get_host(),
+                        options.get_port(),
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                })
+            }
+        }
+    }
+    let Some(mut admin) = admin else {
+        return Err(last.expect("a connection was tried"));
+    };
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut admin)
+        .await
+        .map_err(|e| connect_err(&shown, &options, e))?;
+    if exists.is_some() {
+        return Ok(false);
+    }
+    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    // The name is quoted as an identifier (any `"` doubled).
+    match sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut admin)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Created meanwhile by another process.
+        Err(e) if sqlstate(&e).as_deref() == Some("42P04") => Ok(false),
+        Err(e) if sqlstate(&e).as_deref() == Some("42501") => Err(Error::Config {
+            url: shown,
+            message: format!(
+                "user {} may not create databases ({}); create {name:?} as a user who may (`createdb {name}`), or grant CREATEDB",
+                options.get_username(),
+                message(&e)
+            ),
+        }),
+        Err(e) => Err(connect_err(&shown, &options, e)),
+    }
+}
+
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
     match e {
         sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
@@ -731,7 +805,7 @@ fn connect_err(url: &str, options: &PgConnectOptions, e: sqlx::Error) -> Error {
             "check the user name ({user}) and password in DATABASE_URL, and the server's pg_hba.conf"
         ),
         (_, Some("3D000")) => format!(
-            "create the database first (`createdb -h {} -p {} -U {user} {database}`) or fix its name in DATABASE_URL",
+            "create it with `orchestrator init-db` (or `createdb -h {} -p {} -U {user} {database}`), or fix its name in DATABASE_URL",
             options.get_host(),
             options.get_port()
         ),

@@ -704,3 +704,38 @@ async fn a_pool_of_one_connection_serves_operations_made_at_once() {
     }
     store.close().await;
 }
+
+#[tokio::test]
+async fn init_creates_a_missing_database_once() {
+    let admin = std::env::var("ORCH_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+    if PgConnection::connect(&admin).await.is_err() {
+        // The other tests report the unreachable server.
+        return;
+    }
+    let name = format!("orch_created_{:016x}", random());
+    let url = with_database(&admin, &name);
+    assert!(matches!(
+        PostgresStore::connect(&url).await,
+        Err(Error::Config { .. })
+    ));
+    assert!(orch_store::create_database_if_missing(&url).await.unwrap());
+    assert!(
+        !orch_store::create_database_if_missing(&url).await.unwrap(),
+        "created once"
+    );
+    let store = PostgresStore::connect(&url)
+        .await
+        .expect("the new database opens");
+    store.close().await;
+    let mut c = PgConnection::connect(&admin).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    // SQLite files are created when opened: nothing to do here.
+    assert!(
+        !orch_store::create_database_if_missing("sqlite://x.db")
+            .await
+            .unwrap()
+    );
+}
