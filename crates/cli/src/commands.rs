@@ -30,6 +30,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::List(a) => list(&cfg, a).await,
         Command::Events(a) => events(&cfg, a).await,
         Command::Artifacts(a) => artifacts(&cfg, a).await,
+        Command::Channels(a) => crate::channels::channels(&cfg, a).await,
         Command::Tick(a) => tick(&cfg, a).await,
         Command::Gate(GateCommand::Waive {
             run,

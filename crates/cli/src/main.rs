@@ -23,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod channels;
 mod commands;
 mod config;
 mod progress;
@@ -54,6 +55,8 @@ enum Command {
     Events(EventsArgs),
     /// Show a run's artifacts.
     Artifacts(ArtifactsArgs),
+    /// Show the messages agents posted to a run's channels (--follow: as they come).
+    Channels(ChannelsArgs),
     /// Drive a run forward: reclaim work of dead processes and run its tasks until it finishes or needs input.
     Tick(TickArgs),
     /// Quality gates: waive one.
@@ -382,6 +385,22 @@ struct ExportArgs {
     #[arg(long, short, default_value = "orchestrator-export")]
     out: String,
     /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ChannelsArgs {
+    /// The run (its id, or a unique prefix).
+    run: String,
+    /// Only this channel's messages.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Keep printing new messages until the run finishes or needs input
+    /// (live from Redis pub/sub in distributed mode when --channel is given).
+    #[arg(long, short)]
+    follow: bool,
+    /// Print one JSON object per message instead of text.
     #[arg(long)]
     json: bool,
 }

@@ -1060,3 +1060,63 @@ fn a_run_submitted_over_http_streams_the_events_of_workers_in_other_processes() 
     assert_eq!(status["status"], "COMPLETED", "{status}");
     assert_nothing_done_twice(&c, &id);
 }
+
+/// `channels --follow` in distributed mode: subscribed on Redis before the
+/// tech lead posts, it prints the message once (live or from the log,
+/// whichever comes first) and ends with the run.
+#[test]
+fn a_channel_is_followed_live_while_workers_in_other_processes_post() {
+    if !redis_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "200")]);
+    let fixture = c.dir.path().join("posting.yaml");
+    std::fs::write(
+        &fixture,
+        "tasks:\n  architecture:\n    - text: |\n        <message channel=\"team\">\n        API contract is final.\n        </message>\n        <artifact name=\"architecture\" type=\"architecture\">\n        # Architecture\n        </artifact>\n",
+    )
+    .unwrap();
+    c.env
+        .push(("SCRIPTED_FIXTURE".into(), fixture.display().to_string()));
+    c.spawn("serve", &["serve"]);
+    c.spawn("worker", &["worker"]);
+    let id = c.submit();
+    let follower = c
+        .cmd(&["channels", &id, "--channel", "team", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.wait_until(
+        "the run to complete",
+        Duration::from_secs(60),
+        completed,
+        &id,
+    );
+    let start = Instant::now();
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the follower ends with the run"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let messages: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 1, "printed once: {text}");
+    eprintln!("followed: {text}");
+    assert_eq!(messages[0]["task_id"], "architecture");
+    assert!(
+        messages[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("API contract is final"),
+        "{text}"
+    );
+}

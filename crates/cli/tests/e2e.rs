@@ -668,3 +668,63 @@ fn serve_and_worker_refuse_a_bad_url_at_once_instead_of_retrying() {
         assert!(!err.contains("retrying"), "{args:?}: {err}");
     }
 }
+
+/// A fixture whose tech lead posts on `team` (the other roles answer
+/// generically).
+const POSTING_FIXTURE: &str = r#"tasks:
+  architecture:
+    - text: |
+        <message channel="team">
+        API contract is final: errors are {"detail": ...}.
+        </message>
+        <artifact name="architecture" type="architecture">
+        # Architecture
+        FastAPI + SQLite.
+        </artifact>
+"#;
+
+#[test]
+fn channel_messages_are_listed_and_followed_from_the_event_log() {
+    let env = Env::new();
+    let fixture = env.dir.path().join("posting.yaml");
+    std::fs::write(&fixture, POSTING_FIXTURE).unwrap();
+    let out = env
+        .cmd(&["run", GOAL, "--provider", "scripted", "--json"])
+        .env("SCRIPTED_FIXTURE", &fixture)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = run["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(run["run"]["status"], "COMPLETED");
+
+    let text = env.ok(&["channels", &id]);
+    assert!(text.contains("#team"), "{text}");
+    assert!(
+        text.contains("tech_lead") && text.contains("API contract is final"),
+        "{text}"
+    );
+    let lines = env.ok(&["channels", &id, "--channel", "team", "--json"]);
+    let messages: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 1, "{lines}");
+    assert_eq!(messages[0]["task_id"], "architecture");
+    assert_eq!(messages[0]["from_role"], "tech_lead");
+    assert!(messages[0]["seq"].as_i64().unwrap() > 0);
+    assert!(
+        env.ok(&["channels", &id, "--channel", "other"])
+            .contains("no channel messages")
+    );
+    // Following a finished run prints what there is and ends.
+    let followed = env.ok(&["channels", &id, "--follow", "--json"]);
+    assert_eq!(followed.lines().count(), 1, "{followed}");
+    let out = env.run(&["channels", &id, "--channel", "Not A Name"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("invalid channel name"),
+        "{}",
+        stderr(&out)
+    );
+}
