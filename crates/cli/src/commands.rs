@@ -37,16 +37,19 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             gate,
             reason,
             provider,
+            quiet,
             json,
         }) => {
             let gate: GateKind = gate.parse()?;
             let input = Input::WaiveGate { gate, reason };
-            human_input(&cfg, &run, input, provider.provider.as_deref(), json).await
+            let provider = provider.provider.as_deref();
+            human_input(&cfg, &run, input, provider, quiet, json).await
         }
         Command::Answer(AnswerArgs {
             run,
             text,
             provider,
+            quiet,
             json,
         }) => {
             if text.trim().is_empty() {
@@ -57,6 +60,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
                 &run,
                 Input::Answer { text },
                 provider.provider.as_deref(),
+                quiet,
                 json,
             )
             .await
@@ -66,6 +70,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
             usd,
             tokens,
             provider,
+            quiet,
             json,
         }) => {
             check_budget(usd, tokens)?;
@@ -74,6 +79,7 @@ pub async fn dispatch(command: Command) -> Result<ExitCode> {
                 &run,
                 Input::RaiseBudget { usd, tokens },
                 provider.provider.as_deref(),
+                quiet,
                 json,
             )
             .await
@@ -239,7 +245,9 @@ async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
         if a.json {
             render::print_json(&run);
         } else {
-            println!("run {run_id} recorded (PENDING); start it with: orchestrator tick {run_id}");
+            render::outln!(
+                "run {run_id} recorded (PENDING); start it with: orchestrator tick {run_id}"
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -260,7 +268,7 @@ async fn drive(engine: &Engine, run_id: &RunId, quiet: bool, json: bool) -> Resu
             &store.list_dead_letters(Some(run_id), false).await?,
         ));
     } else {
-        progress::footer(&state, started.elapsed());
+        progress::footer(&state, started.elapsed())?;
     }
     Ok(exit_for(run.status))
 }
@@ -272,7 +280,7 @@ pub async fn follow_run(engine: &Engine, run_id: &RunId, show: bool) -> Result<o
     let store = engine.deps().store.clone();
     let run = store.get_run(run_id).await?;
     if show {
-        progress::header(&run, engine.deps().provider.as_ref());
+        progress::header(&run, engine.deps().provider.as_ref())?;
     }
     // A run that is continued shows what happens from now on, not again
     // what happened before.
@@ -283,10 +291,10 @@ pub async fn follow_run(engine: &Engine, run_id: &RunId, show: bool) -> Result<o
             .await?;
         after = earlier.last().map_or(0, |e| e.seq);
         if show && !earlier.is_empty() {
-            println!(
+            render::outln!(
                 "continuing after {} earlier events (`orchestrator events {run_id}` shows them)",
                 earlier.len()
-            );
+            )?;
         }
     }
     // In process, this process is the engine and every worker. With a shared
@@ -295,10 +303,10 @@ pub async fn follow_run(engine: &Engine, run_id: &RunId, show: bool) -> Result<o
     let local = engine.deps().broker.backend() == "in-process";
     let runtime = local.then(|| Runtime::start(engine.clone(), &Role::SPECIALISTS, true));
     if !local && show {
-        println!(
+        render::outln!(
             "queues: {} — progress needs `orchestrator serve` and workers running",
             engine.deps().broker.backend()
-        );
+        )?;
     }
     engine.tick(run_id).await?;
     let follower = progress::Follower::new(store.clone(), run_id.clone(), show, after, !local);
@@ -415,10 +423,12 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
                 &serde_json::json!({"run_id": id, "status": out.status, "dispatched": out.dispatched, "events": out.events}),
             );
         } else {
-            println!(
+            render::outln!(
                 "run {id}: {} ({} task(s) queued, {} event(s))",
-                out.status, out.dispatched, out.events
-            );
+                out.status,
+                out.dispatched,
+                out.events
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -436,7 +446,7 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
         if a.json {
             render::print_json(&run);
         } else {
-            println!("run {id} is already {}", run.status);
+            render::outln!("run {id} is already {}", run.status)?;
         }
         return Ok(exit_for(run.status));
     }
@@ -454,6 +464,7 @@ async fn human_input(
     run: &str,
     input: Input,
     provider: Option<&str>,
+    quiet: bool,
     json: bool,
 ) -> Result<ExitCode> {
     let store = wiring::open_existing_store(cfg).await?;
@@ -471,18 +482,18 @@ async fn human_input(
     let out = engine.apply_input(&id, input).await?;
     match chosen {
         Some(_) if out.status == RunStatus::Running => {
-            if !json {
-                println!("recorded; run {id} is RUNNING again");
+            if !json && !quiet {
+                render::outln!("recorded; run {id} is RUNNING again")?;
             }
-            drive(&engine, &id, false, json).await
+            drive(&engine, &id, quiet, json).await
         }
         _ => {
             if json {
                 render::print_json(&serde_json::json!({"run_id": id, "status": out.status}));
             } else {
-                println!("recorded; run {id} is {}", out.status);
+                render::outln!("recorded; run {id} is {}", out.status)?;
                 if out.status == RunStatus::Running {
-                    println!("continue it with: orchestrator tick {id} --provider NAME");
+                    render::outln!("continue it with: orchestrator tick {id} --provider NAME")?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -505,7 +516,7 @@ async fn cancel(cfg: &Config, a: CancelArgs) -> Result<ExitCode> {
     if a.json {
         render::print_json(&serde_json::json!({"run_id": id, "status": out.status}));
     } else {
-        println!("run {id} is {}", out.status);
+        render::outln!("run {id} is {}", out.status)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -558,14 +569,16 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
                     &serde_json::json!({"run_id": letter.run_id, "task_id": letter.task_id, "status": out.status}),
                 );
             } else {
-                println!(
+                render::outln!(
                     "task {} of run {} replayed; run is {}",
-                    letter.task_id, letter.run_id, out.status
-                );
-                println!(
+                    letter.task_id,
+                    letter.run_id,
+                    out.status
+                )?;
+                render::outln!(
                     "continue it with: orchestrator tick {} --provider NAME",
                     letter.run_id
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }

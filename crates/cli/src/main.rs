@@ -215,6 +215,9 @@ struct BudgetArgs {
     tokens: Option<i64>,
     #[command(flatten)]
     provider: ProviderArgs,
+    /// Only the result when the run continues, no progress.
+    #[arg(long, short)]
+    quiet: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -301,6 +304,9 @@ enum GateCommand {
         /// Continue the run after waiving (needs a provider).
         #[command(flatten)]
         provider: ProviderArgs,
+        /// Only the result when the run continues, no progress.
+        #[arg(long, short)]
+        quiet: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -314,6 +320,9 @@ struct AnswerArgs {
     text: String,
     #[command(flatten)]
     provider: ProviderArgs,
+    /// Only the result when the run continues, no progress.
+    #[arg(long, short)]
+    quiet: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,

@@ -9,18 +9,23 @@ use orch_engine::Engine;
 use orch_llm::Provider;
 use orch_store::{EventQuery, Store};
 
-pub fn header(run: &Run, provider: &dyn Provider) {
-    println!("run {}  ({})", run.id, run.workflow);
-    println!("goal: {}", run.goal);
+use crate::render;
+
+pub fn header(run: &Run, provider: &dyn Provider) -> Result<()> {
+    render::outln!("run {}  ({})", run.id, run.workflow)?;
+    render::outln!("goal: {}", run.goal)?;
     if provider.is_scripted() {
-        println!("provider: SCRIPTED — responses come from a fixture file, no LLM is called");
+        render::outln!(
+            "provider: SCRIPTED — responses come from a fixture file, no LLM is called"
+        )?;
     } else {
-        println!(
+        render::outln!(
             "provider: {} ({})",
             provider.name(),
             provider.default_model()
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Follows a run's events until it finishes or needs input.
@@ -142,7 +147,7 @@ impl Follower {
             if self.show
                 && let Some(line) = line_for(e)
             {
-                println!("{line}");
+                render::outln!("{line}")?;
             }
         }
         Ok(())
@@ -218,7 +223,7 @@ fn line_for(e: &Event) -> Option<String> {
     Some(text)
 }
 
-pub fn footer(state: &RunState, elapsed: Duration) {
+pub fn footer(state: &RunState, elapsed: Duration) -> Result<()> {
     let r = &state.run;
     let done = state
         .tasks
@@ -231,25 +236,27 @@ pub fn footer(state: &RunState, elapsed: Duration) {
         .map(|g| format!("{} {}", g.kind, g.status))
         .collect::<Vec<_>>()
         .join(", ");
-    println!();
-    println!(
+    render::outln!()?;
+    render::outln!(
         "run {} {} in {:.1} s — {done}/{} tasks succeeded; {gates}; cost ${:.4}",
         r.id,
         r.status,
         elapsed.as_secs_f64(),
         state.tasks.len(),
         r.cost_usd
-    );
+    )?;
     // A run that did not complete says why, and what to do next.
     if r.status != orch_core::RunStatus::Completed
         && let Some(reason) = &r.status_reason
     {
-        println!("{reason}");
+        render::outln!("{reason}")?;
     }
-    println!(
+    render::outln!(
         "artifacts: orchestrator artifacts {} --content   events: orchestrator events {}",
-        r.id, r.id
-    );
+        r.id,
+        r.id
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -171,14 +171,14 @@ pub async fn replay(cfg: &Config, a: ReplayArgs) -> Result<ExitCode> {
             "differing_artifacts": differing,
         }));
     } else {
-        println!("replayed run {source} as {new_run}: {}", done.status);
+        render::outln!("replayed run {source} as {new_run}: {}", done.status)?;
         if identical {
-            println!("artifacts: identical to the source run's");
+            render::outln!("artifacts: identical to the source run's")?;
         } else {
-            println!(
+            render::outln!(
                 "artifacts differ from the source run's: {}",
                 differing.join(", ")
-            );
+            )?;
         }
     }
     if done.status == RunStatus::Completed && !identical {

@@ -407,12 +407,19 @@ fn a_review_that_keeps_failing_halts_the_run_until_a_person_waives_the_gate() {
             "tests come next sprint",
             "--provider",
             "scripted",
-            "--json",
+            "--quiet",
         ])
         .env("SCRIPTED_FIXTURE", &fixture)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // Quiet: the result only, no progress lines.
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("COMPLETED"), "{shown}");
+    assert!(
+        !shown.contains("RUNNING again") && !shown.contains("[sec]"),
+        "{shown}"
+    );
     let status = env.json(&["status", &id, "--json"]);
     assert_eq!(status["run"]["status"], "COMPLETED");
     let gate = status["gates"]
