@@ -663,9 +663,23 @@ fn workflows(cmd: WorkflowCommand) -> Result<ExitCode> {
                 Ok(wf) => wf,
                 Err(errors) => return invalid_workflow(&file, &errors, json),
             };
+            // Valid, but not every rule is enforced yet: say so.
+            let notes: Vec<String> = wf
+                .tasks
+                .iter()
+                .flat_map(|t| {
+                    t.validation.iter().filter_map(|r| match r {
+                        orch_core::ValidationRule::Semantic { artifact, .. } => Some(format!(
+                            "task {:?}: the semantic rule on {artifact:?} is given to the model as guidance but not judged (no LLM judge yet)",
+                            t.id
+                        )),
+                        _ => None,
+                    })
+                })
+                .collect();
             if json {
                 render::write_json(
-                    &serde_json::json!({"file": file, "valid": true, "name": wf.name, "tasks": wf.tasks.len()}),
+                    &serde_json::json!({"file": file, "valid": true, "name": wf.name, "tasks": wf.tasks.len(), "notes": notes}),
                 )?;
             } else {
                 render::outln!(
@@ -673,6 +687,9 @@ fn workflows(cmd: WorkflowCommand) -> Result<ExitCode> {
                     wf.name,
                     wf.tasks.len()
                 )?;
+                for n in &notes {
+                    eprintln!("note: {n}");
+                }
             }
         }
     }

@@ -63,7 +63,9 @@ pub fn check_output(
                     problems.push("no review verdict: end with a JSON object {\"verdict\": \"PASS\"|\"FAIL\", \"findings\": [...]}".to_string());
                 }
             }
-            // Semantic rules need an LLM; the agents crate checks them.
+            // Semantic rules need an LLM judge, which is not built yet: the
+            // rubric is given to the model in its prompt (see the agents
+            // crate) and `workflows validate` says it is not judged.
             ValidationRule::Semantic { .. } => {}
         }
     }
