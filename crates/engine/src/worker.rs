@@ -472,6 +472,7 @@ pub(crate) async fn worker_loop(
             None => {
                 let waiting = permits.waiting(role);
                 let received = tokio::select! {
+                    biased;
                     _ = cancel.cancelled() => break,
                     r = deps.broker.receive(role, &id.0, opts.poll_timeout) => r,
                 };
@@ -493,9 +494,15 @@ pub(crate) async fn worker_loop(
             }
         };
         backoff = Duration::from_millis(100);
-        // Not acknowledged if cancelled meanwhile: a broker that redelivers
-        // will redeliver.
+        // Not started, and not acknowledged, once shutting down (a message
+        // that arrived as the loop was cancelled): the task stays QUEUED in
+        // the store, a broker that redelivers will redeliver, and the next
+        // process re-publishes it. Only attempts already in flight drain.
+        if cancel.is_cancelled() {
+            break;
+        }
         let permit = tokio::select! {
+            biased;
             _ = cancel.cancelled() => break,
             p = permits.acquire(role) => p,
         };
