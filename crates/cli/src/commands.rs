@@ -459,6 +459,28 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
     drive(&engine, &id, a.quiet, a.json).await
 }
 
+/// The engine that applies a person's input to `run_id`, and whether it can
+/// continue the run afterwards: only with a provider chosen (`flag`,
+/// `LLM_PROVIDER`) or named by the run itself; without one, model calls
+/// fail and say how to choose.
+async fn input_engine(
+    cfg: &Config,
+    store: &Arc<dyn Store>,
+    run_id: &RunId,
+    flag: Option<&str>,
+) -> Result<(Engine, bool)> {
+    let recorded = store.get_run(run_id).await?.provider;
+    let chosen = wiring::provider_for_run(cfg, flag, run_id.as_str(), &recorded).ok();
+    let continues = chosen.is_some();
+    let engine = wiring::engine(
+        store.clone(),
+        wiring::open_broker(cfg).await?,
+        chosen.unwrap_or_else(|| Arc::new(NoProvider)),
+        wiring::engine_options(cfg),
+    )?;
+    Ok((engine, continues))
+}
+
 async fn human_input(
     cfg: &Config,
     run: &str,
@@ -469,19 +491,10 @@ async fn human_input(
 ) -> Result<ExitCode> {
     let store = wiring::open_existing_store(cfg).await?;
     let id = resolve_run(&store, run).await?;
-    // Continue the run afterwards only when a provider is chosen (or the
-    // run names its own).
-    let recorded = store.get_run(&id).await?.provider;
-    let chosen = wiring::provider_for_run(cfg, provider, id.as_str(), &recorded).ok();
-    let engine = wiring::engine(
-        store.clone(),
-        wiring::open_broker(cfg).await?,
-        chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
-        wiring::engine_options(cfg),
-    )?;
+    let (engine, continues) = input_engine(cfg, &store, &id, provider).await?;
     let out = engine.apply_input(&id, input).await?;
-    match chosen {
-        Some(_) if out.status == RunStatus::Running => {
+    match continues {
+        true if out.status == RunStatus::Running => {
             if !json && !quiet {
                 render::outln!("recorded; run {id} is RUNNING again")?;
             }
@@ -546,22 +559,10 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
                 .with_context(|| {
                     format!("no dead letter {id} waiting for replay; see `orchestrator dlq list`")
                 })?;
-            let recorded = store.get_run(&letter.run_id).await?.provider;
-            let chosen = wiring::provider_for_run(
-                cfg,
-                provider.provider.as_deref(),
-                letter.run_id.as_str(),
-                &recorded,
-            )
-            .ok();
-            let engine = wiring::engine(
-                store.clone(),
-                wiring::open_broker(cfg).await?,
-                chosen.clone().unwrap_or_else(|| Arc::new(NoProvider)),
-                wiring::engine_options(cfg),
-            )?;
+            let flag = provider.provider.as_deref();
+            let (engine, continues) = input_engine(cfg, &store, &letter.run_id, flag).await?;
             let out = engine.replay_dead_letter(id).await?;
-            if chosen.is_some() && out.status == RunStatus::Running {
+            if continues && out.status == RunStatus::Running {
                 return drive(&engine, &letter.run_id, false, json).await;
             }
             if json {
@@ -763,7 +764,7 @@ async fn shutdown_signal() {
 
 /// Whether an error is worth waiting out (a server not reachable yet) rather
 /// than a configuration mistake that retrying cannot fix.
-fn is_transient(e: &anyhow::Error) -> bool {
+pub(crate) fn is_transient(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<orch_store::Error>(),

@@ -91,7 +91,7 @@ impl Follower {
                         );
                     }
                 }
-                Err(e) if transient(&e) => {
+                Err(e) if crate::commands::is_transient(&e) => {
                     let (since, delay) = failing
                         .get_or_insert((std::time::Instant::now(), Duration::from_millis(250)));
                     if since.elapsed() > GIVE_UP_AFTER {
@@ -152,20 +152,6 @@ impl Follower {
         }
         Ok(())
     }
-}
-
-/// Whether a store error may pass (a server restarting, a lock held).
-fn transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<orch_store::Error>(),
-            Some(
-                orch_store::Error::Connect { .. }
-                    | orch_store::Error::Locked(_)
-                    | orch_store::Error::Database(_)
-            )
-        )
-    })
 }
 
 fn role_tag(e: &Event) -> String {

@@ -210,6 +210,14 @@ impl Cluster {
         }
     }
 
+    /// Answer with this scripted fixture (YAML) in every process started after.
+    fn use_fixture(&mut self, yaml: &str) {
+        let fixture = self.dir.path().join("fixture.yaml");
+        std::fs::write(&fixture, yaml).unwrap();
+        self.env
+            .push(("SCRIPTED_FIXTURE".into(), fixture.display().to_string()));
+    }
+
     fn redis_keys(&self) -> Vec<String> {
         let out = Command::new("redis-cli")
             .args(["--scan", "--pattern", &format!("{}*", self.prefix)])
@@ -253,6 +261,13 @@ fn rand_suffix() -> u128 {
 
 fn completed(s: &serde_json::Value) -> bool {
     s["run"]["status"] == "COMPLETED"
+}
+
+/// How many of the run's tasks succeeded (in a `status --json` document).
+fn succeeded(s: &serde_json::Value) -> usize {
+    s["tasks"].as_array().map_or(0, |t| {
+        t.iter().filter(|t| t["status"] == "SUCCEEDED").count()
+    })
 }
 
 fn running_task(s: &serde_json::Value) -> Option<String> {
@@ -408,14 +423,7 @@ fn a_task_that_always_fails_ends_in_the_dead_letter_queue() {
         return;
     }
     let mut c = Cluster::new(&[]);
-    let fixture = c.dir.path().join("failing.yaml");
-    std::fs::write(
-        &fixture,
-        "tasks:\n  plan:\n    - error: { status: 503, message: \"model overloaded\" }\n",
-    )
-    .unwrap();
-    c.env
-        .push(("SCRIPTED_FIXTURE".into(), fixture.display().to_string()));
+    c.use_fixture("tasks:\n  plan:\n    - error: { status: 503, message: \"model overloaded\" }\n");
     c.spawn("serve", &["serve"]);
     c.spawn("worker", &["worker"]);
     let id = c.submit();
@@ -731,15 +739,7 @@ fn redis_restarted_with_its_data_lost_mid_run_loses_no_task() {
     c.wait_until(
         "two tasks to succeed",
         Duration::from_secs(30),
-        |s| {
-            s["tasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["status"] == "SUCCEEDED")
-                .count()
-                >= 2
-        },
+        |s| succeeded(s) >= 2,
         &id,
     );
     redis.kill();
@@ -781,15 +781,7 @@ fn postgres_restarted_mid_run_loses_nothing() {
     c.wait_until(
         "two tasks to succeed",
         Duration::from_secs(30),
-        |s| {
-            s["tasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["status"] == "SUCCEEDED")
-                .count()
-                >= 2
-        },
+        |s| succeeded(s) >= 2,
         &id,
     );
     let out = Command::new("pg_ctlcluster")
@@ -1070,14 +1062,7 @@ fn a_channel_is_followed_live_while_workers_in_other_processes_post() {
         return;
     }
     let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "200")]);
-    let fixture = c.dir.path().join("posting.yaml");
-    std::fs::write(
-        &fixture,
-        "tasks:\n  architecture:\n    - text: |\n        <message channel=\"team\">\n        API contract is final.\n        </message>\n        <artifact name=\"architecture\" type=\"architecture\">\n        # Architecture\n        </artifact>\n",
-    )
-    .unwrap();
-    c.env
-        .push(("SCRIPTED_FIXTURE".into(), fixture.display().to_string()));
+    c.use_fixture("tasks:\n  architecture:\n    - text: |\n        <message channel=\"team\">\n        API contract is final.\n        </message>\n        <artifact name=\"architecture\" type=\"architecture\">\n        # Architecture\n        </artifact>\n");
     c.spawn("serve", &["serve"]);
     c.spawn("worker", &["worker"]);
     let id = c.submit();

@@ -347,6 +347,18 @@ fn run_changed(b: &Run, a: &Run) -> bool {
         || a.finished_at != b.finished_at
 }
 
+/// `task_id` if it is `RUNNING` at `attempt`; `None` if it moved on.
+fn running_attempt<'a>(
+    state: &'a mut RunState,
+    task_id: &str,
+    attempt: u32,
+) -> Result<Option<&'a mut Task>> {
+    let task = state
+        .task_mut(task_id)
+        .ok_or_else(|| Error::UnknownTask(task_id.to_string()))?;
+    Ok((task.status == TaskStatus::Running && task.attempt == attempt).then_some(task))
+}
+
 fn apply_input(state: &mut RunState, input: Input, now: Millis) -> Result<Vec<Action>> {
     let mut out = Vec::new();
     match input {
@@ -356,13 +368,10 @@ fn apply_input(state: &mut RunState, input: Input, now: Millis) -> Result<Vec<Ac
             attempt,
             owner,
         } => {
-            let task = state
-                .task_mut(&task_id)
-                .ok_or_else(|| Error::UnknownTask(task_id.clone()))?;
-            if task.status != TaskStatus::Running || task.attempt != attempt {
+            let Some(task) = running_attempt(state, &task_id, attempt)? else {
                 // Stale: the task moved on (completed, or already reclaimed).
                 return Ok(out);
-            }
+            };
             task.status = task.status.transition(TaskStatus::Failed)?;
             task.retryable = true;
             let who = owner
@@ -386,17 +395,13 @@ fn apply_input(state: &mut RunState, input: Input, now: Millis) -> Result<Vec<Ac
             attempt,
             owner,
         } => {
-            let task = state
-                .task_mut(&task_id)
-                .ok_or_else(|| Error::UnknownTask(task_id.clone()))?;
-            if task.status != TaskStatus::Running
-                || task.attempt != attempt
-                || task.lease_owner.as_deref() != Some(owner.as_str())
-            {
+            let Some(task) = running_attempt(state, &task_id, attempt)?
+                .filter(|t| t.lease_owner.as_deref() == Some(owner.as_str()))
+            else {
                 // Stale: the lease was lost and the task moved on without
                 // this worker; what it gives back is not its to give.
                 return Ok(out);
-            }
+            };
             task.status = task.status.transition(TaskStatus::Ready)?;
             task.max_attempts = task.max_attempts.saturating_add(1);
             task.not_before = None;

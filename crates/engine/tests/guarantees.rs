@@ -87,14 +87,7 @@ async fn a_message_delivered_twice_runs_the_task_once() {
     );
     let arts = h.store.list_artifacts(&run, false).await.unwrap();
     assert_eq!(arts.iter().filter(|a| a.name == "requirements").count(), 1);
-    let task = h
-        .store
-        .list_tasks(&run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.id == "requirements")
-        .unwrap();
+    let task = task_of(&h.store, &run, "requirements").await;
     assert_eq!((task.status, task.attempt), (TaskStatus::Succeeded, 1));
 }
 
@@ -168,14 +161,7 @@ async fn a_worker_that_lost_its_lease_cannot_commit() {
         events_of(&h.store, &run, EventKind::LeaseExpired, "requirements").await,
         1
     );
-    let task = h
-        .store
-        .list_tasks(&run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.id == "requirements")
-        .unwrap();
+    let task = task_of(&h.store, &run, "requirements").await;
     assert_eq!(
         task.status,
         TaskStatus::Ready,
@@ -226,14 +212,7 @@ async fn a_task_whose_worker_vanished_is_rerun_after_its_lease_expires() {
     )
     .await
     .unwrap();
-    let task = h
-        .store
-        .list_tasks(&run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.id == "requirements")
-        .unwrap();
+    let task = task_of(&h.store, &run, "requirements").await;
     assert_eq!((task.status, task.attempt), (TaskStatus::Succeeded, 2));
     assert_eq!(
         events_of(&h.store, &run, EventKind::TaskSucceeded, "requirements").await,
@@ -539,14 +518,18 @@ async fn llm_events_precede_the_outcome_and_a_slow_call_is_logged_while_it_runs(
     assert!(seq_of(EventKind::LlmResponse) < seq_of(EventKind::TaskSucceeded));
 }
 
-async fn status_of(store: &Arc<dyn Store>, run: &RunId, task: &str) -> (TaskStatus, u32) {
-    let t = store
+async fn task_of(store: &Arc<dyn Store>, run: &RunId, task: &str) -> orch_core::Task {
+    store
         .list_tasks(run)
         .await
         .unwrap()
         .into_iter()
         .find(|t| t.id == task)
-        .unwrap();
+        .unwrap()
+}
+
+async fn status_of(store: &Arc<dyn Store>, run: &RunId, task: &str) -> (TaskStatus, u32) {
+    let t = task_of(store, run, task).await;
     (t.status, t.attempt)
 }
 
@@ -797,28 +780,13 @@ async fn shutdown_gives_back_attempts_still_running_after_the_drain_timeout() {
         assert!(tokio::time::Instant::now() < deadline, "never claimed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let max_before = h
-        .store
-        .list_tasks(&run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.id == "requirements")
-        .unwrap()
-        .max_attempts;
+    let max_before = task_of(&h.store, &run, "requirements").await.max_attempts;
     // Well under the lease's 30 s and the hour the call would take.
     tokio::time::timeout(Duration::from_secs(10), rt.shutdown())
         .await
         .expect("shutdown gives back instead of waiting");
 
-    let t = h
-        .store
-        .list_tasks(&run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.id == "requirements")
-        .unwrap();
+    let t = task_of(&h.store, &run, "requirements").await;
     assert_eq!(t.status, TaskStatus::Queued, "queued again at once: {t:?}");
     assert_eq!(t.attempt, 2);
     assert_eq!(

@@ -207,12 +207,7 @@ impl PostgresStore {
     pub async fn connect_with(url: &str, pool_size: Option<u32>) -> Result<PostgresStore> {
         let pool_size = pool_size.map_or_else(default_pool_size, |n| n.clamp(1, MAX_POOL_SIZE));
         let shown = redact_url(url);
-        let mut options: PgConnectOptions = url.trim().parse().map_err(|e| Error::Config {
-            url: shown.clone(),
-            message: format!(
-                "not a valid PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-            ),
-        })?;
+        let mut options = parse_url(url, &shown)?;
         if options.get_application_name().is_none() {
             options = options.application_name("orchestrator");
         }
@@ -229,18 +224,7 @@ impl PostgresStore {
         // One connection first, outside the pool: the pool retries a refused
         // connection until its timeout and then reports only that it timed
         // out, where this reports why.
-        let mut probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
-            .await
-            .map_err(|_| Error::Connect {
-                url: shown.clone(),
-                message: format!(
-                    "no answer from {}:{} within {} s; check the host, the port and the network (firewall)",
-                    options.get_host(),
-                    options.get_port(),
-                    CONNECT_TIMEOUT.as_secs()
-                ),
-            })?
-            .map_err(|e| connect_err(&shown, &options, e))?;
+        let mut probe = connect_once(&shown, &options).await?;
         // It applies the migrations too (`migrate`, without a pool).
         let migrated = MIGRATOR
             .run(&mut probe)
@@ -655,12 +639,7 @@ impl From<Error> for Failure {
 /// (else `template1`) as the URL's user. `true` if it was created.
 pub async fn create_database_if_missing(url: &str) -> Result<bool> {
     let shown = redact_url(url);
-    let options: PgConnectOptions = url.trim().parse().map_err(|e| Error::Config {
-        url: shown.clone(),
-        message: format!(
-            "not a valid PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-        ),
-    })?;
+    let options = parse_url(url, &shown)?;
     let name = options
         .get_database()
         .unwrap_or(options.get_username())
@@ -672,24 +651,12 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool> {
             // It exists: it is the one connected to.
             return Ok(false);
         }
-        let server = options.clone().database(maintenance);
-        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&server)).await {
-            Ok(Ok(c)) => {
+        match connect_once(&shown, &options.clone().database(maintenance)).await {
+            Ok(c) => {
                 admin = Some(c);
                 break;
             }
-            Ok(Err(e)) => last = Some(connect_err(&shown, &options, e)),
-            Err(_) => {
-                last = Some(Error::Connect {
-                    url: shown.clone(),
-                    message: format!(
-                        "no answer from {}:{} within {} s; check the host, the port and the network (firewall)",
-                        options.get_host(),
-                        options.get_port(),
-                        CONNECT_TIMEOUT.as_secs()
-                    ),
-                })
-            }
+            Err(e) => last = Some(e),
         }
     }
     let Some(mut admin) = admin else {
@@ -722,6 +689,34 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool> {
         }),
         Err(e) => Err(connect_err(&shown, &options, e)),
     }
+}
+
+/// One connection, given up after [`CONNECT_TIMEOUT`]; errors say why
+/// (`shown` is the URL without its password).
+async fn connect_once(shown: &str, options: &PgConnectOptions) -> Result<PgConnection> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(connect_err(shown, options, e)),
+        Err(_) => Err(Error::Connect {
+            url: shown.to_string(),
+            message: format!(
+                "no answer from {}:{} within {} s; check the host, the port and the network (firewall)",
+                options.get_host(),
+                options.get_port(),
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        }),
+    }
+}
+
+/// Parse a PostgreSQL URL; a bad one is an [`Error::Config`].
+fn parse_url(url: &str, shown: &str) -> Result<PgConnectOptions> {
+    url.trim().parse().map_err(|e| Error::Config {
+        url: shown.to_string(),
+        message: format!(
+            "not a valid PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ),
+    })
 }
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
