@@ -210,6 +210,37 @@ impl Cluster {
         }
     }
 
+    /// Start `serve` and a worker named `worker`, submit the demo run and
+    /// wait for one of its tasks to run: the run's id and that task's.
+    fn serve_and_wait_for_a_running_task(&mut self, worker: &str) -> (String, String) {
+        self.spawn("serve", &["serve"]);
+        self.spawn(worker, &["worker"]);
+        let id = self.submit();
+        let s = self.wait_until(
+            "a task to be running",
+            Duration::from_secs(30),
+            |s| running_task(s).is_some(),
+            &id,
+        );
+        let task = running_task(&s).unwrap();
+        (id, task)
+    }
+
+    /// Wait (90 s at most) for run `id` to complete with nothing done twice
+    /// and every process started still running: they lived through the fault.
+    fn completes_with_every_process_alive(&mut self, id: &str) {
+        self.wait_until(
+            "the run to complete",
+            Duration::from_secs(90),
+            completed,
+            id,
+        );
+        assert_nothing_done_twice(self, id);
+        for (name, child) in &mut self.children {
+            assert!(child.try_wait().unwrap().is_none(), "{name} exited");
+        }
+    }
+
     /// Answer with this scripted fixture (YAML) in every process started after.
     fn use_fixture(&mut self, yaml: &str) {
         let fixture = self.dir.path().join("fixture.yaml");
@@ -315,16 +346,7 @@ fn assert_nothing_done_twice(c: &Cluster, id: &str) {
 /// A worker holding a task is SIGKILLed; a fresh worker finishes the run,
 /// re-running the killed attempt, with nothing done twice.
 fn worker_kill_scenario(mut c: Cluster) {
-    c.spawn("serve", &["serve"]);
-    c.spawn("worker1", &["worker"]);
-    let id = c.submit();
-    let s = c.wait_until(
-        "a task to be running",
-        Duration::from_secs(30),
-        |s| running_task(s).is_some(),
-        &id,
-    );
-    let victim = running_task(&s).unwrap();
+    let (id, victim) = c.serve_and_wait_for_a_running_task("worker1");
     c.kill("worker1");
     c.spawn("worker2", &["worker"]);
     let s = c.wait_until(
@@ -746,17 +768,7 @@ fn redis_restarted_with_its_data_lost_mid_run_loses_no_task() {
     assert_ne!(c.status(&id)["run"]["status"], "COMPLETED", "not mid-run");
     std::thread::sleep(Duration::from_millis(500));
     assert!(redis.restart());
-    let s = c.wait_until(
-        "the run to complete",
-        Duration::from_secs(90),
-        completed,
-        &id,
-    );
-    assert_eq!(s["run"]["status"], "COMPLETED");
-    assert_nothing_done_twice(&c, &id);
-    for (name, child) in &mut c.children {
-        assert!(child.try_wait().unwrap().is_none(), "{name} exited");
-    }
+    c.completes_with_every_process_alive(&id);
 }
 
 #[test]
@@ -793,18 +805,7 @@ fn postgres_restarted_mid_run_loses_nothing() {
         "restart: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let s = c.wait_until(
-        "the run to complete",
-        Duration::from_secs(90),
-        completed,
-        &id,
-    );
-    assert_eq!(s["run"]["status"], "COMPLETED");
-    assert_nothing_done_twice(&c, &id);
-    // Both processes lived through it.
-    for (name, child) in &mut c.children {
-        assert!(child.try_wait().unwrap().is_none(), "{name} exited");
-    }
+    c.completes_with_every_process_alive(&id);
 }
 
 /// Several `serve` processes drive the same runs at once: each step commits
@@ -861,15 +862,7 @@ fn sigterm_lets_a_worker_finish_its_in_flight_attempt_before_it_exits() {
         return;
     }
     let mut c = Cluster::new(&[("SCRIPTED_LATENCY_MS", "1500"), ("LEASE_TTL_SECONDS", "30")]);
-    c.spawn("serve", &["serve"]);
-    c.spawn("worker", &["worker"]);
-    let id = c.submit();
-    c.wait_until(
-        "a task to be running",
-        Duration::from_secs(30),
-        |s| running_task(s).is_some(),
-        &id,
-    );
+    let (id, _) = c.serve_and_wait_for_a_running_task("worker");
     let (_, mut child) = c.children.pop().unwrap();
     let pid = child.id().to_string();
     assert!(
@@ -901,16 +894,7 @@ fn sigterm_gives_back_an_attempt_still_running_after_the_drain_timeout() {
         ("LEASE_TTL_SECONDS", "30"),
         ("DRAIN_TIMEOUT_SECONDS", "0.2"),
     ]);
-    c.spawn("serve", &["serve"]);
-    c.spawn("worker", &["worker"]);
-    let id = c.submit();
-    let s = c.wait_until(
-        "a task to be running",
-        Duration::from_secs(30),
-        |s| running_task(s).is_some(),
-        &id,
-    );
-    let task = running_task(&s).unwrap();
+    let (id, task) = c.serve_and_wait_for_a_running_task("worker");
     let (_, mut child) = c.children.pop().unwrap();
     let term = Instant::now();
     assert!(
