@@ -550,6 +550,24 @@ fn a_worker_started_before_its_broker_waits_with_backoff_and_stops_on_sigterm() 
     let mut c = Cluster::new(&[("REDIS_URL", "redis://127.0.0.1:1")]);
     c.env.retain(|(k, v)| k != "REDIS_URL" || v.ends_with(":1"));
     c.spawn("worker", &["worker"]);
+    waits_with_backoff_and_stops_on_sigterm(c, "worker", "cannot reach the queue broker");
+}
+
+#[test]
+fn serve_started_before_its_database_waits_with_backoff_and_stops_on_sigterm() {
+    let mut c = Cluster::new(&[]);
+    c.env.retain(|(k, _)| k != "DATABASE_URL");
+    c.env.push((
+        "DATABASE_URL".into(),
+        "postgres://orch@127.0.0.1:1/orch".into(),
+    ));
+    c.spawn("serve", &["serve", "--no-api"]);
+    waits_with_backoff_and_stops_on_sigterm(c, "serve", "cannot reach the database");
+}
+
+/// The last process started keeps retrying what it cannot reach (`says`),
+/// with backoff, until SIGTERM stops it cleanly.
+fn waits_with_backoff_and_stops_on_sigterm(mut c: Cluster, name: &str, says: &str) {
     std::thread::sleep(Duration::from_millis(2_500));
     let (_, mut child) = c.children.pop().unwrap();
     assert!(
@@ -566,8 +584,8 @@ fn a_worker_started_before_its_broker_waits_with_backoff_and_stops_on_sigterm() 
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "a clean stop on SIGTERM: {status:?}");
-    let log = std::fs::read_to_string(c.dir.path().join("worker.log")).unwrap();
-    let tries = log.matches("cannot reach the queue broker").count();
+    let log = std::fs::read_to_string(c.dir.path().join(format!("{name}.log"))).unwrap();
+    let tries = log.matches(says).count();
     // 0.5 s, 1 s, 2 s backoff: three or four tries in 2.5 s, not hundreds.
     assert!((2..=5).contains(&tries), "{tries} tries:\n{log}");
     assert!(log.contains("retrying in 1.0 s"), "{log}");
