@@ -224,10 +224,10 @@ pub fn footer(state: &RunState, elapsed: Duration) -> Result<()> {
         .join(", ");
     render::outln!()?;
     render::outln!(
-        "run {} {} in {:.1} s — {done}/{} tasks succeeded; {gates}; cost ${:.4}",
+        "run {} {} in {} — {done}/{} tasks succeeded; {gates}; cost ${:.4}",
         r.id,
         r.status,
-        elapsed.as_secs_f64(),
+        took(elapsed),
         state.tasks.len(),
         r.cost_usd
     )?;
@@ -245,9 +245,27 @@ pub fn footer(state: &RunState, elapsed: Duration) -> Result<()> {
     Ok(())
 }
 
+/// A duration as people read it: `12 ms` under a second (a scripted run
+/// takes a few), else `4.2 s`.
+fn took(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::line_for;
+    use super::{line_for, took};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_under_a_second_are_shown_in_milliseconds() {
+        assert_eq!(took(Duration::from_micros(3_400)), "3 ms");
+        assert_eq!(took(Duration::from_millis(999)), "999 ms");
+        assert_eq!(took(Duration::from_millis(4_250)), "4.2 s");
+    }
     use orch_core::{Event, EventKind, RunId};
 
     fn queued(data: serde_json::Value) -> String {
