@@ -29,6 +29,7 @@ use orch_core::{
     RunId, RunState, RunStatus, StateDiff, Task, TaskStatus, Usage, Verdict,
 };
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod doc;
 mod jsonb;
