@@ -892,11 +892,15 @@ fn sigterm_lets_a_worker_finish_its_in_flight_attempt_before_it_exits() {
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    // The attempt in flight at SIGTERM was committed, not abandoned.
+    // The attempt in flight at SIGTERM was committed, not abandoned; the
+    // stopping worker took no new task (none was handed over to it): the
+    // next one waits on its queue for another process.
     let s = c.status(&id);
     let first = &s["tasks"][0];
     assert_eq!(first["status"], "SUCCEEDED", "{s}");
     assert_eq!(first["attempt"], 1);
+    assert_eq!(succeeded(&s), 1, "{s}");
+    assert_eq!(s["tasks"][1]["status"], "QUEUED", "{s}");
     let log = std::fs::read_to_string(c.dir.path().join("worker.log")).unwrap();
     assert!(log.contains("draining"), "{log}");
 }

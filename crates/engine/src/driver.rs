@@ -1009,7 +1009,7 @@ mod tests {
         use crate::worker::{Permits, WorkerId};
         let ba = orch_core::Role::BusinessAnalyst;
         let worker = WorkerId::new(orch_core::Role::ProjectManager);
-        let permits = Permits::new(&[ba], 1, Default::default());
+        let permits = Permits::new(&[ba], 1, Default::default(), Default::default());
         let hand = Hand {
             permits: &permits,
             worker: &worker,
@@ -1071,7 +1071,12 @@ mod tests {
         drop(waiting);
 
         // A role this process does not serve.
-        let none = Permits::new(&[orch_core::Role::FrontendEngineer], 1, Default::default());
+        let none = Permits::new(
+            &[orch_core::Role::FrontendEngineer],
+            1,
+            Default::default(),
+            Default::default(),
+        );
         let mut decided = first_step();
         let other = Hand {
             permits: &none,

@@ -214,6 +214,10 @@ impl EventSink for StoreSink {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Permits {
     roles: Arc<std::collections::HashMap<Role, RolePermits>>,
+    /// Cancelled when the process starts shutting down: a completion then
+    /// hands no task over to its worker (the next tasks go to the queues,
+    /// for other processes), so that the drain only finishes what runs.
+    stopping: CancellationToken,
     /// Cancelled when the process stops waiting for its attempts in flight
     /// to finish: each then gives its task back ([`Input::Released`]).
     give_back: CancellationToken,
@@ -368,8 +372,14 @@ struct Peek<'a> {
 }
 
 impl Permits {
-    pub(crate) fn new(roles: &[Role], concurrency: usize, give_back: CancellationToken) -> Self {
+    pub(crate) fn new(
+        roles: &[Role],
+        concurrency: usize,
+        stopping: CancellationToken,
+        give_back: CancellationToken,
+    ) -> Self {
         Permits {
+            stopping,
             give_back,
             roles: Arc::new(
                 roles
@@ -902,7 +912,7 @@ async fn execute(
         // once this returns, which must follow its completion's commit.
         pipeline: handed && no_messages && posted.is_empty(),
     };
-    let can_hand = stepper.is_some() && permits.any();
+    let can_hand = stepper.is_some() && permits.any() && !permits.stopping.is_cancelled();
     let hand = match peek {
         // A message already waits for this loop: it runs next.
         Some(peek) if peek.slot.is_some() => None,
@@ -1335,7 +1345,7 @@ pub(crate) fn spawn_workers(
     cancel: &CancellationToken,
     give_back: &CancellationToken,
 ) {
-    let permits = Permits::new(roles, opts.concurrency, give_back.clone());
+    let permits = Permits::new(roles, opts.concurrency, cancel.clone(), give_back.clone());
     for &role in roles {
         for _ in 0..opts.concurrency.max(1) {
             set.spawn(worker_loop(
