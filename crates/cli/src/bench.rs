@@ -373,7 +373,7 @@ pub async fn run(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
     runtime.shutdown().await;
     drop(workers);
     if a.json {
-        crate::render::print_json(&report);
+        crate::render::write_json(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -201,11 +201,14 @@ async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
         None => Some(load_workflow(a.workflow.as_deref())?),
     };
     let store = wiring::open_store(cfg).await?;
-    let provider = match (provider, &a.resume) {
+    let resumed = match &a.resume {
+        Some(r) => Some(resolve_run(&store, r).await?),
+        None => None,
+    };
+    let provider = match (provider, &resumed) {
         (Some(p), _) => p,
-        (None, Some(r)) => {
-            let id = resolve_run(&store, r).await?;
-            let run = store.get_run(&id).await?;
+        (None, Some(id)) => {
+            let run = store.get_run(id).await?;
             wiring::provider_for_run(cfg, flag, id.as_str(), &run.provider)?
         }
         (None, None) => unreachable!("a provider is chosen when not resuming"),
@@ -216,8 +219,8 @@ async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
         provider,
         wiring::engine_options(cfg),
     )?;
-    let run_id = match (&a.resume, workflow) {
-        (Some(r), _) => resolve_run(&store, r).await?,
+    let run_id = match (resumed, workflow) {
+        (Some(id), _) => id,
         (None, Some(wf)) => {
             let goal = a.goal.as_deref().unwrap_or_default().trim().to_string();
             if goal.is_empty() {
@@ -243,7 +246,7 @@ async fn run(cfg: &Config, a: RunArgs) -> Result<ExitCode> {
     if a.detach {
         let run = store.get_run(&run_id).await?;
         if a.json {
-            render::print_json(&run);
+            render::write_json(&run)?;
         } else {
             render::outln!(
                 "run {run_id} recorded (PENDING); start it with: orchestrator tick {run_id}"
@@ -263,10 +266,10 @@ async fn drive(engine: &Engine, run_id: &RunId, quiet: bool, json: bool) -> Resu
     let run = follow_run(engine, run_id, show).await?;
     let state = store.load_run(run_id).await?;
     if json {
-        render::print_json(&render::status_json(
+        render::write_json(&render::status_json(
             &state,
             &store.list_dead_letters(Some(run_id), false).await?,
-        ));
+        ))?;
     } else {
         progress::footer(&state, started.elapsed())?;
     }
@@ -419,9 +422,9 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
         )?;
         let out = engine.tick(&id).await?;
         if a.json {
-            render::print_json(
+            render::write_json(
                 &serde_json::json!({"run_id": id, "status": out.status, "dispatched": out.dispatched, "events": out.events}),
-            );
+            )?;
         } else {
             render::outln!(
                 "run {id}: {} ({} task(s) queued, {} event(s))",
@@ -432,19 +435,22 @@ async fn tick(cfg: &Config, a: TickArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let recorded = store.get_run(&id).await?.provider;
-    let provider =
-        wiring::provider_for_run(cfg, a.provider.provider.as_deref(), id.as_str(), &recorded)?;
+    let run = store.get_run(&id).await?;
+    let provider = wiring::provider_for_run(
+        cfg,
+        a.provider.provider.as_deref(),
+        id.as_str(),
+        &run.provider,
+    )?;
     let engine = wiring::engine(
         store.clone(),
         wiring::open_broker(cfg).await?,
         provider,
         wiring::engine_options(cfg),
     )?;
-    let run = store.get_run(&id).await?;
     if run.status.is_terminal() {
         if a.json {
-            render::print_json(&run);
+            render::write_json(&run)?;
         } else {
             render::outln!("run {id} is already {}", run.status)?;
         }
@@ -502,7 +508,7 @@ async fn human_input(
         }
         _ => {
             if json {
-                render::print_json(&serde_json::json!({"run_id": id, "status": out.status}));
+                render::write_json(&serde_json::json!({"run_id": id, "status": out.status}))?;
             } else {
                 render::outln!("recorded; run {id} is {}", out.status)?;
                 if out.status == RunStatus::Running {
@@ -527,7 +533,7 @@ async fn cancel(cfg: &Config, a: CancelArgs) -> Result<ExitCode> {
         .apply_input(&id, Input::Cancel { reason: a.reason })
         .await?;
     if a.json {
-        render::print_json(&serde_json::json!({"run_id": id, "status": out.status}));
+        render::write_json(&serde_json::json!({"run_id": id, "status": out.status}))?;
     } else {
         render::outln!("run {id} is {}", out.status)?;
     }
@@ -544,9 +550,9 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
             };
             let letters = store.list_dead_letters(run.as_ref(), all).await?;
             if json {
-                render::print_json(&letters);
+                render::write_json(&letters)?;
             } else {
-                render::print_dead_letters(&letters);
+                render::write_dead_letters(&letters)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -566,9 +572,9 @@ async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode> {
                 return drive(&engine, &letter.run_id, false, json).await;
             }
             if json {
-                render::print_json(
+                render::write_json(
                     &serde_json::json!({"run_id": letter.run_id, "task_id": letter.task_id, "status": out.status}),
-                );
+                )?;
             } else {
                 render::outln!(
                     "task {} of run {} replayed; run is {}",

@@ -61,21 +61,6 @@ pub fn write_json<T: Serialize + ?Sized>(value: &T) -> Out {
     outln!("{s}")
 }
 
-/// [`write_json`] for callers that cannot return the error: a closed pipe
-/// is ignored, any other error is reported on stderr.
-pub fn print_json<T: Serialize + ?Sized>(value: &T) {
-    lenient(write_json(value));
-}
-
-/// Swallow a closed pipe; report any other write error on stderr.
-fn lenient(result: Out) {
-    if let Err(e) = result
-        && !e.is_closed()
-    {
-        eprintln!("error: {e}");
-    }
-}
-
 pub fn fmt_time(ms: i64) -> String {
     // UTC, second precision, without pulling in a date crate.
     let secs = ms.div_euclid(1000);
@@ -299,12 +284,6 @@ pub fn write_dead_letters(list: &[DeadLetter]) -> Out {
         )?;
     }
     Ok(())
-}
-
-/// [`write_dead_letters`] for callers that cannot return the error (see
-/// [`print_json`]).
-pub fn print_dead_letters(list: &[DeadLetter]) {
-    lenient(write_dead_letters(list));
 }
 
 pub fn truncate(s: &str, max: usize) -> String {

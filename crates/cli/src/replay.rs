@@ -163,13 +163,13 @@ pub async fn replay(cfg: &Config, a: ReplayArgs) -> Result<ExitCode> {
         .collect();
     let identical = differing.is_empty();
     if a.json {
-        render::print_json(&serde_json::json!({
+        render::write_json(&serde_json::json!({
             "run_id": new_run,
             "source_run_id": source,
             "status": done.status,
             "artifacts_identical": identical,
             "differing_artifacts": differing,
-        }));
+        }))?;
     } else {
         render::outln!("replayed run {source} as {new_run}: {}", done.status)?;
         if identical {
