@@ -952,11 +952,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
 /// PostgreSQL only — a SQLite file is created when it is opened. `true` if
 /// it was created.
 pub async fn create_database_if_missing(url: &str) -> Result<bool> {
-    let scheme = url
-        .trim()
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
+    match scheme(url).as_deref() {
         Some("postgres" | "postgresql") => postgres::create_database_if_missing(url).await,
         _ => Ok(false),
     }
@@ -988,12 +984,16 @@ pub async fn connect_existing_with(url: &str, options: &StoreOptions) -> Result<
     open(url, false, options).await
 }
 
-async fn open(url: &str, create: bool, options: &StoreOptions) -> Result<Arc<dyn Store>> {
-    let scheme = url
-        .trim()
+/// The lowercased scheme of a database URL (`postgres`, `sqlite`); `None`
+/// for a bare path.
+fn scheme(url: &str) -> Option<String> {
+    url.trim()
         .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
+        .map(|(s, _)| s.to_ascii_lowercase())
+}
+
+async fn open(url: &str, create: bool, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    match scheme(url).as_deref() {
         Some("postgres" | "postgresql") => Ok(Arc::new(
             PostgresStore::connect_with(url, options.pool_size).await?,
         )),

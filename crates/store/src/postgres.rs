@@ -633,7 +633,6 @@ impl From<Error> for Failure {
     }
 }
 
-/// SQLSTATE of a database error.
 /// Create the database `url` names if the server has none of that name
 /// (`orchestrator init-db`): connects to the server's `postgres` database
 /// (else `template1`) as the URL's user. `true` if it was created.
@@ -719,6 +718,7 @@ fn parse_url(url: &str, shown: &str) -> Result<PgConnectOptions> {
     })
 }
 
+/// SQLSTATE of a database error.
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
     match e {
         sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
@@ -786,7 +786,8 @@ fn connect_err(url: &str, options: &PgConnectOptions, e: sqlx::Error) -> Error {
     let at = format!("{}:{}", options.get_host(), options.get_port());
     let user = options.get_username();
     let database = options.get_database().unwrap_or(user);
-    let hint = match (&e, sqlstate(&e).as_deref()) {
+    let state = sqlstate(&e);
+    let hint = match (&e, state.as_deref()) {
         (sqlx::Error::Io(io), _) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
             "is PostgreSQL running and listening on {at}? Check the host and port in DATABASE_URL"
         ),
@@ -815,7 +816,7 @@ fn connect_err(url: &str, options: &PgConnectOptions, e: sqlx::Error) -> Error {
     };
     let message = format!("{}; {hint}", message(&e));
     let url = url.to_string();
-    match sqlstate(&e).as_deref() {
+    match state.as_deref() {
         // Wrong credentials or no such database: not fixed by waiting.
         Some("28P01" | "28000" | "3D000") => Error::Config { url, message },
         _ => Error::Connect { url, message },
