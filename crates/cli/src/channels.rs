@@ -9,48 +9,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use orch_core::{Event, EventKind, RunId, RunStatus};
+use orch_agents::ChannelPost;
+use orch_core::{EventKind, RunId, RunStatus};
 use orch_store::{EventQuery, Store};
 
 use crate::commands::resolve_run;
 use crate::config::Config;
 use crate::{ChannelsArgs, render, wiring};
 
-/// One message as printed: from the log or from a live delivery.
-#[derive(Debug, serde::Serialize)]
-struct Shown {
-    channel: String,
-    from_role: String,
-    task_id: String,
-    text: String,
-    /// The `channel_message` event's number; `None` for a live delivery.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<i64>,
-}
-
-impl Shown {
-    fn from_event(e: &Event) -> Option<Shown> {
-        if e.kind != EventKind::ChannelMessage {
-            return None;
-        }
-        let text = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        Some(Shown {
-            channel: text("channel")?,
-            from_role: text("from_role")?,
-            task_id: e.task_id.clone().unwrap_or_default(),
-            text: text("text")?,
-            seq: Some(e.seq),
-        })
-    }
-
-    /// What makes a message the same whichever way it arrived.
-    fn key(&self) -> (String, String, String) {
-        (
-            self.channel.clone(),
-            self.task_id.clone(),
-            self.text.clone(),
-        )
-    }
+/// What makes a message the same whichever way it arrived (from the log,
+/// with its event's number, or live, without).
+fn key(m: &ChannelPost) -> (String, String, String) {
+    (m.channel.clone(), m.task_id.clone(), m.text.clone())
 }
 
 pub async fn channels(cfg: &Config, a: ChannelsArgs) -> Result<ExitCode> {
@@ -102,9 +72,9 @@ pub async fn channels(cfg: &Config, a: ChannelsArgs) -> Result<ExitCode> {
             Some((_, sub)) => {
                 tokio::select! {
                     m = sub.next() => match m {
-                        Some(m) => printer.show(Shown {
+                        Some(m) => printer.show(ChannelPost {
                             channel: m.channel,
-                            from_role: m.from_role.to_string(),
+                            from_role: m.from_role,
                             task_id: m.task_id,
                             text: m.text,
                             seq: m.seq,
@@ -148,15 +118,15 @@ impl Printer {
             .await?;
         for e in &events {
             self.after = self.after.max(e.seq);
-            if let Some(m) = Shown::from_event(e) {
+            if let Some(m) = orch_engine::channel_post(e) {
                 self.show(m)?;
             }
         }
         Ok(())
     }
 
-    fn show(&mut self, m: Shown) -> Result<()> {
-        if self.channel.as_ref().is_some_and(|c| *c != m.channel) || !self.seen.insert(m.key()) {
+    fn show(&mut self, m: ChannelPost) -> Result<()> {
+        if self.channel.as_ref().is_some_and(|c| *c != m.channel) || !self.seen.insert(key(&m)) {
             return Ok(());
         }
         self.count += 1;
@@ -167,7 +137,7 @@ impl Printer {
             render::outln!(
                 "#{:<12} {:<18} {:<24} {}",
                 m.channel,
-                m.from_role,
+                m.from_role.as_str(),
                 m.task_id,
                 m.text.replace('\n', "\n    ")
             )?;

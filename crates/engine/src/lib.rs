@@ -39,7 +39,7 @@ pub use driver::{Engine, Steps, TickOutcome};
 pub use journal::JournalingProvider;
 pub use runtime::Runtime;
 pub use sweeper::SweepReport;
-pub use worker::{WorkerId, execute_delivery};
+pub use worker::{WorkerId, channel_post, execute_delivery};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]

@@ -1117,9 +1117,10 @@ fn channel_event(task_id: &str, m: &ChannelPost) -> NewEvent {
     }))
 }
 
-/// A message recorded by [`channel_event`], read back; `None` for a
-/// `channel_message` event of another shape (e.g. written by another tool).
-fn channel_post(e: &Event) -> Option<ChannelPost> {
+/// A message recorded by [`channel_event`], read back; `None` for any
+/// other event, or a `channel_message` event of another shape (e.g.
+/// written by another tool).
+pub fn channel_post(e: &Event) -> Option<ChannelPost> {
     if e.kind != EventKind::ChannelMessage {
         return None;
     }
