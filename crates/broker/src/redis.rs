@@ -732,7 +732,6 @@ fn backend(what: &str, key: &str, e: RedisError) -> Error {
     Error::Backend(format!("Redis {what} {key}: {e}"))
 }
 
-/// A connection failure with what to check.
 /// Wrong credentials or a bad URL: retrying the same connection cannot help.
 fn is_config_error(e: &RedisError) -> bool {
     matches!(
@@ -742,6 +741,7 @@ fn is_config_error(e: &RedisError) -> bool {
         || e.code() == Some("WRONGPASS")
 }
 
+/// A connection failure with what to check.
 fn connect_hint(e: &RedisError) -> String {
     let check = match e.kind() {
         ErrorKind::AuthenticationFailed => "check the user name and password in the URL",

@@ -92,17 +92,20 @@ pub enum Action {
     },
 }
 
+/// Whether `settings` require gate `kind`, and the variable that says so.
+fn gate_requirement(kind: GateKind, settings: &RunSettings) -> (bool, &'static str) {
+    match kind {
+        GateKind::CodeReview => (settings.require_code_review, "REQUIRE_CODE_REVIEW"),
+        GateKind::SecurityReview => (settings.require_security_review, "REQUIRE_SECURITY_REVIEW"),
+    }
+}
+
 /// Refuse a run of `workflow` under `settings` that requires a gate the
 /// workflow has no review task for ([`Error::GateWithoutReview`]): such a
 /// run would complete without the review the settings demand.
 pub fn check_required_gates(workflow: &Workflow, settings: &RunSettings) -> Result<()> {
     for kind in GateKind::ALL {
-        let (required, var) = match kind {
-            GateKind::CodeReview => (settings.require_code_review, "REQUIRE_CODE_REVIEW"),
-            GateKind::SecurityReview => {
-                (settings.require_security_review, "REQUIRE_SECURITY_REVIEW")
-            }
-        };
+        let (required, var) = gate_requirement(kind, settings);
         if required && !workflow.tasks.iter().any(|t| t.gate == Some(kind)) {
             return Err(Error::GateWithoutReview {
                 workflow: workflow.name.clone(),
@@ -198,17 +201,10 @@ impl RunState {
                 .find(|t| t.gate == Some(kind))
                 .map(|t| t.id.clone());
             let Some(review) = review else { continue };
-            let required = match kind {
-                GateKind::CodeReview => settings.require_code_review,
-                GateKind::SecurityReview => settings.require_security_review,
-            };
+            let (required, var) = gate_requirement(kind, &settings);
             let (status, reason) = if required {
                 (GateStatus::Pending, None)
             } else {
-                let var = match kind {
-                    GateKind::CodeReview => "REQUIRE_CODE_REVIEW",
-                    GateKind::SecurityReview => "REQUIRE_SECURITY_REVIEW",
-                };
                 (
                     GateStatus::Waived,
                     Some(format!("not required ({var}=false)")),
