@@ -784,7 +784,8 @@ async fn execute(
         deps,
         opts,
         context,
-        [&lost, &permits.give_back],
+        &lost,
+        &permits.give_back,
         &sink,
         &provider,
     );
@@ -1194,13 +1195,14 @@ async fn give_back(stepper: Option<&Stepper>, fence: &Fence) {
     }
 }
 
-/// Run the task's agent until it ends, times out, its lease is lost
-/// (`stop[0]`) or the process gives it back (`stop[1]`).
+/// Run the task's agent until it ends, times out, its lease is `lost` or
+/// the process gives it back (`give_back`).
 async fn run_agent(
     deps: &Deps,
     opts: &EngineOptions,
     context: Context<'_>,
-    stop: [&CancellationToken; 2],
+    lost: &CancellationToken,
+    give_back: &CancellationToken,
     sink: &StoreSink,
     provider: &Arc<crate::JournalingProvider>,
 ) -> AttemptResult {
@@ -1246,7 +1248,6 @@ async fn run_agent(
         run.tokens_in.saturating_add(run.tokens_out),
     );
     let agent = deps.agents.run_task(input, &budgeted, sink);
-    let [lost, give_back] = stop;
     let result = tokio::select! {
         _ = lost.cancelled() => AttemptResult::LeaseLost,
         _ = give_back.cancelled() => AttemptResult::GivenBack,
