@@ -895,15 +895,7 @@ tasks:
     let mut ids = Vec::new();
     for _ in 0..2 {
         let id = create(&app).await;
-        let waiting = h
-            .engine
-            .wait(
-                &id.parse().unwrap(),
-                Duration::from_millis(20),
-                Some(Duration::from_secs(60)),
-            )
-            .await
-            .unwrap();
+        let waiting = orch_engine::testing::wait_for_end(&h.engine, &id.parse().unwrap()).await;
         assert_eq!(waiting.status, RunStatus::NeedsInput);
         ids.push(id);
     }

@@ -105,15 +105,21 @@ impl TestEngine {
 
     /// Wait until `run` is terminal or needs input (at most a minute).
     pub async fn wait(&self, run: &RunId) -> Run {
-        self.engine
-            .wait(
-                run,
-                Duration::from_millis(20),
-                Some(Duration::from_secs(60)),
-            )
-            .await
-            .expect("the run can be read")
+        wait_for_end(&self.engine, run).await
     }
+}
+
+/// Wait until `run` is terminal or needs input (at most a minute), as
+/// `engine` sees it: for a test's own engine beside a [`TestEngine`].
+pub async fn wait_for_end(engine: &Engine, run: &RunId) -> Run {
+    engine
+        .wait(
+            run,
+            Duration::from_millis(20),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .expect("the run can be read")
 }
 
 /// The scripted provider with no fixture entries: a generic valid answer

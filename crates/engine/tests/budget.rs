@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::{Input, Role, RunSettings, RunStatus, TaskStatus, Workflow};
@@ -56,14 +55,7 @@ async fn a_call_over_budget_is_not_made_and_raising_the_budget_finishes_the_run(
         .await
         .unwrap();
     let rt = Runtime::start(engine.clone(), &Role::SPECIALISTS, true);
-    let waiting = engine
-        .wait(
-            &run,
-            Duration::from_millis(20),
-            Some(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
+    let waiting = orch_engine::testing::wait_for_end(engine, &run).await;
     assert_eq!(waiting.status, RunStatus::NeedsInput);
     let reason = waiting.status_reason.clone().unwrap_or_default();
     assert!(reason.starts_with("budget exceeded"), "{reason}");
@@ -91,14 +83,7 @@ async fn a_call_over_budget_is_not_made_and_raising_the_budget_finishes_the_run(
         )
         .await
         .unwrap();
-    let done = engine
-        .wait(
-            &run,
-            Duration::from_millis(20),
-            Some(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
+    let done = orch_engine::testing::wait_for_end(engine, &run).await;
     rt.shutdown().await;
     let st = store.load_run(&run).await.unwrap();
     let errs: Vec<_> = st

@@ -86,14 +86,7 @@ async fn a_posted_message_is_an_event_reaches_subscribers_and_later_prompts() {
         .await
         .expect("a message within the run")
         .expect("the subscription is open");
-    let done = engine
-        .wait(
-            &run,
-            Duration::from_millis(20),
-            Some(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
+    let done = orch_engine::testing::wait_for_end(engine, &run).await;
     rt.shutdown().await;
     assert_eq!(
         done.status,

@@ -815,14 +815,7 @@ async fn shutdown_gives_back_attempts_still_running_after_the_drain_timeout() {
         EngineOptions::default(),
     );
     let rt = Runtime::start(fast.clone(), &Role::SPECIALISTS, true);
-    let end = fast
-        .wait(
-            &run,
-            Duration::from_millis(20),
-            Some(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
+    let end = orch_engine::testing::wait_for_end(&fast, &run).await;
     rt.shutdown().await;
     assert_eq!(end.status, RunStatus::Completed, "{end:?}");
     assert_eq!(
