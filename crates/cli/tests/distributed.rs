@@ -309,19 +309,26 @@ fn running_task(s: &serde_json::Value) -> Option<String> {
         .map(|t| t["id"].as_str().unwrap().to_string())
 }
 
+/// How many events of `kind` about `task` a run's `events --json` holds.
+fn count_events(events: &serde_json::Value, kind: &str, task: &str) -> usize {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && e["task_id"] == task)
+        .count()
+}
+
 /// No task succeeded twice and no artifact version was written twice.
 fn assert_nothing_done_twice(c: &Cluster, id: &str) {
-    let events = c.json(&["events", id, "--json"]);
-    let events = events.as_array().unwrap();
+    let all = c.json(&["events", id, "--json"]);
     let status = c.status(id);
     for t in status["tasks"].as_array().unwrap() {
         let tid = t["id"].as_str().unwrap();
-        let n = events
-            .iter()
-            .filter(|e| e["kind"] == "task_succeeded" && e["task_id"] == tid)
-            .count();
+        let n = count_events(&all, "task_succeeded", tid);
         assert_eq!(n, 1, "task {tid} succeeded {n} times");
     }
+    let events = all.as_array().unwrap();
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
     let arts = c.json(&["artifacts", id, "--all-versions", "--json"]);
@@ -535,13 +542,7 @@ fn the_same_queue_message_delivered_twice_runs_the_task_once() {
     );
     assert_nothing_done_twice(&c, &id);
     let events = c.json(&["events", &id, "--json"]);
-    let started = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "task_started" && e["task_id"] == "requirements")
-        .count();
-    assert_eq!(started, 1);
+    assert_eq!(count_events(&events, "task_started", "requirements"), 1);
 }
 
 #[test]
@@ -957,14 +958,7 @@ fn sigterm_gives_back_an_attempt_still_running_after_the_drain_timeout() {
     );
     assert_nothing_done_twice(&c, &id);
     let events = c.json(&["events", &id, "--json"]);
-    let of = |kind: &str| {
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == kind && e["task_id"] == task.as_str())
-            .count()
-    };
+    let of = |kind: &str| count_events(&events, kind, &task);
     assert_eq!(of("task_released"), 1);
     assert_eq!(of("lease_expired") + of("task_failed"), 0);
     assert_eq!(of("task_succeeded"), 1);
