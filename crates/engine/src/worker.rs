@@ -1118,9 +1118,9 @@ fn channel_event(task_id: &str, m: &ChannelPost) -> NewEvent {
     }))
 }
 
-/// A message recorded by [`channel_event`], read back; `None` for any
-/// other event, or a `channel_message` event of another shape (e.g.
-/// written by another tool).
+/// A message an agent posted, read back from its `channel_message` event
+/// (as a successful attempt records it); `None` for any other event, or a
+/// `channel_message` event of another shape (e.g. written by another tool).
 pub fn channel_post(e: &Event) -> Option<ChannelPost> {
     if e.kind != EventKind::ChannelMessage {
         return None;
