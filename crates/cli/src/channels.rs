@@ -23,6 +23,7 @@ fn key(m: &ChannelPost) -> (String, String, String) {
     (m.channel.clone(), m.task_id.clone(), m.text.clone())
 }
 
+/// `orchestrator channels RUN [--channel NAME] [--follow] [--json]`.
 pub async fn channels(cfg: &Config, a: ChannelsArgs) -> Result<ExitCode> {
     if let Some(name) = &a.channel {
         orch_broker::check_channel_name(name)?;

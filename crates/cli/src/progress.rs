@@ -11,6 +11,8 @@ use orch_store::{EventQuery, Store};
 
 use crate::render;
 
+/// The lines that open a run's live display: id, workflow, goal, provider
+/// (a scripted one said loudly).
 pub fn header(run: &Run, provider: &dyn Provider) -> Result<()> {
     render::outln!("run {}  ({})", run.id, run.workflow)?;
     render::outln!("goal: {}", run.goal)?;
@@ -209,6 +211,7 @@ fn line_for(e: &Event) -> Option<String> {
     Some(text)
 }
 
+/// The summary that closes a run's live display, with what to read next.
 pub fn footer(state: &RunState, elapsed: Duration) -> Result<()> {
     let r = &state.run;
     let done = state

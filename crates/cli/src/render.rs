@@ -56,6 +56,7 @@ macro_rules! out {
 }
 pub(crate) use out;
 
+/// A value as pretty JSON on stdout (every `--json`).
 pub fn write_json<T: Serialize + ?Sized>(value: &T) -> Out {
     let s = serde_json::to_string_pretty(value).map_err(|e| StdoutError(io::Error::other(e)))?;
     outln!("{s}")
@@ -95,6 +96,7 @@ pub fn status_json(state: &RunState, dead: &[DeadLetter]) -> serde_json::Value {
     })
 }
 
+/// `orchestrator status`: the run, its budget, gates, tasks and dead letters.
 pub fn write_status(state: &RunState, dead: &[DeadLetter]) -> Out {
     let r = &state.run;
     outln!("run       {}", r.id)?;
@@ -174,6 +176,7 @@ pub fn write_status(state: &RunState, dead: &[DeadLetter]) -> Out {
     Ok(())
 }
 
+/// `orchestrator list`: one line per run.
 pub fn write_runs(runs: &[Run]) -> Out {
     if runs.is_empty() {
         outln!(
@@ -201,6 +204,7 @@ pub fn write_runs(runs: &[Run]) -> Out {
     Ok(())
 }
 
+/// One event of `orchestrator events` (with its data when `verbose`).
 pub fn write_event(e: &Event, verbose: bool) -> Out {
     let task = e
         .task_id
@@ -224,6 +228,7 @@ pub fn write_event(e: &Event, verbose: bool) -> Out {
     Ok(())
 }
 
+/// `orchestrator artifacts` (with each one's text when `content`).
 pub fn write_artifacts(list: &[Artifact], content: bool) -> Out {
     if list.is_empty() {
         outln!("no artifacts yet")?;
@@ -254,6 +259,7 @@ pub fn write_artifacts(list: &[Artifact], content: bool) -> Out {
     Ok(())
 }
 
+/// `orchestrator dlq list`: one line per dead letter.
 pub fn write_dead_letters(list: &[DeadLetter]) -> Out {
     if list.is_empty() {
         outln!("the dead letter queue is empty")?;
